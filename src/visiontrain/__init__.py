@@ -1,0 +1,35 @@
+"""visiontrain: train, evaluate and use image classifiers — the complete PyTorch routine as one API.
+
+>>> import visiontrain
+>>> run = visiontrain.train({"data": "synthetic", "epochs": 1})  # doctest: +SKIP
+>>> visiontrain.predict(run.dir, ["shape.png"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from visiontrain.config import RunConfig
+from visiontrain.errors import VisiontrainError
+from visiontrain.runner import Run, train
+from visiontrain.use.evaluate import evaluate
+from visiontrain.use.loading import LoadedModel, load
+from visiontrain.use.predict import predict
+
+__version__ = "0.1.0"
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the built-in models matching a glob (torchvision classifiers are accepted too)."""
+    from visiontrain.models import MODELS
+
+    return MODELS.list(pattern)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Names of the registered datasets matching a glob (any folder-per-class path works too)."""
+    from visiontrain.data import DATASETS
+
+    return DATASETS.list(pattern)
+
+
+__all__ = ["LoadedModel", "Run", "RunConfig", "VisiontrainError", "evaluate", "list_datasets", "list_models",
+           "load", "predict", "train"]

@@ -1,0 +1,180 @@
+"""The ``visiontrain`` command: the only place that parses argv. Thin: build a config, call the API, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from visiontrain.config import RunConfig, load_config, parse_override, read_yaml
+from visiontrain.errors import VisiontrainError
+
+# flag → (config key, type, help). The YAML file takes the same names (with _ or -).
+TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--data", "data.name", str, "dataset name (mnist, synthetic; see `visiontrain datasets`) or a path to a "
+     "folder with one sub-folder per class [default: mnist]"),
+    ("--data-dir", "data.dir", str, "where datasets are cached/downloaded [default: data]"),
+    ("--model", "model.name", str, "model name (see `visiontrain models`) or any torchvision classifier "
+     "[default: small_cnn]"),
+    ("--epochs", "train.epochs", int, "passes over the training set [default: 2]"),
+    ("--batch-size", "data.batch_size", int, "images per training step [default: 128]"),
+    ("--lr", "optim.lr", float, "(peak) learning rate [default: 0.003]"),
+    ("--optimizer", "optim.name", str, "sgd, adam, adamw or rmsprop [default: adam]"),
+    ("--schedule", "optim.schedule", str, "learning-rate schedule: none, cosine, onecycle, step "
+     "[default: onecycle]"),
+    ("--device", "train.device", str, "auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps [default: auto]"),
+    ("--seed", "train.seed", int, "random seed for weights, split and shuffling [default: 0]"),
+    ("--workers", "data.workers", int, "DataLoader worker processes for image folders [default: 0]"),
+    ("--image-size", "data.image_size", int, "square input side in pixels [default: the model's or the data's]"),
+    ("--val-split", "data.val_split", float, "fraction of train held out when the data has no val split "
+     "[default: 0.1]"),
+    ("--out", "out", str, "runs root folder [default: runs]"),
+    ("--name", "name", str, "run folder name under --out [default: <data>-<model>-<time>]; an existing "
+     "name gets a -2, -3 … suffix"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visiontrain", description="Train, evaluate and use image "
+                                     "classifiers: the complete PyTorch training routine as one command.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model (no arguments: a small CNN on MNIST)",
+                           description="Train a model. With no arguments: a small CNN on MNIST, offline.")
+    train.add_argument("--config", help="YAML config file; flags given here override its values")
+    for flag, _key, kind, text in TRAIN_FLAGS:
+        train.add_argument(flag, type=kind, default=None, help=text)
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config key, e.g. --set model.args.width=32 (repeatable)")
+    train.add_argument("--quiet", action="store_true", help="no progress output, only the final lines")
+
+    ev = sub.add_parser("evaluate", help="loss, top-1/top-5, per-class accuracy and confusion matrix")
+    ev.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    ev.add_argument("--data", help="dataset or folder to evaluate on [default: the run's own]")
+    ev.add_argument("--data-dir", help="dataset cache folder [default: the run's own]")
+    ev.add_argument("--split", default="test", help="split to evaluate: train, val or test [default: test]")
+    ev.add_argument("--batch-size", type=int, help="images per evaluation step")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or mps [default: auto]")
+    ev.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    pr = sub.add_parser("predict", help="classify image files, folders or globs")
+    pr.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    pr.add_argument("--top-k", type=int, default=5, help="how many classes to show per image [default: 5]")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps [default: auto]")
+    pr.add_argument("--json", action="store_true", help="print results as JSON")
+
+    models = sub.add_parser("models", help="list the models")
+    models.add_argument("--all", action="store_true", help="include every torchvision classifier")
+    models.add_argument("--json", action="store_true", help="print as JSON")
+
+    datasets = sub.add_parser("datasets", help="list the registered datasets")
+    datasets.add_argument("--json", action="store_true", help="print as JSON")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Defaults ← YAML file ← flags ← --set overrides."""
+    raw = read_yaml(args.config) if args.config else {}
+    cfg = load_config(raw, where=args.config or "config")
+    overrides: dict[str, Any] = {}
+    for flag, key, _kind, _text in TRAIN_FLAGS:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            overrides[key] = value
+    for item in args.set:
+        key, value = parse_override(item)
+        overrides[key] = value
+    return cfg.override(overrides, where="command line") if overrides else cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except VisiontrainError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"visiontrain: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("visiontrain: interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(args: argparse.Namespace) -> int:
+    from visiontrain.runner import train
+    from visiontrain.use.report import print_train_result
+
+    run = train(config_from_args(args), quiet=args.quiet)
+    print_train_result(run)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from visiontrain.use.evaluate import evaluate
+    from visiontrain.use.report import print_evaluation
+
+    result = evaluate(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir,
+                      batch_size=args.batch_size, device=args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_evaluation(result)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from visiontrain.use.predict import predict
+    from visiontrain.use.report import print_predictions
+
+    results = predict(args.checkpoint, args.inputs, top_k=args.top_k, device=args.device)
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        print_predictions(results)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"visiontrain: skipped {r['path']}: {r['error']}", file=sys.stderr)
+    return 2 if len(failed) == len(results) else 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from visiontrain.use.report import model_rows, print_table
+
+    rows = model_rows(include_torchvision=args.all)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, ["name", "parameters", "input", "source", "description"])
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from visiontrain.data import DESCRIPTIONS
+    from visiontrain.use.report import print_table
+
+    rows = [{"name": k, "description": v} for k, v in sorted(DESCRIPTIONS.items())]
+    rows.append({"name": "PATH", "description": "a folder with one sub-folder per class (ImageFolder layout), "
+                 "optionally split into train/ val/ test/"})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, ["name", "description"])
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "models": _models,
+            "datasets": _datasets}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

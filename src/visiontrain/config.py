@@ -1,0 +1,235 @@
+"""The run configuration: typed, validated once at the edge, saved with every run.
+
+A config is nested frozen dataclasses. It comes from defaults, then a YAML file, then dotted overrides
+(``train.epochs=3``) — the CLI's flags are such overrides. Unknown keys and wrong types are errors that
+name the key, so a typo never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from visiontrain.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "mnist"  # a registered dataset (`visiontrain datasets`) or a folder-per-class path
+    dir: str = "data"  # where datasets are cached / downloaded
+    batch_size: int = 128  # images per training step
+    eval_batch_size: int = 1000  # images per evaluation step (no gradients, so larger is fine)
+    workers: int = 0  # DataLoader worker processes for file datasets (0 = in the main process)
+    val_split: float = 0.1  # fraction of train held out (stratified, seeded) when a source has no val split
+    image_size: int | None = None  # square input side in pixels; None = the model's or the dataset's own
+    args: dict[str, Any] = field(default_factory=dict)  # dataset-specific arguments
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "small_cnn"  # a registered model (`visiontrain models`) or a torchvision classifier
+    args: dict[str, Any] = field(default_factory=dict)  # builder arguments, e.g. {dropout: 0.3}
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adam"  # sgd | adam | adamw | rmsprop
+    lr: float = 0.003  # peak learning rate
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD/RMSprop momentum
+    schedule: str = "onecycle"  # none | cosine | onecycle | step
+    step_size: int = 1  # epochs between decays for the step schedule
+    gamma: float = 0.1  # decay factor for the step schedule
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 2
+    device: str = "auto"  # auto (cuda → mps → cpu) | cpu | cuda | cuda:N | mps
+    seed: int = 0
+    log_every: int = 100  # log the training loss every N steps (the seeds' choice)
+    threads: int | None = None  # torch CPU threads; None = torch's default
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs"  # the runs root
+    name: str | None = None  # run folder name; None = <data>-<model>-<time>
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None, where: str = "config") -> RunConfig:
+        return load_config(raw or {}, where=where)
+
+    def override(self, overrides: dict[str, Any], where: str = "override") -> RunConfig:
+        """A new config with dotted keys replaced, e.g. ``{"train.epochs": 3}``."""
+        merged = self.to_dict()
+        for dotted, value in overrides.items():
+            _set_dotted(merged, _canonical(dotted, where), value, where)
+        return load_config(merged, where=where)
+
+
+# Flat keys accepted at the top of a YAML file: the same names as the CLI flags.
+ALIASES: dict[str, str] = {
+    "data": "data.name",
+    "data_dir": "data.dir",
+    "batch_size": "data.batch_size",
+    "workers": "data.workers",
+    "val_split": "data.val_split",
+    "image_size": "data.image_size",
+    "model": "model.name",
+    "optimizer": "optim.name",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "schedule": "optim.schedule",
+    "epochs": "train.epochs",
+    "device": "train.device",
+    "seed": "train.seed",
+    "log_every": "train.log_every",
+}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader (no Python objects are ever built from a file)."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist; check the path given to --config") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {p} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p} must be a mapping of keys to values, not a {type(raw).__name__}")
+    return raw
+
+
+def load_config(raw: dict[str, Any], where: str = "config") -> RunConfig:
+    """Build a validated RunConfig from a (possibly flat-aliased) mapping."""
+    nested: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: key {key!r} must be a string")
+        if key in _SECTIONS and isinstance(value, dict):
+            for sub, sub_value in value.items():
+                _set_dotted(nested, f"{key}.{sub}", sub_value, where)
+        else:
+            _set_dotted(nested, _canonical(key, where), value, where)
+    cfg = _build(RunConfig, nested, where, prefix="")
+    _check_ranges(cfg, where)
+    return cfg
+
+
+def _check_ranges(cfg: RunConfig, where: str) -> None:
+    checks = [
+        (cfg.data.batch_size >= 1, "data.batch_size must be at least 1"),
+        (cfg.data.eval_batch_size >= 1, "data.eval_batch_size must be at least 1"),
+        (cfg.data.workers >= 0, "data.workers must be 0 or more"),
+        (0.0 <= cfg.data.val_split < 1.0, "data.val_split must be in [0, 1)"),
+        (cfg.data.image_size is None or cfg.data.image_size >= 8, "data.image_size must be at least 8"),
+        (cfg.optim.lr > 0, "optim.lr must be positive"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay must be 0 or more"),
+        (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
+        (cfg.train.log_every >= 1, "train.log_every must be at least 1"),
+        (cfg.train.threads is None or cfg.train.threads >= 1, "train.threads must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{where}: {message}")
+
+
+_SECTIONS = {"data", "model", "optim", "train"}
+
+
+def _canonical(key: str, where: str) -> str:
+    key = key.replace("-", "_")
+    if key in ALIASES:
+        return ALIASES[key]
+    if "." in key or key in {f.name for f in dataclasses.fields(RunConfig)}:
+        return key
+    raise ConfigError(f"{where}: unknown key {key!r}; use one of {', '.join(sorted(ALIASES))} "
+                      "or a section key such as train.epochs")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, where: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: {dotted!r} goes inside {part!r}, which is not a section")
+        node = child
+    # `args` dicts may receive dotted sub-keys (model.args.dropout=0.2); everything else is a leaf
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: dict[str, Any], where: str, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            section = prefix.rstrip(".") or "the top level"
+            raise ConfigError(f"{where}: unknown key {prefix + str(key)!r} in {section}; "
+                              f"valid keys: {', '.join(sorted(names))}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        hint, value, key = hints[f.name], raw[f.name], prefix + f.name
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
+            values[f.name] = _build(hint, value, where, prefix=key + ".")
+        else:
+            values[f.name] = _coerce(value, hint, key, where)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
+    """Check a leaf value against its type; accept ints for floats and strings for numbers from flags."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if origin is dict and isinstance(value, dict):
+            return dict(value)
+        if origin is bool and isinstance(value, bool):
+            return value
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if origin is str and isinstance(value, str):
+            return value
+    wanted = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"{where}: {key} must be {wanted}, got {value!r}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.epochs=3"`` → ``("train.epochs", 3)``; the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.log_every=50")
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value

@@ -1,0 +1,44 @@
+"""The hook contract between the loop and everything that watches it.
+
+The loop only trains; logging, TensorBoard, checkpoints and progress are callbacks that receive the one
+:class:`~visiontrain.engine.state.TrainState`. A callback stops training by raising :class:`StopTraining`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from visiontrain.engine.state import TrainState
+
+EVENTS = ("on_fit_start", "on_epoch_start", "on_batch_end", "on_epoch_end", "on_fit_end")
+
+
+class StopTraining(Exception):
+    """Raise from a callback to end training after the current step; ``reason`` is logged."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Callback:
+    """Override the hooks you need; each gets the shared training state."""
+
+    def on_fit_start(self, state: TrainState) -> None: ...
+    def on_epoch_start(self, state: TrainState) -> None: ...
+    def on_batch_end(self, state: TrainState) -> None: ...
+    def on_epoch_end(self, state: TrainState) -> None: ...
+    def on_fit_end(self, state: TrainState) -> None: ...
+
+
+class Callbacks:
+    """Calls one event on every callback, in order."""
+
+    def __init__(self, callbacks: Iterable[Callback] = ()) -> None:
+        self.items = list(callbacks)
+
+    def fire(self, event: str, state: TrainState) -> None:
+        for cb in self.items:
+            getattr(cb, event)(state)

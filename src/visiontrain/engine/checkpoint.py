@@ -1,0 +1,107 @@
+"""Checkpoints: weights in safetensors plus a JSON sidecar with everything needed to use them.
+
+``best.safetensors`` holds tensors only — loading it can never run code. ``best.json`` names the model
+and its arguments, the class names, the preprocessing, metrics and versions, and the SHA-256 of the
+weights file, so a sidecar that does not belong to its weights (say, a crash between the two writes) is
+caught instead of silently producing a wrong model. Both files are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from visiontrain.errors import CheckpointError
+from visiontrain.fileio import atomic_write_bytes, atomic_write_json
+from visiontrain.versions import library_versions
+
+FORMAT = "visiontrain.checkpoint"
+FORMAT_VERSION = 1
+_REQUIRED = {"format": str, "format_version": int, "model": dict, "classes": list, "preprocessing": dict,
+             "weights": dict}
+
+
+def save_checkpoint(stem: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``stem.safetensors`` then ``stem.json``; returns the sidecar's path."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    blob = safetensors.torch.save(tensors, metadata={"format": FORMAT})
+    weights = stem.with_suffix(".safetensors")
+    atomic_write_bytes(weights, blob)
+    sidecar = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "weights": {"file": weights.name, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": library_versions(),
+    }
+    return atomic_write_json(stem.with_suffix(".json"), sidecar)
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """Read and check a checkpoint's JSON sidecar; every problem names the file."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint sidecar not found; every .safetensors checkpoint needs "
+                              "its .json beside it") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint sidecar ({exc}); the file is damaged — "
+                              "use another checkpoint of the run (last/best)") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a visiontrain checkpoint sidecar (no 'format': {FORMAT!r})")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(meta.get(key), kind):
+            raise CheckpointError(f"{path}: field {key!r} is missing or not a {kind.__name__}; the sidecar "
+                                  "is damaged or was edited by hand")
+    if meta["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer visiontrain (format {meta['format_version']}); "
+                              "upgrade visiontrain to read it")
+    return meta
+
+
+def load_weights(sidecar_path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of the weights file named by ``meta``, after checking its SHA-256."""
+    weights = sidecar_path.parent / Path(meta["weights"].get("file", "")).name
+    try:
+        blob = weights.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{weights}: cannot read the weights file ({exc.strerror or exc})") from None
+    expected = meta["weights"].get("sha256")
+    if expected and hashlib.sha256(blob).hexdigest() != expected:
+        raise CheckpointError(f"{weights}: weights do not match their sidecar {sidecar_path.name} (SHA-256 "
+                              "differs); the pair was not written together — use the run's other checkpoint")
+    try:
+        return safetensors.torch.load(blob)
+    except (safetensors.SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights}: not a valid safetensors file ({exc})") from None
+
+
+def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """Strictly load ``tensors`` into ``model``: names and shapes must match exactly."""
+    expected = _unwrap(model).state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                 f"{len(wrong)} with another shape (e.g. {wrong[0]}: {tuple(tensors[wrong[0]].shape)} in the "
+                 f"file, {tuple(expected[wrong[0]].shape)} in the model)" if wrong else ""]
+        raise CheckpointError(f"{where}: weights do not fit the model — " + "; ".join(p for p in parts if p)
+                              + "; the sidecar's model name/arguments do not match these weights")
+    _unwrap(model).load_state_dict(tensors, strict=True)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # torch.compile and DDP wrap the model; checkpoints always hold the plain module's names.
+    inner = getattr(model, "_orig_mod", model)
+    return getattr(inner, "module", inner)

@@ -1,0 +1,72 @@
+"""Classification metrics summed over a whole split — never averaged per batch.
+
+The notes' ``total_accuracy = (outputs.argmax(1) == targets).sum()`` overwrites instead of adding, and
+averaging per-batch accuracies weights a short last batch like a full one. Here every count is a sum of
+per-sample results, kept on the device until :meth:`compute`, so the figures are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+class ClassificationMeter:
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
+        self.num_classes = num_classes
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.top5_correct = torch.zeros((), dtype=torch.int64, device=device)
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        """``loss_sum`` is the loss summed (not averaged) over the batch."""
+        preds = logits.argmax(dim=1)
+        k = self.num_classes
+        self.confusion += torch.bincount(targets * k + preds, minlength=k * k).view(k, k)
+        self.loss_sum += loss_sum.detach().double()
+        topk = logits.topk(min(5, k), dim=1).indices
+        self.top5_correct += (topk == targets.unsqueeze(1)).any(dim=1).sum()
+
+    def compute(self) -> dict:
+        """loss, accuracy, top5 (fractions), per-class accuracy, confusion (rows = truth), count."""
+        confusion = self.confusion.cpu()
+        total = int(confusion.sum())
+        if total == 0:
+            raise ValueError("no samples were evaluated")
+        support = confusion.sum(dim=1)
+        correct = confusion.diag()
+        per_class = [float(c) / float(s) if s else float("nan") for c, s in zip(correct, support, strict=True)]
+        return {
+            "loss": float(self.loss_sum) / total,
+            "accuracy": float(correct.sum()) / total,
+            "top5": float(self.top5_correct) / total,
+            "count": total,
+            "per_class_accuracy": per_class,
+            "confusion": confusion.tolist(),
+        }
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                     num_classes: int) -> dict:
+    """Evaluate ``model`` in eval mode over all batches; restores the model's previous mode."""
+    was_training = model.training
+    model.eval()
+    meter = ClassificationMeter(num_classes, device)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    try:
+        for images, labels in batches:
+            labels = labels.to(device, non_blocking=True)
+            logits = model(prepare(images.to(device, non_blocking=True)))
+            meter.update(logits, labels, loss_fn(logits.float(), labels))
+    finally:
+        model.train(was_training)
+    return meter.compute()
+
+
+def headline(metrics: dict) -> dict[str, float]:
+    """The scalar part of a metrics dict (what summaries and logs show)."""
+    return {k: metrics[k] for k in ("accuracy", "loss", "top5") if k in metrics}

@@ -1,0 +1,43 @@
+"""metrics.jsonl: one JSON object per logged step and per epoch, appended and flushed as they happen."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from visiontrain.engine.callbacks import Callback
+from visiontrain.engine.state import TrainState
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Only the plain numbers of an epoch's metrics (no confusion matrices, no private keys)."""
+    return {k: v for k, v in metrics.items() if not k.startswith("_") and "/_" not in k
+            and isinstance(v, int | float)}
+
+
+class MetricsFile(Callback):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = None
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._fh is None:
+            self._fh = self.path.open("a", encoding="utf-8")
+        self._fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        self._fh.flush()
+
+    def on_batch_end(self, state: TrainState) -> None:
+        if state.step % state.config.train.log_every == 0:
+            self._write({"kind": "step", "epoch": state.epoch + 1, "step": state.step,
+                         "train/loss": state.loss_value(), "lr": state.lr})
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self._write({"kind": "epoch", "epoch": state.epoch, "step": state.step,
+                     **scalar_metrics(state.epoch_metrics)})
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

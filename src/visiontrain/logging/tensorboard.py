@@ -1,0 +1,72 @@
+"""TensorBoard as a callback: scalars, a grid of training images, and the model graph.
+
+Tags: ``train/loss`` and ``train/lr`` every ``log_every`` steps (x = step); per epoch (x = epoch)
+``train/accuracy``, ``train/epoch_loss``, ``<split>/loss``, ``<split>/accuracy``, ``<split>/top5``,
+``time/epoch_s`` and ``time/img_per_s``; images ``train/batch``; the graph of the model trained.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from visiontrain.engine.callbacks import Callback
+from visiontrain.engine.state import TrainState
+
+EPOCH_TAGS = {
+    "train/accuracy": "train/accuracy",
+    "train/loss": "train/epoch_loss",
+    "train/epoch_time_s": "time/epoch_s",
+    "train/img_per_s": "time/img_per_s",
+}
+
+
+class TensorBoardLogger(Callback):
+    def __init__(self, log_dir: Path, max_images: int = 32) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.max_images = max_images
+        self._shown_batch = False
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self._add_graph(state)
+
+    def on_batch_end(self, state: TrainState) -> None:
+        if not self._shown_batch and state.images is not None:
+            images = state.images[: self.max_images].detach().to("cpu")
+            self.writer.add_images("train/batch", images, state.step)  # uint8 NCHW: shown as is
+            self._shown_batch = True
+        if state.step % state.config.train.log_every == 0:
+            self.writer.add_scalar("train/loss", state.loss_value(), state.step)
+            self.writer.add_scalar("train/lr", state.lr, state.step)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        m = state.epoch_metrics
+        for key, tag in EPOCH_TAGS.items():
+            if key in m:
+                self.writer.add_scalar(tag, m[key], state.epoch)
+        split = state.monitor_split
+        for name in ("loss", "accuracy", "top5"):
+            if f"{split}/{name}" in m:
+                self.writer.add_scalar(f"{split}/{name}", m[f"{split}/{name}"], state.epoch)
+        self.writer.flush()
+
+    def on_fit_end(self, state: TrainState) -> None:
+        self.writer.close()
+
+    def _add_graph(self, state: TrainState) -> None:
+        prep = state.prep
+        example = torch.zeros(1, prep.channels, prep.size, prep.size, device=state.device)
+        was_training = state.model.training
+        state.model.eval()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.writer.add_graph(state.model, example)
+        except Exception as exc:  # tracing is best effort: a model that cannot be traced still trains
+            print(f"note: TensorBoard graph skipped ({type(exc).__name__}: {exc})")
+        finally:
+            state.model.train(was_training)

@@ -1,0 +1,102 @@
+"""``visiontrain.load``: a checkpoint (or a run folder) back into a ready-to-use model.
+
+Only visiontrain's own safetensors + JSON checkpoints are read here: tensors and plain data, never
+pickles, so loading a file can never run code from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from visiontrain.data import Preprocessing
+from visiontrain.data.transforms import build_transforms
+from visiontrain.engine.checkpoint import load_into, load_weights, read_sidecar
+from visiontrain.errors import CheckpointError, VisiontrainError
+from visiontrain.models import ModelInput, create_model
+
+_PICKLE_SUFFIXES = {".pth", ".pt", ".pkl", ".pickle", ".tar", ".ckpt", ".bin"}
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its class names and preprocessing."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    prep: Preprocessing
+    device: torch.device
+    path: Path
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    def transform(self):
+        return build_transforms(self.prep.eval_transforms)
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a uint8 batch [B,C,H,W] already at the model's input size."""
+        x = self.prep.normalizer()(images.to(self.device))
+        return self.model(x)
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A run folder, a checkpoints folder, a ``.json`` sidecar or a ``.safetensors`` file → the sidecar."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist; pass a run folder (e.g. runs/<name>) or a checkpoint "
+                              "file (runs/<name>/checkpoints/best.json)")
+    if p.is_dir():
+        for candidate in (p / "checkpoints" / f"{which}.json", p / f"{which}.json",
+                          p / "checkpoints" / "last.json", p / "last.json"):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{p} holds no checkpoint (no checkpoints/{which}.json); did its training "
+                              "finish an epoch? pass another run folder")
+    if p.suffix == ".safetensors":
+        return p.with_suffix(".json")
+    if p.suffix in _PICKLE_SUFFIXES:
+        raise CheckpointError(f"{p} is a PyTorch pickle/state_dict file, not a visiontrain checkpoint; "
+                              "visiontrain loads safetensors + JSON checkpoints (a run folder or its "
+                              "checkpoints/best.json)")
+    return p
+
+
+def resolve_device(name: str) -> torch.device:
+    from visiontrain.runner import resolve_device as _resolve
+
+    return _resolve(name)
+
+
+def load(path: str | Path, device: str = "auto", which: str = "best") -> LoadedModel:
+    """Load a checkpoint for prediction or evaluation.
+
+    >>> m = visiontrain.load("runs/mnist-small_cnn-20261121-120000")  # doctest: +SKIP
+    >>> m.classes[:3]  # doctest: +SKIP
+    ['0', '1', '2']
+    """
+    sidecar = resolve_checkpoint(path, which)
+    meta = read_sidecar(sidecar)
+    try:
+        prep = Preprocessing.from_dict(meta["preprocessing"])
+        spec = meta["model"]
+        name, args = str(spec["name"]), dict(spec.get("args") or {})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{sidecar}: preprocessing/model fields are damaged ({exc})") from None
+    classes = meta["classes"]
+    if not classes or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{sidecar}: 'classes' must be a non-empty list of names")
+    try:
+        model = create_model(name, ModelInput(prep.channels, prep.size, len(classes)), args)
+    except VisiontrainError as exc:
+        raise CheckpointError(f"{sidecar}: cannot rebuild its model: {exc}") from None
+    load_into(model, load_weights(sidecar, meta), sidecar)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    return LoadedModel(model, meta, prep, dev, sidecar)

@@ -1,0 +1,91 @@
+"""Human-readable output for the CLI: the end of a training run, evaluations, predictions, tables."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visiontrain.logging.console import percent
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def print_train_result(run: Any) -> None:
+    s = run.summary
+    best = s.get("best") or {}
+    lines = [f"done in {s['wall_time_s']:.1f} s: {s['epochs_completed']} epochs on {s['device']}"]
+    if s.get("stop_reason"):
+        lines[0] += f" (stopped: {s['stop_reason']})"
+    if best:
+        lines.append(f"best {best.get('split', 'val')}: accuracy {percent(best['accuracy'])}"
+                     + (f", top5 {percent(best['top5'])}" if "top5" in best else "")
+                     + f", loss {best['loss']:.4f} (epoch {best['epoch']})")
+    if "test" in s:
+        t = s["test"]
+        lines.append(f"test:     accuracy {percent(t['accuracy'])}, top5 {percent(t['top5'])}, loss {t['loss']:.4f} "
+                     "(best checkpoint)")
+    run_dir = Path(s["run_dir"])
+    lines += [
+        f"run folder:   {run_dir}",
+        f"checkpoints:  {run_dir / 'checkpoints'}/best.safetensors (+ .json), last.safetensors",
+        f"watch it:     tensorboard --logdir {shlex.quote(str(run_dir.parent))}",
+    ]
+    samples = sorted((run_dir / "samples").glob("*.png"))
+    target = shlex.quote(str(samples[0])) if samples else "IMAGE.png"
+    lines.append(f"try it:       visiontrain predict {shlex.quote(str(run_dir))} {target}")
+    print("\n".join(lines))
+
+
+def print_evaluation(r: dict[str, Any]) -> None:
+    print(f"{r['checkpoint']} on {r['data']} [{r['split']}], {r['count']:,} images")
+    print(f"accuracy {percent(r['accuracy'])}   top5 {percent(r['top5'])}   loss {r['loss']:.4f}")
+    classes, confusion = r["classes"], r["confusion"]
+    print("\nper-class accuracy:")
+    print_table([{"class": c, "accuracy": percent(a) if a == a else "n/a", "support": sum(row)}
+                 for c, a, row in zip(classes, r["per_class_accuracy"], confusion, strict=True)],
+                ["class", "accuracy", "support"])
+    if len(classes) > 20:
+        print(f"\nconfusion matrix: {len(classes)} classes, too wide to show; see --json")
+        return
+    names = [c[:8] for c in classes]
+    width = max(6, *(len(n) for n in names), *(len(str(v)) for row in confusion for v in row))
+    print("\nconfusion matrix (rows: true class, columns: predicted):")
+    print(" " * (width + 1) + " ".join(n.rjust(width) for n in names))
+    for name, row in zip(names, confusion, strict=True):
+        print(name.rjust(width) + " " + " ".join(str(v).rjust(width) for v in row))
+
+
+def print_predictions(results: list[dict[str, Any]]) -> None:
+    for r in results:
+        if "error" in r:
+            print(f"{r['path']}: unreadable ({r['error']})")
+            continue
+        top = r["predictions"]
+        rest = ", ".join(f"{p['label']} {percent(p['probability'])}" for p in top[1:])
+        print(f"{r['path']}: {top[0]['label']} ({percent(top[0]['probability'])})" + (f"  [{rest}]" if rest else ""))
+
+
+def model_rows(include_torchvision: bool = False) -> list[dict[str, Any]]:
+    """One row per model with its parameter count for 10 classes at its default input (built on 'meta')."""
+    from visiontrain.models import MODELS, ModelInput, count_parameters, get_entry
+    from visiontrain.models.torchvision_models import classifier_names
+
+    names = list(MODELS) + (list(classifier_names()) if include_torchvision else [])
+    rows = []
+    for name in names:
+        entry = get_entry(name)
+        channels, size = entry.channels or 1, entry.default_size or 28
+        with torch.device("meta"):  # no memory, no time: shapes only
+            params = count_parameters(entry.builder(ModelInput(channels, size, 10)))
+        rows.append({"name": name, "parameters": f"{params:,}", "input": f"{channels}x{size}x{size}",
+                     "source": entry.source, "description": entry.description})
+    return rows
