@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import traceback
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = sub.add_parser("datasets", help="list the registered datasets")
     datasets.add_argument("--json", action="store_true", help="print as JSON")
+    for module in COMMAND_GROUPS:
+        COMMANDS.update(importlib.import_module(module).register(sub))
     return parser
 
 
@@ -171,6 +174,10 @@ def _datasets(args: argparse.Namespace) -> int:
         print_table(rows, ["name", "description"])
     return 0
 
+
+# Command groups that live beside their code. Each module has ``register(subparsers) -> {name: handler}``
+# where a handler takes the parsed args and returns the exit code.
+COMMAND_GROUPS: list[str] = []
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "models": _models,
             "datasets": _datasets}
