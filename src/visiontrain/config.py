@@ -211,6 +211,11 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
         origin = typing.get_origin(option) or option
         if origin is dict and isinstance(value, dict):
             return dict(value)
+        if origin is list and isinstance(value, list | tuple):
+            (item_type,) = typing.get_args(option) or (typing.Any,)
+            if item_type is typing.Any:
+                return list(value)
+            return [_coerce(v, item_type, f"{key}[{i}]", where) for i, v in enumerate(value)]
         if origin is bool and isinstance(value, bool):
             return value
         if origin is int and isinstance(value, int) and not isinstance(value, bool):

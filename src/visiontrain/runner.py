@@ -133,7 +133,7 @@ def train(config: RunConfig | dict | str | Path | None = None, *, callbacks: lis
     prep = data.prep
     model = create_model(cfg.model.name, ModelInput(prep.channels, prep.size, len(data.classes)), cfg.model.args)
     model = model.to(device, memory_format=torch.channels_last if device.type != "mps" else torch.contiguous_format)
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim)
     steps = len(data.loaders["train"])
     scheduler = build_schedule(optimizer, cfg.optim, steps, cfg.train.epochs)
     run_dir = make_run_dir(cfg)

@@ -10,13 +10,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from visiontrain.data.images import image_to_tensor, open_image
 from visiontrain.data.sources import FileSplit, TensorSplit
 from visiontrain.data.transforms import adapt_channels
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """The sample order of one epoch: a function of (n, seed, epoch) only, so a resumed run can
+    regenerate — and verify — exactly the stream an interrupted run consumed."""
+    if not shuffle:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 class TensorLoader:
@@ -26,10 +34,14 @@ class TensorLoader:
                  channels: int | None = None, transform: Callable | None = None) -> None:
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.channels, self.transform = channels, transform
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order; ``start_batch`` skips batches already consumed (resume)."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def order(self, epoch: int) -> torch.Tensor:
+        return epoch_order(len(self.split), self.seed, epoch, self.shuffle)
 
     def __len__(self) -> int:
         return -(-len(self.split) // self.batch_size)
@@ -40,12 +52,8 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.split)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = None
-        for start in range(0, n, self.batch_size):
+        order = self.order(self.epoch) if self.shuffle else None
+        for start in range(self.start_batch * self.batch_size, n, self.batch_size):
             if order is None:
                 images = self.split.images[start:start + self.batch_size]
                 labels = self.split.labels[start:start + self.batch_size]
@@ -77,29 +85,47 @@ class FileDataset(Dataset):
         return image, int(self.labels[i])
 
 
+class _EpochSampler(Sampler[int]):
+    """Indices of one epoch's order from ``start``; set by :class:`FileLoader` before each epoch."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(epoch_order(self.n, self.seed, self.epoch, self.shuffle)[self.start:].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
 class FileLoader:
-    """A DataLoader over a :class:`FileDataset` whose shuffle order depends only on (seed, epoch)."""
+    """A DataLoader over a :class:`FileDataset` whose order depends only on (seed, epoch)."""
 
     def __init__(self, dataset: FileDataset, batch_size: int, *, shuffle: bool, seed: int, workers: int,
                  pin_memory: bool = False) -> None:
-        self.dataset, self.shuffle, self.seed, self.epoch = dataset, shuffle, seed, 0
+        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        self.sampler = _EpochSampler(len(dataset), seed, shuffle)
+        # Worker seeds come from this generator; reseeded per epoch so they depend on (seed, epoch) too.
         self._gen = torch.Generator()
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                                 generator=self._gen, pin_memory=pin_memory,
-                                 persistent_workers=workers > 0)
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+                                 generator=self._gen, pin_memory=pin_memory, persistent_workers=workers > 0)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.epoch, self.sampler.start = epoch, start_batch * self.batch_size
+
+    def order(self, epoch: int) -> torch.Tensor:
+        return epoch_order(len(self.dataset), self.seed, epoch, self.shuffle)
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return -(-len(self.dataset) // self.batch_size)
 
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
 
     def __iter__(self) -> Iterator[Batch]:
-        self._gen.manual_seed(self.seed * 100_003 + self.epoch)
+        self._gen.manual_seed(self.seed * 100_003 + self.sampler.epoch)
         return iter(self.loader)
 
 
