@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from visiontrain.config import RunConfig, load_config, parse_override, read_yaml
-from visiontrain.errors import VisiontrainError
+from visiontrain.errors import ConfigError, VisiontrainError
 
 # flag → (config key, type, help). The YAML file takes the same names (with _ or -).
 TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
@@ -32,6 +32,27 @@ TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
     ("--image-size", "data.image_size", int, "square input side in pixels [default: the model's or the data's]"),
     ("--val-split", "data.val_split", float, "fraction of train held out when the data has no val split "
      "[default: 0.1]"),
+    ("--weight-decay", "optim.weight_decay", float, "weight decay on weights (never biases/norms) [default: 0]"),
+    ("--momentum", "optim.momentum", float, "SGD/RMSprop momentum [default: 0.9]"),
+    ("--nesterov", "optim.nesterov", bool, "Nesterov momentum for SGD"),
+    ("--warmup-epochs", "optim.warmup_epochs", float, "linear learning-rate warm-up, in epochs [default: 0]"),
+    ("--loss", "train.loss", str, "cross_entropy, bce (multi-label), mse, l1, smooth_l1 [default: cross_entropy]"),
+    ("--label-smoothing", "train.label_smoothing", float, "cross-entropy label smoothing [default: 0]"),
+    ("--class-weights", "train.class_weights", str, "'auto' weighs classes by inverse frequency"),
+    ("--precision", "train.precision", str, "32, bf16 or fp16 mixed precision [default: 32]"),
+    ("--accumulate", "train.accumulate", int, "batches per optimizer step (gradient accumulation) [default: 1]"),
+    ("--clip-grad-norm", "train.clip_grad_norm", float, "clip the global gradient norm to this value"),
+    ("--ema-decay", "train.ema_decay", float, "keep an EMA of the weights with this decay (e.g. 0.999)"),
+    ("--mixup", "train.mixup_alpha", float, "MixUp alpha (0 = off) [default: 0]"),
+    ("--cutmix", "train.cutmix_alpha", float, "CutMix alpha (0 = off) [default: 0]"),
+    ("--monitor", "train.monitor", str, "metric that picks the best checkpoint, e.g. val/loss [default: val/accuracy]"),
+    ("--early-stop", "train.early_stop_patience", int, "stop after N epochs without improvement of --monitor"),
+    ("--keep-last", "train.keep_last", int, "also keep the last N per-epoch checkpoints [default: 0]"),
+    ("--checkpoint-every", "train.checkpoint_every", int, "also checkpoint every N steps, for resume [default: 0]"),
+    ("--deterministic", "train.deterministic", bool, "use deterministic algorithms (bit-identical reruns)"),
+    ("--channels-last", "train.channels_last", bool, "NHWC memory format [default: on]"),
+    ("--compile", "train.compile", bool, "torch.compile the model"),
+    ("--threads", "train.threads", int, "CPU threads for torch [default: torch's choice]"),
     ("--out", "out", str, "runs root folder [default: runs]"),
     ("--name", "name", str, "run folder name under --out [default: <data>-<model>-<time>]; an existing "
      "name gets a -2, -3 … suffix"),
@@ -47,8 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model (no arguments: a small CNN on MNIST)",
                            description="Train a model. With no arguments: a small CNN on MNIST, offline.")
     train.add_argument("--config", help="YAML config file; flags given here override its values")
+    train.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run from its last "
+                       "checkpoint (its config.yaml; flags given here override it, e.g. --epochs)")
     for flag, _key, kind, text in TRAIN_FLAGS:
-        train.add_argument(flag, type=kind, default=None, help=text)
+        if kind is bool:
+            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            train.add_argument(flag, type=kind, default=None, help=text)
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set model.args.width=32 (repeatable)")
     train.add_argument("--quiet", action="store_true", help="no progress output, only the final lines")
@@ -82,8 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults ← YAML file ← flags ← --set overrides."""
-    raw = read_yaml(args.config) if args.config else {}
-    cfg = load_config(raw, where=args.config or "config")
+    if getattr(args, "resume", None):
+        from visiontrain.runner import saved_config
+
+        cfg = saved_config(args.resume)
+    else:
+        raw = read_yaml(args.config) if args.config else {}
+        cfg = load_config(raw, where=args.config or "config")
     overrides: dict[str, Any] = {}
     for flag, key, _kind, _text in TRAIN_FLAGS:
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
@@ -117,7 +148,9 @@ def _train(args: argparse.Namespace) -> int:
     from visiontrain.runner import train
     from visiontrain.use.report import print_train_result
 
-    run = train(config_from_args(args), quiet=args.quiet)
+    if args.resume and args.config:
+        raise ConfigError("--resume uses the run's own config.yaml; drop --config (flags still override it)")
+    run = train(config_from_args(args), resume=args.resume, quiet=args.quiet)
     print_train_result(run)
     return 0
 

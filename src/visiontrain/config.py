@@ -8,6 +8,7 @@ name the key, so a typo never silently trains with a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -41,11 +42,15 @@ class ModelConfig:
 class OptimConfig:
     name: str = "adam"  # sgd | adam | adamw | rmsprop
     lr: float = 0.003  # peak learning rate
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # applied to weights only: never to biases or norm layers
     momentum: float = 0.9  # SGD/RMSprop momentum
-    schedule: str = "onecycle"  # none | cosine | onecycle | step
-    step_size: int = 1  # epochs between decays for the step schedule
-    gamma: float = 0.1  # decay factor for the step schedule
+    nesterov: bool = False  # SGD Nesterov momentum
+    schedule: str = "onecycle"  # none | step | multistep | cosine | onecycle | plateau
+    warmup_epochs: float = 0.0  # linear warm-up (fractions allowed) in front of the schedule
+    step_size: int = 1  # epochs between decays (step)
+    milestones: list[int] = field(default_factory=list)  # epochs at which to decay (multistep)
+    gamma: float = 0.1  # decay factor (step, multistep, plateau)
+    plateau_patience: int = 2  # epochs without improvement before plateau decays
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,24 @@ class TrainConfig:
     epochs: int = 2
     device: str = "auto"  # auto (cuda → mps → cpu) | cpu | cuda | cuda:N | mps
     seed: int = 0
+    deterministic: bool = False  # torch deterministic algorithms (bit-identical reruns on the GPU too)
     log_every: int = 100  # log the training loss every N steps (the seeds' choice)
     threads: int | None = None  # torch CPU threads; None = torch's default
+    loss: str = "cross_entropy"  # cross_entropy | bce (multi-label) | mse | l1 | smooth_l1 (regression)
+    label_smoothing: float = 0.0
+    class_weights: str | list[float] | None = None  # "auto" (inverse class frequency) or one weight per class
+    precision: str = "32"  # 32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
+    channels_last: bool = True  # NHWC memory format (faster convolutions on CPUs and tensor cores)
+    compile: bool = False  # torch.compile the model
+    accumulate: int = 1  # batches per optimizer step (gradient accumulation)
+    clip_grad_norm: float | None = None  # clip the global gradient norm to this value
+    ema_decay: float | None = None  # keep an exponential moving average of the weights (e.g. 0.999)
+    mixup_alpha: float = 0.0  # MixUp strength (0 = off)
+    cutmix_alpha: float = 0.0  # CutMix strength (0 = off)
+    monitor: str = "auto"  # metric that picks the best checkpoint: auto (val/accuracy), or e.g. val/loss
+    early_stop_patience: int | None = None  # stop after N epochs without improvement of `monitor`
+    keep_last: int = 0  # also keep this many per-epoch checkpoints (epoch-0003.*) besides last/best
+    checkpoint_every: int = 0  # also checkpoint (for resume) every N optimizer steps; 0 = per epoch only
 
 
 @dataclass(frozen=True)
@@ -98,6 +119,11 @@ ALIASES: dict[str, str] = {
     "device": "train.device",
     "seed": "train.seed",
     "log_every": "train.log_every",
+    "precision": "train.precision",
+    "accumulate": "train.accumulate",
+    "loss": "train.loss",
+    "warmup_epochs": "optim.warmup_epochs",
+    "deterministic": "train.deterministic",
 }
 
 
@@ -149,6 +175,18 @@ def _check_ranges(cfg: RunConfig, where: str) -> None:
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
         (cfg.train.log_every >= 1, "train.log_every must be at least 1"),
         (cfg.train.threads is None or cfg.train.threads >= 1, "train.threads must be at least 1"),
+        (cfg.train.accumulate >= 1, "train.accumulate must be at least 1"),
+        (0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
+        (cfg.train.clip_grad_norm is None or cfg.train.clip_grad_norm > 0, "train.clip_grad_norm must be positive"),
+        (cfg.train.ema_decay is None or 0.0 < cfg.train.ema_decay < 1.0, "train.ema_decay must be in (0, 1)"),
+        (cfg.train.mixup_alpha >= 0 and cfg.train.cutmix_alpha >= 0, "mixup/cutmix alpha must be 0 or more"),
+        (cfg.train.early_stop_patience is None or cfg.train.early_stop_patience >= 1,
+         "train.early_stop_patience must be at least 1"),
+        (cfg.train.keep_last >= 0 and cfg.train.checkpoint_every >= 0,
+         "train.keep_last and train.checkpoint_every must be 0 or more"),
+        (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be 0 or more"),
+        (cfg.optim.step_size >= 1, "optim.step_size must be at least 1"),
+        (0.0 < cfg.optim.gamma <= 1.0, "optim.gamma must be in (0, 1]"),
     ]
     for ok, message in checks:
         if not ok:
@@ -202,6 +240,9 @@ def _build(cls: type, raw: dict[str, Any], where: str, prefix: str) -> Any:
     return cls(**values)
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     """Check a leaf value against its type; accept ints for floats and strings for numbers from flags."""
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
@@ -222,6 +263,8 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
             return value
         if origin is float and isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if origin is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads `1e-3` (no dot) as a string; it is a float to everyone else
         if origin is str and isinstance(value, str):
             return value
     wanted = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)

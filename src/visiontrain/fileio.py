@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from visiontrain.errors import VisiontrainError
+from visiontrain.faults import fault_point
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -28,6 +29,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        fault_point("before-rename")
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):

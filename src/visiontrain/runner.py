@@ -2,82 +2,37 @@
 
 from __future__ import annotations
 
-import random
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
 from visiontrain.config import RunConfig, load_config, read_yaml
-from visiontrain.data import build_data
-from visiontrain.data.sources import TensorSplit
+from visiontrain.data import DataBundle, build_data
+from visiontrain.engine.build import build_ema, build_mixing, prepare_model, resolve_device, seed_everything
 from visiontrain.engine.callbacks import Callback, Callbacks
-from visiontrain.engine.checkpoint import load_into, load_weights, read_sidecar
-from visiontrain.engine.loop import fit, state_prepare
+from visiontrain.engine.checkpoint import _unwrap, load_into, load_weights, read_sidecar
+from visiontrain.engine.control import EarlyStopping, EMAUpdate, GracefulInterrupt
+from visiontrain.engine.loop import fit, input_preparer
+from visiontrain.engine.losses import build_loss, class_weights
 from visiontrain.engine.metrics import evaluate_batches, headline
-from visiontrain.engine.optim import build_optimizer, build_schedule
-from visiontrain.engine.saver import CheckpointSaver
+from visiontrain.engine.optim import Schedule, build_optimizer
+from visiontrain.engine.precision import Precision
+from visiontrain.engine.resume import read_resume, restore, stream_fingerprint
+from visiontrain.engine.saver import CheckpointSaver, monitor_key, monitor_mode
 from visiontrain.engine.state import TrainState
-from visiontrain.errors import ConfigError, VisiontrainError
-from visiontrain.fileio import atomic_write_bytes, atomic_write_json, atomic_write_yaml
+from visiontrain.errors import CheckpointError, ConfigError, VisiontrainError
+from visiontrain.fileio import atomic_write_json, atomic_write_yaml
 from visiontrain.logging.console import ConsoleLogger
 from visiontrain.logging.files import MetricsFile
 from visiontrain.logging.tensorboard import TensorBoardLogger
 from visiontrain.models import ModelInput, count_parameters, create_model, get_entry
-from visiontrain.versions import library_versions
+from visiontrain.run import Run, summarize, write_samples
 
-
-@dataclass
-class Run:
-    """A finished (or stopped) run: its folder, config and summary."""
-
-    dir: Path
-    config: RunConfig
-    summary: dict[str, Any]
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.dir / "checkpoints" / "best.json"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.dir / "checkpoints" / "last.json"
-
-    def load(self, which: str = "best"):
-        from visiontrain.use.loading import load
-
-        return load(self.dir / "checkpoints" / f"{which}.json")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda, then mps, then cpu; explicit names are checked to exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but CUDA is not available here; use --device cpu or auto")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {name!r} asked for but MPS is not available here; use --device cpu or auto")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+__all__ = ["Run", "make_run_dir", "resolve_device", "train"]
 
 
 def as_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
@@ -113,107 +68,114 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", Path(text).name or text).strip("_") or "run"
 
 
-def train(config: RunConfig | dict | str | Path | None = None, *, callbacks: list[Callback] | None = None,
-          quiet: bool = False) -> Run:
-    """Train a model; returns the :class:`Run` with its folder and summary.
+def saved_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run was started with (its ``config.yaml``)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml); pass runs/<name>")
+    return as_config(path)
+
+
+def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | Path | None = None,
+          callbacks: list[Callback] | None = None, quiet: bool = False) -> Run:
+    """Train a model, or continue a stopped run with ``resume=<run folder>``; returns the :class:`Run`.
 
     >>> run = visiontrain.train({"data": "synthetic", "epochs": 1, "out": "/tmp/vt-doc"})  # doctest: +SKIP
     >>> run.summary["best"]["accuracy"] > 0.5  # doctest: +SKIP
     True
     """
-    cfg = as_config(config)
     started = time.perf_counter()
+    cfg = as_config(config) if config is not None or resume is None else saved_config(resume)
+    state, data = _build_state(cfg)
+    if resume is None:
+        state.run_dir = make_run_dir(cfg)
+        atomic_write_yaml(state.run_dir / "config.yaml", cfg.to_dict())
+    else:
+        state.run_dir = Path(resume)
+    chain = _callbacks(state, data, callbacks or [], quiet, started)
+    if resume is not None:
+        _resume(state, data, chain)
+    if not quiet:
+        _print_header(cfg, data, state)
+    fit(state, data.loaders, chain)
+    write_samples(data, state.run_dir / "samples")
+    summary = summarize(state, data, state.elapsed_before + time.perf_counter() - started)
+    if "test" in data.loaders and state.best is not None:
+        summary["test"] = _test_best(state, data)
+    atomic_write_json(state.run_dir / "summary.json", summary)
+    return Run(state.run_dir, cfg, summary)
+
+
+def _build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
-    seed_everything(cfg.train.seed)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
     entry = get_entry(cfg.model.name)
     data = build_data(cfg.data, cfg.train.seed, channels=entry.channels, size=entry.default_size,
                       pin_memory=device.type == "cuda")
-    prep = data.prep
-    model = create_model(cfg.model.name, ModelInput(prep.channels, prep.size, len(data.classes)), cfg.model.args)
-    model = model.to(device, memory_format=torch.channels_last if device.type != "mps" else torch.contiguous_format)
+    prep, classes = data.prep, data.classes
+    model = create_model(cfg.model.name, ModelInput(prep.channels, prep.size, len(classes)), cfg.model.args)
+    model = prepare_model(model, device, cfg.train)
     optimizer = build_optimizer(model, cfg.optim)
-    steps = len(data.loaders["train"])
-    scheduler = build_schedule(optimizer, cfg.optim, steps, cfg.train.epochs)
-    run_dir = make_run_dir(cfg)
-    atomic_write_yaml(run_dir / "config.yaml", cfg.to_dict())
-    state = TrainState(cfg, model, optimizer, scheduler, nn.CrossEntropyLoss(), device, prep, data.classes,
-                       run_dir, steps)
-    console = ConsoleLogger(progress=False if quiet else None)
-    if not quiet:
-        _print_header(cfg, data, model, device, run_dir)
-    chain = Callbacks([*([] if quiet else [console]), MetricsFile(run_dir / "metrics.jsonl"),
-                       TensorBoardLogger(run_dir), CheckpointSaver(run_dir / "checkpoints"), *(callbacks or [])])
-    fit(state, data.loaders, chain)
-    _write_samples(data, run_dir / "samples")
-    summary = _summarize(state, data, started)
-    if "test" in data.loaders and state.best is not None:
-        summary["test"] = _test_best(state, data)
-    atomic_write_json(run_dir / "summary.json", summary)
-    return Run(run_dir, cfg, summary)
+    batches = len(data.loaders["train"])
+    steps = -(-batches // cfg.train.accumulate)
+    key = cfg.train.monitor if cfg.train.monitor != "auto" else "val/accuracy"
+    schedule = Schedule(optimizer, cfg.optim, steps, cfg.train.epochs, monitor_mode(key))
+    task = getattr(data.source, "task", "classification")
+    train_labels = data.source.splits["train"].labels if task == "classification" else None
+    weights = class_weights(cfg.train, train_labels, len(classes))
+    loss_fn = build_loss(cfg.train, task, weights.to(device) if weights is not None else None)
+    state = TrainState(cfg, model, optimizer, schedule, Precision(cfg.train.precision, device), loss_fn, device,
+                       prep, classes, Path(cfg.out), steps, batches,
+                       batch_transform=build_mixing(cfg.train, len(classes)),
+                       ema=build_ema(_unwrap(model), cfg.train.ema_decay))
+    return state, data
 
 
-def _write_samples(data, folder: Path, count: int = 4) -> None:
-    """A few held-out images as files, so the closing `visiontrain predict` line works as printed."""
-    from PIL import Image
-
-    split_name = next((s for s in ("test", "val") if s in data.source.splits), "train")
-    split = data.source.splits[split_name]
-    folder.mkdir(exist_ok=True)
-    for i in range(min(count, len(split))):
-        label = _slug(data.classes[int(split.labels[i])])
-        target = folder / f"{split_name}_{i}_{label}.png"
-        if isinstance(split, TensorSplit):
-            array = split.images[i].permute(1, 2, 0).squeeze(-1).numpy()
-            Image.fromarray(array).save(target)
-        else:
-            try:
-                target = target.with_suffix(split.paths[i].suffix.lower())
-                atomic_write_bytes(target, split.paths[i].read_bytes())
-            except (OSError, VisiontrainError):
-                continue
+def _callbacks(state: TrainState, data: DataBundle, extra: list[Callback], quiet: bool, started: float) -> Callbacks:
+    cfg = state.config.train
+    prepare = input_preparer(state.prep.normalizer(), cfg.channels_last)
+    chain = Callbacks()
+    chain.items += [EMAUpdate(prepare)] if state.ema is not None else []
+    chain.items += [] if quiet else [ConsoleLogger()]
+    chain.items += [MetricsFile(state.run_dir / "metrics.jsonl"), TensorBoardLogger(state.run_dir)]
+    chain.items += [CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started)]
+    chain.items += [EarlyStopping(cfg.early_stop_patience)] if cfg.early_stop_patience else []
+    chain.items += [GracefulInterrupt(), *extra]
+    return chain
 
 
-def _test_best(state: TrainState, data) -> dict[str, Any]:
+def _resume(state: TrainState, data: DataBundle, chain: Callbacks) -> None:
+    """Load the run's resume point and prove the data stream is the one it was trained on."""
+    meta, tensors = read_resume(state.run_dir / "checkpoints" / "resume.safetensors")
+    now = stream_fingerprint(data.loaders["train"], meta["epoch"], meta["batch_in_epoch"])
+    if now != meta["fingerprint"]:
+        raise CheckpointError(f"{state.run_dir}: the training data or its order differ from the interrupted run "
+                              "(sample-stream fingerprint mismatch); resume with the same data, seed and batch size")
+    restore(state, meta, tensors)
+    chain.load_state_dict(meta.get("callbacks", {}))
+    state.resumed_from = {"epoch": state.epoch, "batch": state.batch_in_epoch, "step": state.step}
+    print(f"resuming {state.run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step}); "
+          f"sample stream verified (fingerprint {now[:12]})", file=sys.stderr, flush=True)
+
+
+def _test_best(state: TrainState, data: DataBundle) -> dict[str, Any]:
     """Test-split metrics of the best checkpoint, read back from disk (proving the file round-trips)."""
     sidecar = state.run_dir / "checkpoints" / "best.json"
-    load_into(state.model, load_weights(sidecar, read_sidecar(sidecar)), sidecar)
-    full = evaluate_batches(state.model, data.loaders["test"], state_prepare(state, state.prep.normalizer()),
-                            state.device, len(state.classes))
+    model = _unwrap(state.model)
+    load_into(model, load_weights(sidecar, read_sidecar(sidecar)), sidecar)
+    prepare = input_preparer(state.prep.normalizer(), state.config.train.channels_last)
+    full = evaluate_batches(model, data.loaders["test"], prepare, state.device, len(state.classes))
     return {**headline(full), "epoch": state.best["epoch"] if state.best else None, "checkpoint": "best"}
 
 
-def _summarize(state: TrainState, data, started: float) -> dict[str, Any]:
-    split = state.monitor_split
-    m = state.epoch_metrics
-    final = {k: m.get(f"{split}/{k}") for k in ("accuracy", "loss", "top5") if f"{split}/{k}" in m}
-    if not final:
-        final = {"accuracy": m.get("train/accuracy"), "loss": m.get("train/loss")}
-    return {
-        "run_dir": str(state.run_dir),
-        "epochs_completed": state.epoch,
-        "steps": state.step,
-        "stopped_early": bool(state.stop_reason),
-        "stop_reason": state.stop_reason,
-        "monitor_split": split,
-        "final": final,
-        "best": state.best,
-        "train": {k.removeprefix("train/"): v for k, v in m.items() if k.startswith("train/")},
-        "wall_time_s": round(time.perf_counter() - started, 3),
-        "device": str(state.device),
-        "model": {"name": state.config.model.name, "parameters": count_parameters(state.model)},
-        "data": {"name": state.config.data.name, "classes": state.classes,
-                 "counts": {k: len(v) for k, v in data.source.splits.items()}},
-        "versions": library_versions(),
-    }
-
-
-def _print_header(cfg: RunConfig, data, model: nn.Module, device: torch.device, run_dir: Path) -> None:
+def _print_header(cfg: RunConfig, data: DataBundle, state: TrainState) -> None:
     counts = ", ".join(f"{len(v):,} {k}" for k, v in data.source.splits.items())
-    print(f"visiontrain: {cfg.model.name} ({count_parameters(model):,} parameters) on {cfg.data.name} "
-          f"[{counts}; {len(data.classes)} classes, {data.prep.channels}x{data.prep.size}x{data.prep.size}], "
-          f"{cfg.train.epochs} epochs on {device}", file=sys.stderr, flush=True)
+    p = data.prep
+    print(f"visiontrain: {cfg.model.name} ({count_parameters(state.model):,} parameters) on {cfg.data.name} "
+          f"[{counts}; {len(data.classes)} classes, {p.channels}x{p.size}x{p.size}], "
+          f"{cfg.train.epochs} epochs on {state.device}", file=sys.stderr, flush=True)
     for note in data.source.notes:
         print(f"note: {note}", file=sys.stderr, flush=True)
-    print(f"run folder: {run_dir}", file=sys.stderr, flush=True)
+    print(f"run folder: {state.run_dir} (monitor: {monitor_key(state)})", file=sys.stderr, flush=True)

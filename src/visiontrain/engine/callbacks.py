@@ -7,7 +7,7 @@ The loop only trains; logging, TensorBoard, checkpoints and progress are callbac
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from visiontrain.engine.state import TrainState
@@ -32,6 +32,12 @@ class Callback:
     def on_epoch_end(self, state: TrainState) -> None: ...
     def on_fit_end(self, state: TrainState) -> None: ...
 
+    def state_dict(self) -> dict[str, Any]:
+        """What this callback must remember across a resume (JSON-able); most remember nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
 
 class Callbacks:
     """Calls one event on every callback, in order."""
@@ -42,3 +48,11 @@ class Callbacks:
     def fire(self, event: str, state: TrainState) -> None:
         for cb in self.items:
             getattr(cb, event)(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {type(cb).__name__: s for cb in self.items if (s := cb.state_dict())}
+
+    def load_state_dict(self, states: dict[str, Any]) -> None:
+        for cb in self.items:
+            if type(cb).__name__ in states:
+                cb.load_state_dict(states[type(cb).__name__])

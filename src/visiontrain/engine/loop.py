@@ -1,13 +1,15 @@
 """The training loop: read it top to bottom.
 
 ``fit`` runs epochs; ``train_one_epoch`` is the seeds' routine done right — ``model.train()``, device,
-normalize, forward, loss, backward, step, schedule — and ``evaluate_batches`` sums over the whole split.
-Everything else (logs, TensorBoard, checkpoints, progress) happens in callbacks.
+normalize, autocast forward, loss, (scaled) backward, clip, step, schedule — with gradient accumulation,
+and ``evaluate_batches`` sums over the whole split. Logs, TensorBoard, checkpoints, EMA, early stopping
+and progress are callbacks; the loop has no ``if tensorboard:``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -19,70 +21,82 @@ from visiontrain.engine.state import TrainState
 
 
 def fit(state: TrainState, loaders: dict[str, Loader], callbacks: Callbacks) -> TrainState:
-    """Train for ``config.train.epochs`` epochs, validating after each on 'val' (else 'test')."""
-    normalizer = state.prep.normalizer()
-    eval_split = next((s for s in ("val", "test") if s in loaders), None)
+    """Train until ``config.train.epochs``, validating after each epoch on 'val' (else 'test')."""
+    prepare = input_preparer(state.prep.normalizer(), state.config.train.channels_last)
+    state.eval_split = next((s for s in ("val", "test") if s in loaders), None)
+    state.eval_loader = loaders.get(state.eval_split) if state.eval_split else None
     callbacks.fire("on_fit_start", state)
     try:
         while state.epoch < state.config.train.epochs:
             callbacks.fire("on_epoch_start", state)
-            train_metrics = train_one_epoch(state, loaders["train"], normalizer, callbacks)
-            metrics = {f"train/{k}": v for k, v in train_metrics.items()}
-            if eval_split is not None:
-                full = evaluate_batches(state.model, loaders[eval_split], state_prepare(state, normalizer),
-                                        state.device, len(state.classes))
-                metrics.update({f"{eval_split}/{k}": v for k, v in headline(full).items()})
-                metrics[f"{eval_split}/_full"] = full  # type: ignore[assignment]
-            metrics["_split"] = eval_split or "train"  # type: ignore[assignment]
+            metrics = {f"train/{k}": v for k, v in train_one_epoch(state, loaders["train"], prepare,
+                                                                   callbacks).items()}
+            if state.eval_loader is not None:
+                full = evaluate_batches(state.model, state.eval_loader, prepare, state.device, len(state.classes))
+                metrics.update({f"{state.eval_split}/{k}": v for k, v in headline(full).items()})
+                metrics[f"{state.eval_split}/_full"] = full
             state.epoch_metrics = metrics
             state.epoch += 1
+            state.batch_in_epoch = 0
             callbacks.fire("on_epoch_end", state)
     except StopTraining as stop:
         state.stop_reason = stop.reason
-    except KeyboardInterrupt:
-        state.stop_reason = "interrupted (Ctrl-C)"
     callbacks.fire("on_fit_end", state)
     return state
 
 
-def state_prepare(state: TrainState, normalizer: Normalizer):
+def input_preparer(normalizer: Normalizer, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 batch on the device → normalized float input in the model's memory format."""
-    channels_last = state.config.train.device != "mps"
-
     def prepare(images: torch.Tensor) -> torch.Tensor:
         x = normalizer(images)
-        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
     return prepare
 
 
-def train_one_epoch(state: TrainState, loader: Loader, normalizer: Normalizer, callbacks: Callbacks) -> dict:
-    model, optimizer, device = state.model, state.optimizer, state.device
-    prepare = state_prepare(state, normalizer)
+def train_one_epoch(state: TrainState, loader: Loader, prepare: Callable[[torch.Tensor], torch.Tensor],
+                    callbacks: Callbacks) -> dict[str, float]:
+    model, optimizer, device, cfg = state.model, state.optimizer, state.device, state.config.train
+    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
-    loader.set_epoch(state.epoch)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
+    if state.batch_in_epoch == 0:
+        state.reset_sums()
+    loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+    accumulate, total = cfg.accumulate, state.batches_per_epoch
     start = time.perf_counter()
-    for state.batch_in_epoch, (images, labels) in enumerate(loader):
+    for index, (images, labels) in enumerate(loader, start=state.batch_in_epoch):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        logits = model(prepare(images))
-        loss = state.loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if state.scheduler is not None:
-            state.scheduler.step()
-        # Sums stay on the device: no host sync per step.
-        loss_sum += loss.detach().double() * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum()
-        seen += len(labels)
+        inputs, targets = prepare(images), labels
+        if state.batch_transform is not None:
+            inputs, targets = state.batch_transform(inputs, labels)
+        if index % accumulate == 0:
+            optimizer.zero_grad(set_to_none=True)  # grads live on until the next cycle, for grad-norm logs
+        with state.precision.autocast():
+            logits = model(inputs)
+            loss = state.loss_fn(logits, targets)
+        # The last cycle of an epoch may be short: scale by its real length so every step is a mean.
+        cycle = min(accumulate, total - (index - index % accumulate))
+        state.precision.backward(loss / cycle)
+        _accumulate_sums(state, loss, logits, labels)
+        if (index + 1) % accumulate and index + 1 != total:
+            continue
+        state.grad_norm = state.precision.step(optimizer, params, cfg.clip_grad_norm)
+        state.schedule.step_batch()
         state.step += 1
-        state.images, state.loss = images, loss
+        state.batch_in_epoch = index + 1
+        state.images, state.labels, state.loss = images, labels, loss
         callbacks.fire("on_batch_end", state)
     elapsed = time.perf_counter() - start
-    return {"loss": float(loss_sum) / max(seen, 1), "accuracy": float(correct) / max(seen, 1),
-            "epoch_time_s": elapsed, "img_per_s": seen / elapsed if elapsed > 0 else 0.0,
-            "lr": state.lr}
+    seen = int(state.sums["seen"])
+    return {"loss": float(state.sums["loss_sum"]) / max(seen, 1),
+            "accuracy": float(state.sums["correct"]) / max(seen, 1),
+            "epoch_time_s": elapsed, "img_per_s": seen / elapsed if elapsed > 0 else 0.0, "lr": state.lr}
+
+
+def _accumulate_sums(state: TrainState, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    n = labels.shape[0]
+    state.sums["loss_sum"] += loss.detach().double() * n
+    if logits.dim() == 2 and labels.dim() == 1:  # classification: exact correct count
+        state.sums["correct"] += (logits.detach().argmax(dim=1) == labels).sum()
+    state.sums["seen"] += n

@@ -1,12 +1,16 @@
 """Optimizers and learning-rate schedules by table lookup (no if/elif chains).
 
-Every schedule steps once per optimizer step, so a schedule "per epoch" is expressed in steps; the loop
-then needs only one ``scheduler.step()`` call site.
+Weight decay applies to weights only: biases and normalization parameters are never decayed (decaying a
+BatchNorm scale towards zero fights the normalization). A :class:`Schedule` puts an optional linear
+warm-up in front of any schedule and steps per optimizer step, except reduce-on-plateau, which needs a
+validation metric and so steps per epoch. All of its state is plain numbers, so resume never needs pickle.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,21 +20,24 @@ from visiontrain.config import OptimConfig
 from visiontrain.errors import ConfigError
 
 OPTIMIZERS: dict[str, Callable[[list[dict], OptimConfig], torch.optim.Optimizer]] = {
-    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0,
+                                        weight_decay=c.weight_decay),
     "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
     "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay),
     "rmsprop": lambda p, c: torch.optim.RMSprop(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
 }
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
-# builder(optimizer, config, steps_per_epoch, epochs) -> scheduler or None
-SCHEDULES: dict[str, Callable[..., lr_scheduler.LRScheduler | None]] = {
-    "none": lambda opt, c, spe, epochs: None,
-    "cosine": lambda opt, c, spe, epochs: lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, spe * epochs)),
-    "onecycle": lambda opt, c, spe, epochs: lr_scheduler.OneCycleLR(
-        opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(1, spe * epochs), pct_start=0.25),
-    "step": lambda opt, c, spe, epochs: lr_scheduler.StepLR(opt, step_size=max(1, spe * c.step_size),
-                                                             gamma=c.gamma),
-}
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Parameter names that weight decay must skip: every bias and every normalization-layer parameter."""
+    names = set()
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if isinstance(module, _NORMS) or param_name.endswith("bias"):
+                names.add(full)
+    return names
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig,
@@ -38,23 +45,80 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig,
     """An optimizer over the model's trainable parameters.
 
     ``lr_scale(name)`` gives a parameter's learning-rate multiplier (discriminative fine-tuning: a
-    smaller rate for a pretrained backbone); parameters with the same multiplier share one group, whose
-    ``lr`` is ``cfg.lr * scale`` and which remembers its ``lr_scale`` for schedules.
+    smaller rate for a pretrained backbone). Parameters sharing (multiplier, decay) share a group whose
+    ``lr`` is ``cfg.lr * scale`` and which remembers its ``lr_scale``.
     """
     if cfg.name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {cfg.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    groups: dict[float, list[nn.Parameter]] = {}
+    skip_decay = no_decay_names(model)
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            groups.setdefault(float(lr_scale(name)) if lr_scale else 1.0, []).append(param)
+            scale = float(lr_scale(name)) if lr_scale else 1.0
+            groups.setdefault((scale, name not in skip_decay), []).append(param)
     if not groups:
         raise ConfigError("the model has no trainable parameters: everything is frozen; freeze less")
-    param_groups = [{"params": params, "lr": cfg.lr * scale, "lr_scale": scale} for scale, params in groups.items()]
+    param_groups = [{"params": params, "lr": cfg.lr * scale, "lr_scale": scale,
+                     "weight_decay": cfg.weight_decay if decay else 0.0}
+                    for (scale, decay), params in groups.items()]
     return OPTIMIZERS[cfg.name](param_groups, cfg)
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int,
-                   epochs: int) -> lr_scheduler.LRScheduler | None:
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-    return SCHEDULES[cfg.schedule](optimizer, cfg, steps_per_epoch, epochs)
+# Multipliers of the peak learning rate after warm-up: f(step after warm-up, steps after warm-up, cfg, steps/epoch)
+_FACTORS: dict[str, Callable[[int, int, OptimConfig, int], float]] = {
+    "none": lambda t, n, c, spe: 1.0,
+    "cosine": lambda t, n, c, spe: 0.5 * (1 + math.cos(math.pi * min(t, n) / max(n, 1))),
+    # Epoch-based decays change the rate exactly at epoch boundaries, counted from the first step.
+    "step": lambda t, n, c, spe: c.gamma ** (t // (spe * c.step_size)),
+    "multistep": lambda t, n, c, spe: c.gamma ** sum(t >= m * spe for m in c.milestones),
+}
+SCHEDULES = (*_FACTORS, "onecycle", "plateau")
+
+
+class Schedule:
+    """Warm-up + schedule; call :meth:`step_batch` after every optimizer step, :meth:`step_epoch` after
+    every validation."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int,
+                 epochs: int, monitor_mode: str = "max") -> None:
+        if cfg.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        total = max(1, steps_per_epoch * epochs)
+        warm = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
+        self.kind, self.warm, self.done = cfg.schedule, warm, 0
+        self.plateau: lr_scheduler.ReduceLROnPlateau | None = None
+        if cfg.schedule == "onecycle":  # OneCycle is a warm-up + anneal by itself; warmup sets its first phase
+            pct = warm / total if warm else 0.25
+            self.per_step: lr_scheduler.LRScheduler = lr_scheduler.OneCycleLR(
+                optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total, pct_start=pct)
+            return
+        factor = _FACTORS.get(cfg.schedule, _FACTORS["none"])
+
+        def multiplier(step: int) -> float:
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            return factor(step - warm, total - warm, cfg, steps_per_epoch)
+
+        self.per_step = lr_scheduler.LambdaLR(optimizer, multiplier)
+        if cfg.schedule == "plateau":
+            self.plateau = lr_scheduler.ReduceLROnPlateau(optimizer, mode=monitor_mode, factor=cfg.gamma,
+                                                          patience=cfg.plateau_patience)
+
+    def step_batch(self) -> None:
+        self.done += 1
+        if self.plateau is None or self.done <= self.warm:
+            self.per_step.step()  # plateau runs only the warm-up per step; after it, plateau owns the rate
+
+    def step_epoch(self, metric: float | None) -> None:
+        if self.plateau is not None and metric is not None and self.done > self.warm:
+            self.plateau.step(metric)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": self.done, "per_step": self.per_step.state_dict(),
+                "plateau": self.plateau.state_dict() if self.plateau else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.done = int(state["done"])
+        self.per_step.load_state_dict(state["per_step"])
+        if self.plateau is not None and state.get("plateau") is not None:
+            self.plateau.load_state_dict(state["plateau"])

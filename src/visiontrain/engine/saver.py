@@ -1,13 +1,22 @@
-"""Saves ``last`` after every epoch and ``best`` when the monitored validation accuracy improves."""
+"""Checkpoints during training.
+
+After every epoch (and every ``checkpoint_every`` steps, and when training stops early) the resume point
+``resume.safetensors`` is written first, then the usable ``last`` checkpoint; ``best`` when the monitored
+metric improves; ``ema`` beside them when an EMA is kept; ``epoch-NNNN`` copies for ``keep_last``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
-from visiontrain.engine.callbacks import Callback
+from visiontrain.engine.callbacks import Callback, Callbacks
 from visiontrain.engine.checkpoint import save_checkpoint
+from visiontrain.engine.resume import save_resume
 from visiontrain.engine.state import TrainState
+from visiontrain.faults import fault_point
 from visiontrain.logging.files import scalar_metrics
 
 
@@ -21,26 +30,65 @@ def checkpoint_meta(state: TrainState) -> dict[str, Any]:
         "epoch": state.epoch,
         "step": state.step,
         "metrics": scalar_metrics(state.epoch_metrics),
-        "monitor": f"{state.monitor_split}/accuracy",
+        "monitor": monitor_key(state),
         "config": state.config.to_dict(),
     }
 
 
+def monitor_key(state: TrainState) -> str:
+    key = state.config.train.monitor
+    return f"{state.monitor_split}/accuracy" if key == "auto" else key
+
+
+def monitor_mode(key: str) -> str:
+    """Lower is better for losses and errors, higher for everything else."""
+    return "min" if key.endswith(("loss", "error", "mae", "rmse")) else "max"
+
+
 class CheckpointSaver(Callback):
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, train_loader: Any, chain: Callbacks, started: float) -> None:
+        self.folder, self.train_loader, self.chain, self.started = folder, train_loader, chain, started
+        self.saved_step = -1
+
+    def on_batch_end(self, state: TrainState) -> None:
+        every = state.config.train.checkpoint_every
+        if every and state.step % every == 0 and state.batch_in_epoch < state.batches_per_epoch:
+            self._save_point(state)
 
     def on_epoch_end(self, state: TrainState) -> None:
-        meta = checkpoint_meta(state)
-        save_checkpoint(self.folder / "last", state.model, meta)
-        split = state.monitor_split
-        key = f"{split}/accuracy"
+        self._save_point(state)
+        key = monitor_key(state)
         value = state.epoch_metrics.get(key)
         if value is None:  # no validation split: the best model is the latest one
             key, value = "train/accuracy", state.epoch_metrics["train/accuracy"]
-        if state.best is None or value > state.best["accuracy"]:
+        better = state.best is None or (value < state.best["value"] if monitor_mode(key) == "min"
+                                        else value > state.best["value"])
+        if better:
             prefix = key.split("/")[0] + "/"
             state.best = {k.removeprefix(prefix): v for k, v in scalar_metrics(state.epoch_metrics).items()
                           if k.startswith(prefix) and k.removeprefix(prefix) in ("accuracy", "loss", "top5")}
-            state.best.update({"epoch": state.epoch, "split": split})
-            save_checkpoint(self.folder / "best", state.model, meta)
+            state.best.update({"epoch": state.epoch, "split": prefix[:-1], "monitor": key, "value": value})
+            save_checkpoint(self.folder / "best", state.model, checkpoint_meta(state))
+        if state.config.train.keep_last:
+            self._keep_epoch_copy(state)
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if state.step != self.saved_step and state.step > 0:
+            self._save_point(state)  # stopped inside an epoch (Ctrl-C, early stop): keep the progress
+
+    def _save_point(self, state: TrainState) -> None:
+        elapsed = state.elapsed_before + time.perf_counter() - self.started
+        save_resume(self.folder / "resume.safetensors", state, self.train_loader, self.chain.state_dict(), elapsed)
+        fault_point("after-resume-write")
+        meta = checkpoint_meta(state)
+        save_checkpoint(self.folder / "last", state.model, meta)
+        if state.ema is not None:
+            save_checkpoint(self.folder / "ema", state.ema.module, {**meta, "ema_decay": state.config.train.ema_decay})
+        self.saved_step = state.step
+
+    def _keep_epoch_copy(self, state: TrainState) -> None:
+        save_checkpoint(self.folder / f"epoch-{state.epoch:04d}", state.model, checkpoint_meta(state))
+        for old in sorted(self.folder.glob("epoch-*.json"))[: -state.config.train.keep_last]:
+            for suffix in (".json", ".safetensors"):
+                with contextlib.suppress(OSError):
+                    old.with_suffix(suffix).unlink()

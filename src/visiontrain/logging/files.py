@@ -9,6 +9,7 @@ from typing import Any
 
 from visiontrain.engine.callbacks import Callback
 from visiontrain.engine.state import TrainState
+from visiontrain.fileio import atomic_write_text
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -21,6 +22,22 @@ class MetricsFile(Callback):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fh = None
+
+    def on_fit_start(self, state: TrainState) -> None:
+        if state.resumed_from is not None and self.path.exists():
+            self._drop_after(state.step, state.epoch)
+
+    def _drop_after(self, step: int, epoch: int) -> None:
+        """A killed run may have logged past its last resume point; those lines will be logged again."""
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+            if record.get("step", 0) <= step and (record.get("kind") != "epoch" or record.get("epoch", 0) <= epoch):
+                kept.append(line)
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._fh is None:

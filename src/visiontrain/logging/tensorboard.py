@@ -1,14 +1,18 @@
 """TensorBoard as a callback: scalars, a grid of training images, and the model graph.
 
-Tags: ``train/loss`` and ``train/lr`` every ``log_every`` steps (x = step); per epoch (x = epoch)
-``train/accuracy``, ``train/epoch_loss``, ``<split>/loss``, ``<split>/accuracy``, ``<split>/top5``,
-``time/epoch_s`` and ``time/img_per_s``; images ``train/batch``; the graph of the model trained.
+Every point's x is the global optimizer step, so a resumed run can purge what a killed process logged
+after its last checkpoint (``purge_step``) and the curves never hold duplicate steps.
+Tags: ``train/loss``, ``train/lr`` and ``train/grad_norm`` every ``log_every`` steps; per epoch ``epoch``,
+``train/accuracy``, ``train/epoch_loss``, ``<split>/loss``, ``<split>/accuracy``, ``<split>/top5`` (and
+``<split>_ema/*`` with an EMA), ``time/epoch_s`` and ``time/img_per_s``; images ``train/batch``; the
+graph of the model trained.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,14 +29,18 @@ EPOCH_TAGS = {
 
 class TensorBoardLogger(Callback):
     def __init__(self, log_dir: Path, max_images: int = 32) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(log_dir))
-        self.max_images = max_images
+        self.log_dir, self.max_images = log_dir, max_images
+        self.writer: Any = None
         self._shown_batch = False
 
     def on_fit_start(self, state: TrainState) -> None:
-        self._add_graph(state)
+        from torch.utils.tensorboard import SummaryWriter
+
+        resumed = state.resumed_from is not None
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=state.step + 1 if resumed else None)
+        self._shown_batch = resumed
+        if not resumed:
+            self._add_graph(state)
 
     def on_batch_end(self, state: TrainState) -> None:
         if not self._shown_batch and state.images is not None:
@@ -42,20 +50,23 @@ class TensorBoardLogger(Callback):
         if state.step % state.config.train.log_every == 0:
             self.writer.add_scalar("train/loss", state.loss_value(), state.step)
             self.writer.add_scalar("train/lr", state.lr, state.step)
+            self.writer.add_scalar("train/grad_norm", state.grad_norm_value(), state.step)
 
     def on_epoch_end(self, state: TrainState) -> None:
-        m = state.epoch_metrics
+        m, step = state.epoch_metrics, state.step
+        self.writer.add_scalar("epoch", state.epoch, step)
         for key, tag in EPOCH_TAGS.items():
             if key in m:
-                self.writer.add_scalar(tag, m[key], state.epoch)
-        split = state.monitor_split
-        for name in ("loss", "accuracy", "top5"):
-            if f"{split}/{name}" in m:
-                self.writer.add_scalar(f"{split}/{name}", m[f"{split}/{name}"], state.epoch)
+                self.writer.add_scalar(tag, m[key], step)
+        for key, value in m.items():
+            split, _, name = key.partition("/")
+            if split != "train" and name in ("loss", "accuracy", "top5"):
+                self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
     def on_fit_end(self, state: TrainState) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
     def _add_graph(self, state: TrainState) -> None:
         prep = state.prep

@@ -23,8 +23,11 @@ def print_train_result(run: Any) -> None:
     s = run.summary
     best = s.get("best") or {}
     lines = [f"done in {s['wall_time_s']:.1f} s: {s['epochs_completed']} epochs on {s['device']}"]
+    run_dir = Path(s["run_dir"])
     if s.get("stop_reason"):
         lines[0] += f" (stopped: {s['stop_reason']})"
+        if "interrupted" in s["stop_reason"]:
+            lines.append(f"resume with: visiontrain train --resume {shlex.quote(str(run_dir))}")
     if best:
         lines.append(f"best {best.get('split', 'val')}: accuracy {percent(best['accuracy'])}"
                      + (f", top5 {percent(best['top5'])}" if "top5" in best else "")
@@ -33,7 +36,6 @@ def print_train_result(run: Any) -> None:
         t = s["test"]
         lines.append(f"test:     accuracy {percent(t['accuracy'])}, top5 {percent(t['top5'])}, loss {t['loss']:.4f} "
                      "(best checkpoint)")
-    run_dir = Path(s["run_dir"])
     lines += [
         f"run folder:   {run_dir}",
         f"checkpoints:  {run_dir / 'checkpoints'}/best.safetensors (+ .json), last.safetensors",
