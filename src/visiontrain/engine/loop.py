@@ -19,6 +19,8 @@ from visiontrain.engine.callbacks import Callbacks, StopTraining
 from visiontrain.engine.metrics import evaluate_batches, headline
 from visiontrain.engine.state import TrainState
 
+MISTAKES_SHOWN = 16  # most confident validation mistakes kept per epoch for TensorBoard and plots
+
 
 def fit(state: TrainState, loaders: dict[str, Loader], callbacks: Callbacks) -> TrainState:
     """Train until ``config.train.epochs``, validating after each epoch on 'val' (else 'test')."""
@@ -32,7 +34,8 @@ def fit(state: TrainState, loaders: dict[str, Loader], callbacks: Callbacks) -> 
             metrics = {f"train/{k}": v for k, v in train_one_epoch(state, loaders["train"], prepare,
                                                                    callbacks).items()}
             if state.eval_loader is not None:
-                full = evaluate_batches(state.model, state.eval_loader, prepare, state.device, len(state.classes))
+                full = evaluate_batches(state.model, state.eval_loader, prepare, state.device, len(state.classes),
+                                        mistakes=MISTAKES_SHOWN)
                 metrics.update({f"{state.eval_split}/{k}": v for k, v in headline(full).items()})
                 metrics[f"{state.eval_split}/_full"] = full
             state.epoch_metrics = metrics

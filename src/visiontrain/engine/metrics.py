@@ -51,20 +51,54 @@ class ClassificationMeter:
 @torch.no_grad()
 def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                      prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                     num_classes: int) -> dict:
-    """Evaluate ``model`` in eval mode over all batches; restores the model's previous mode."""
+                     num_classes: int, mistakes: int = 0) -> dict:
+    """Evaluate ``model`` in eval mode over all batches; restores the model's previous mode.
+
+    With ``mistakes=k`` the result also holds the k most confident wrong predictions
+    (``result["mistakes"]``: uint8 images, true and predicted indices, confidences).
+    """
     was_training = model.training
     model.eval()
     meter = ClassificationMeter(num_classes, device)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    worst = _Mistakes(mistakes)
     try:
         for images, labels in batches:
+            images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            logits = model(prepare(images.to(device, non_blocking=True)))
+            logits = model(prepare(images))
             meter.update(logits, labels, loss_fn(logits.float(), labels))
+            worst.add(images, labels, logits)
     finally:
         model.train(was_training)
-    return meter.compute()
+    result = meter.compute()
+    if mistakes:
+        result["mistakes"] = worst.result()
+    return result
+
+
+class _Mistakes:
+    """Keeps the k most confident wrong predictions seen so far (a running top-k, merged per batch)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.items: list[tuple[float, torch.Tensor, int, int]] = []
+
+    def add(self, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> None:
+        if not self.k:
+            return
+        confidence, preds = torch.softmax(logits.float(), dim=1).max(dim=1)
+        wrong = torch.nonzero(preds != labels).flatten()
+        if len(wrong) == 0:
+            return
+        top = wrong[confidence[wrong].argsort(descending=True)[: self.k]].tolist()
+        self.items += [(float(confidence[i]), images[i].cpu(), int(labels[i]), int(preds[i])) for i in top]
+        self.items = sorted(self.items, key=lambda t: -t[0])[: self.k]
+
+    def result(self) -> dict:
+        return {"images": torch.stack([t[1] for t in self.items]) if self.items else torch.empty(0),
+                "true": [t[2] for t in self.items], "pred": [t[3] for t in self.items],
+                "confidence": [t[0] for t in self.items]}
 
 
 def headline(metrics: dict) -> dict[str, float]:

@@ -65,8 +65,29 @@ class TensorBoardLogger(Callback):
         self.writer.flush()
 
     def on_fit_end(self, state: TrainState) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.writer is None:
+            return
+        self._add_hparams(state)
+        self.writer.close()
+
+    def _add_hparams(self, state: TrainState) -> None:
+        """Hyperparameters with the final metrics, so runs compare side by side in the HParams tab."""
+        from torch.utils.tensorboard.summary import hparams
+
+        cfg = state.config
+        params = {"model": cfg.model.name, "data": cfg.data.name, "optimizer": cfg.optim.name, "lr": cfg.optim.lr,
+                  "schedule": cfg.optim.schedule, "batch_size": cfg.data.batch_size, "epochs": cfg.train.epochs,
+                  "weight_decay": cfg.optim.weight_decay, "precision": cfg.train.precision, "seed": cfg.train.seed}
+        metrics = {f"hparams/{k}": v for k, v in state.epoch_metrics.items()
+                   if isinstance(v, float) and k.split("/")[-1] in ("accuracy", "loss", "top5")}
+        if state.best is not None:
+            metrics["hparams/best_value"] = float(state.best["value"])
+        if not metrics:
+            return
+        for part in hparams(params, metrics):
+            self.writer.file_writer.add_summary(part)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, state.step)
 
     def _add_graph(self, state: TrainState) -> None:
         prep = state.prep

@@ -1,0 +1,67 @@
+"""Pictures of a run, per epoch into TensorBoard and at the end as PNG files in ``<run>/plots/``:
+the confusion matrix (row-normalized and counts), the most confident mistakes with true/predicted
+labels, and the loss/accuracy curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from visiontrain.engine.callbacks import Callback
+from visiontrain.engine.state import TrainState
+from visiontrain.logging.tensorboard import TensorBoardLogger
+
+
+class Pictures(Callback):
+    def __init__(self, folder: Path, tensorboard: TensorBoardLogger) -> None:
+        self.folder, self.tb = folder, tensorboard
+        self.history: list[dict[str, float]] = []
+        self.last_full: dict[str, Any] | None = None
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        from visiontrain import plots
+
+        m = state.epoch_metrics
+        self.history.append({"epoch": state.epoch, **{k: v for k, v in m.items() if isinstance(v, float)}})
+        full = m.get(f"{state.eval_split}/_full") if state.eval_split else None
+        if full is None or self.tb.writer is None:
+            return
+        self.last_full = full
+        self.tb.writer.add_figure(f"{state.eval_split}/confusion_matrix",
+                                  plots.confusion_figure(full["confusion"], state.classes), state.step)
+        grid = self._mistakes(full, state)
+        if grid is not None:
+            self.tb.writer.add_figure(f"{state.eval_split}/mistakes", grid, state.step)
+
+    def on_fit_end(self, state: TrainState) -> None:
+        from visiontrain import plots
+
+        if not self.history:
+            return
+        self.folder.mkdir(exist_ok=True)
+        epochs = [h["epoch"] for h in self.history]
+        split = state.eval_split or "train"
+        for name in ("loss", "accuracy"):
+            ys = {f"{s}/{name}": [h.get(f"{s}/{name}", float("nan")) for h in self.history]
+                  for s in ("train", split)}
+            plots.save_png(plots.curve_figure(epochs, ys, "epoch", name, f"{name} per epoch"),
+                           self.folder / f"{name}.png")
+        if self.last_full is not None:
+            for normalize, suffix in ((True, ""), (False, "_counts")):
+                fig = plots.confusion_figure(self.last_full["confusion"], state.classes, normalize=normalize)
+                plots.save_png(fig, self.folder / f"confusion_matrix{suffix}.png")
+            grid = self._mistakes(self.last_full, state)
+            if grid is not None:
+                plots.save_png(grid, self.folder / "mistakes.png")
+
+    @staticmethod
+    def _mistakes(full: dict[str, Any], state: TrainState) -> Any:
+        from visiontrain import plots
+
+        worst = full.get("mistakes")
+        if not worst or not worst["true"]:
+            return None
+        names = state.classes
+        captions = [f"true {names[t][:10]}\npred {names[p][:10]} ({c:.2f})"
+                    for t, p, c in zip(worst["true"], worst["pred"], worst["confidence"], strict=True)]
+        return plots.image_grid_figure(worst["images"], captions, "most confident mistakes")

@@ -1,0 +1,92 @@
+"""Pictures people would rather look at than tables: confusion matrices, image grids, curves.
+
+Each function returns a matplotlib Figure (for TensorBoard's ``add_figure``) and :func:`save_png` writes
+one atomically. The Agg backend is forced so plotting works on servers with no display.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from visiontrain.fileio import atomic_write_bytes  # noqa: E402
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str], normalize: bool = True,
+                     title: str = "confusion matrix") -> Figure:
+    """Rows are true classes, columns predictions; normalized rows show recall per class."""
+    counts = torch.tensor(confusion, dtype=torch.float64)
+    values = counts / counts.sum(dim=1, keepdim=True).clamp_min(1) if normalize else counts
+    n = len(classes)
+    side = min(14.0, 2.5 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(side, side))
+    image = ax.imshow(values.numpy(), cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = range(n)
+    ax.set_xticks(ticks, [c[:12] for c in classes], rotation=90 if n > 6 else 0)
+    ax.set_yticks(ticks, [c[:12] for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title} ({'row-normalized' if normalize else 'counts'})")
+    if n <= 20:  # numbers stay legible up to about 20 classes
+        threshold = float(values.max()) / 2
+        for i in range(n):
+            for j in range(n):
+                v = values[i, j].item()
+                text = f"{v:.2f}" if normalize else f"{int(v)}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7 if n > 10 else 9,
+                        color="white" if v > threshold else "black")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid_figure(images: torch.Tensor, captions: Sequence[str], title: str = "", columns: int = 8) -> Figure:
+    """uint8 images [N,C,H,W] with a caption under each (e.g. 'true 7 / pred 1 (0.98)')."""
+    n = len(images)
+    cols = max(1, min(columns, n))
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions, strict=False):
+        array = image.permute(1, 2, 0).cpu().numpy()
+        ax.imshow(array.squeeze(-1) if array.shape[-1] == 1 else array, cmap="gray" if array.shape[-1] == 1 else None,
+                  vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def curve_figure(x: Sequence[float], ys: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str = "",
+                 log_x: bool = False, mark: tuple[float, str] | None = None) -> Figure:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, y in ys.items():
+        ax.plot(x, y, label=label)
+    if log_x:
+        ax.set_xscale("log")
+    if mark is not None:
+        ax.axvline(mark[0], color="tab:red", linestyle="--", label=mark[1])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
