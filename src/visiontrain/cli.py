@@ -78,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set model.args.width=32 (repeatable)")
     train.add_argument("--quiet", action="store_true", help="no progress output, only the final lines")
+    train.add_argument("--lr-find", action="store_true", help="run the learning-rate range test first and train "
+                       "with its suggested rate")
+
+    finder = sub.add_parser("lr-find", help="learning-rate range test: a plot and a suggested --lr",
+                            description="Learning-rate range test on the model and data given by the same flags "
+                            "as `train`; writes lr_find.png and prints the suggested rate.")
+    finder.add_argument("--config", help="YAML config file; flags given here override its values")
+    for flag, _key, kind, text in TRAIN_FLAGS:
+        if kind is bool:
+            finder.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            finder.add_argument(flag, type=kind, default=None, help=text)
+    finder.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    finder.add_argument("--steps", type=int, default=100, help="steps of the sweep [default: 100]")
+    finder.add_argument("--start-lr", type=float, default=1e-6, help="first rate [default: 1e-6]")
+    finder.add_argument("--end-lr", type=float, default=1.0, help="last rate [default: 1]")
 
     ev = sub.add_parser("evaluate", help="loss, top-1/top-5, per-class accuracy and confusion matrix")
     ev.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
@@ -150,8 +166,29 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume and args.config:
         raise ConfigError("--resume uses the run's own config.yaml; drop --config (flags still override it)")
-    run = train(config_from_args(args), resume=args.resume, quiet=args.quiet)
+    cfg = config_from_args(args)
+    if args.lr_find:
+        cfg = cfg.override({"optim.lr": _suggested_lr(cfg, steps=100, start=1e-6, end=1.0)})
+    run = train(cfg, resume=args.resume, quiet=args.quiet)
     print_train_result(run)
+    return 0
+
+
+def _suggested_lr(cfg: RunConfig, steps: int, start: float, end: float) -> float:
+    from visiontrain.runner import find_lr
+
+    result = find_lr(cfg, steps=steps, start_lr=start, end_lr=end)
+    if result["suggestion"] is None:
+        raise ConfigError(f"the learning-rate range test diverged too early to suggest a rate (see "
+                          f"{result['folder']}/lr_find.png); lower --start-lr or set --lr by hand")
+    print(f"lr-find: suggested learning rate {result['suggestion']:.3g} (min loss at {result['min_loss_lr']:.3g}); "
+          f"plot: {result['folder']}/lr_find.png")
+    return float(result["suggestion"])
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    args.resume = None
+    _suggested_lr(config_from_args(args), args.steps, args.start_lr, args.end_lr)
     return 0
 
 
@@ -210,9 +247,9 @@ def _datasets(args: argparse.Namespace) -> int:
 
 # Command groups that live beside their code. Each module has ``register(subparsers) -> {name: handler}``
 # where a handler takes the parsed args and returns the exit code.
-COMMAND_GROUPS: list[str] = []
+COMMAND_GROUPS: list[str] = ["visiontrain.use.runs"]
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "models": _models,
+COMMANDS = {"train": _train, "lr-find": _lr_find, "evaluate": _evaluate, "predict": _predict, "models": _models,
             "datasets": _datasets}
 
 

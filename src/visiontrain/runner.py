@@ -28,11 +28,12 @@ from visiontrain.errors import CheckpointError, ConfigError, VisiontrainError
 from visiontrain.fileio import atomic_write_json, atomic_write_yaml
 from visiontrain.logging.console import ConsoleLogger
 from visiontrain.logging.files import MetricsFile
+from visiontrain.logging.pictures import Pictures
 from visiontrain.logging.tensorboard import TensorBoardLogger
 from visiontrain.models import ModelInput, count_parameters, create_model, get_entry
 from visiontrain.run import Run, summarize, write_samples
 
-__all__ = ["Run", "make_run_dir", "resolve_device", "train"]
+__all__ = ["Run", "find_lr", "make_run_dir", "resolve_device", "train"]
 
 
 def as_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
@@ -106,6 +107,36 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
     return Run(state.run_dir, cfg, summary)
 
 
+def find_lr(config: RunConfig | dict | str | Path | None = None, *, steps: int = 100, start_lr: float = 1e-6,
+            end_lr: float = 1.0, out: str | Path | None = None) -> dict[str, Any]:
+    """The learning-rate range test on a throwaway copy of the configured model and data.
+
+    Writes ``lr_find.png``, ``lr_find.json`` and TensorBoard scalars into ``out`` (default
+    ``<runs>/lr-find-<data>-<model>-<time>``) and returns ``{"lrs", "losses", "suggestion", "folder"}``.
+    """
+    from visiontrain import plots
+    from visiontrain.engine.lr_find import lr_range_test
+
+    cfg = as_config(config)
+    state, data = _build_state(cfg)
+    result = lr_range_test(state, data.loaders["train"], start_lr, end_lr, steps)
+    name = f"lr-find-{_slug(cfg.data.name)}-{_slug(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = Path(out) if out is not None else make_run_dir(cfg.override({"name": name}))
+    result["folder"] = str(folder)
+    mark = (result["suggestion"], f"suggested {result['suggestion']:.2e}") if result["suggestion"] else None
+    fig = plots.curve_figure(result["lrs"], {"smoothed loss": result["losses"]}, "learning rate", "loss",
+                             "learning-rate range test", log_x=True, mark=mark)
+    plots.save_png(fig, folder / "lr_find.png")
+    atomic_write_json(folder / "lr_find.json", result)
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(folder)) as writer:
+        for i, (lr, loss) in enumerate(zip(result["lrs"], result["losses"], strict=True)):
+            writer.add_scalar("lr_find/loss", loss, i)
+            writer.add_scalar("lr_find/lr", lr, i)
+    return result
+
+
 def _build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -139,7 +170,8 @@ def _callbacks(state: TrainState, data: DataBundle, extra: list[Callback], quiet
     chain = Callbacks()
     chain.items += [EMAUpdate(prepare)] if state.ema is not None else []
     chain.items += [] if quiet else [ConsoleLogger()]
-    chain.items += [MetricsFile(state.run_dir / "metrics.jsonl"), TensorBoardLogger(state.run_dir)]
+    tensorboard = TensorBoardLogger(state.run_dir)
+    chain.items += [MetricsFile(state.run_dir / "metrics.jsonl"), tensorboard, Pictures(state.run_dir / "plots", tensorboard)]
     chain.items += [CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started)]
     chain.items += [EarlyStopping(cfg.early_stop_patience)] if cfg.early_stop_patience else []
     chain.items += [GracefulInterrupt(), *extra]

@@ -37,7 +37,7 @@ def lr_range_test(state: TrainState, loader: Any, start_lr: float = 1e-6, end_lr
             loss = state.loss_fn(model(prepare(images)), labels)
         state.precision.backward(loss)
         state.precision.step(optimizer, [p for p in model.parameters() if p.requires_grad], None)
-        value = float(loss)
+        value = float(loss.detach())
         avg = beta * avg + (1 - beta) * value
         smoothed = avg / (1 - beta ** (i + 1))  # bias-corrected, as in an Adam moment
         if not math.isfinite(smoothed) or (i > 10 and smoothed > diverge * best):
