@@ -98,11 +98,11 @@ def lightning_trainer(root: str, epochs: int) -> tuple[float, float]:
             super().__init__()
             self.net = _model()
 
-        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        def training_step(self, batch, batch_idx):
             inputs, targets = batch
             return F.cross_entropy(self.net(inputs), targets)
 
-        def configure_optimizers(self):  # noqa: ANN201
+        def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=LR)
 
     module = Module()

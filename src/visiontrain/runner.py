@@ -171,7 +171,8 @@ def _callbacks(state: TrainState, data: DataBundle, extra: list[Callback], quiet
     chain.items += [EMAUpdate(prepare)] if state.ema is not None else []
     chain.items += [] if quiet else [ConsoleLogger()]
     tensorboard = TensorBoardLogger(state.run_dir)
-    chain.items += [MetricsFile(state.run_dir / "metrics.jsonl"), tensorboard, Pictures(state.run_dir / "plots", tensorboard)]
+    chain.items += [MetricsFile(state.run_dir / "metrics.jsonl"), tensorboard,
+                    Pictures(state.run_dir / "plots", tensorboard)]
     chain.items += [CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started)]
     chain.items += [EarlyStopping(cfg.early_stop_patience)] if cfg.early_stop_patience else []
     chain.items += [GracefulInterrupt(), *extra]

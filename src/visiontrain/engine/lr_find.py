@@ -58,7 +58,7 @@ def suggest(lrs: list[float], losses: list[float]) -> float | None:
     return lrs[lo + int(grads.argmin())]
 
 
-def _cycle(loader: Any):  # noqa: ANN202  (an endless iterator of batches)
+def _cycle(loader: Any):
     epoch = 0
     while True:
         loader.set_epoch(epoch)
