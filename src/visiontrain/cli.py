@@ -7,6 +7,7 @@ import importlib
 import json
 import sys
 import traceback
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,17 @@ TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
     ("--image-size", "data.image_size", int, "square input side in pixels [default: the model's or the data's]"),
     ("--val-split", "data.val_split", float, "fraction of train held out when the data has no val split "
      "[default: 0.1]"),
+    ("--data-arg", "data.args", dict, "a dataset argument KEY=VALUE (repeatable), e.g. --data-arg root=data/train"),
+    ("--augment", "data.transforms.train", str, "training augmentation preset: none, digits, cifar, photos, "
+     "strong [default: the data's own]"),
+    ("--normalize", "data.normalize", str, "auto (the data's statistics), dataset, imagenet or none [default: auto]"),
+    ("--bad-images", "data.bad_images", str, "error: stop before training, naming the file; skip: train on the "
+     "rest and list them in bad_images.txt [default: error]"),
+    ("--max-pixels", "data.max_pixels", int, "refuse images declaring more pixels (decompression bombs) "
+     "[default: 67108864]"),
+    ("--download", "data.download", bool, "download a registered dataset whose files are missing [default: on]"),
+    ("--cache", "data.cache", str, "auto, memory or off: decode an image folder once into memory [default: auto]"),
+    ("--split-file", "data.split_file", str, "reuse the train/val split of an earlier run (its split.json)"),
     ("--weight-decay", "optim.weight_decay", float, "weight decay on weights (never biases/norms) [default: 0]"),
     ("--momentum", "optim.momentum", float, "SGD/RMSprop momentum [default: 0.9]"),
     ("--nesterov", "optim.nesterov", bool, "Nesterov momentum for SGD"),
@@ -53,6 +65,21 @@ TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
     ("--channels-last", "train.channels_last", bool, "NHWC memory format [default: on]"),
     ("--compile", "train.compile", bool, "torch.compile the model"),
     ("--threads", "train.threads", int, "CPU threads for torch [default: torch's choice]"),
+    ("--pretrained", "model.pretrained", str, "start from pretrained weights: a torchvision weights name "
+     "(DEFAULT, IMAGENET1K_V1; read from the torch hub cache, offline) or a .safetensors/.pth file or run"),
+    ("--head", "model.head", list[int], "hidden widths of a new classification head, e.g. --head 128"),
+    ("--in-channels", "model.in_channels", int, "channels the model reads: 1 adapts an RGB stem to gray "
+     "[default: the model's own]"),
+    ("--freeze", "model.freeze", list[str], "freeze parameters matching these globs, e.g. 'features.*'"),
+    ("--freeze-backbone", "model.freeze_backbone", bool, "train only the classification head"),
+    ("--unfreeze-at", "model.unfreeze_at", int, "unfreeze the frozen layers from this epoch (1-based) on"),
+    ("--backbone-lr-scale", "model.backbone_lr_scale", float, "learning-rate multiplier for all but the head "
+     "[default: 1]"),
+    ("--init-from", "model.init_from", str, "partially initialise from a .safetensors/.pth file or a run; "
+     "prints and saves a report (init_report.json)"),
+    ("--init-match", "model.init_match", str, "pair --init-from tensors by name or order [default: name]"),
+    ("--rename", "model.rename", list[str], "--init-from key renames OLD=NEW (prefix) or re:PATTERN=REPL"),
+    ("--strict", "model.strict", bool, "--init-from must fill and use every tensor"),
     ("--out", "out", str, "runs root folder [default: runs]"),
     ("--name", "name", str, "run folder name under --out [default: <data>-<model>-<time>]; an existing "
      "name gets a -2, -3 … suffix"),
@@ -74,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         if kind is bool:
             train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            train.add_argument(flag, type=kind, default=None, help=text)
+            train.add_argument(flag, default=None, help=text, **_value_kind(kind))
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set model.args.width=32 (repeatable)")
     train.add_argument("--quiet", action="store_true", help="no progress output, only the final lines")
@@ -89,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         if kind is bool:
             finder.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            finder.add_argument(flag, type=kind, default=None, help=text)
+            finder.add_argument(flag, default=None, help=text, **_value_kind(kind))
     finder.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     finder.add_argument("--steps", type=int, default=100, help="steps of the sweep [default: 100]")
     finder.add_argument("--start-lr", type=float, default=1e-6, help="first rate [default: 1e-6]")
@@ -103,23 +130,44 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, help="images per evaluation step")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or mps [default: auto]")
     ev.add_argument("--json", action="store_true", help="print the full result as JSON")
+    ev.add_argument("--report", metavar="DIR", help="write a report there: per-class precision/recall/F1, "
+                    "confusion matrices, calibration (ECE, reliability diagram), confident mistakes; Markdown + JSON")
+    ev.add_argument("--tta", default="none", help="test-time augmentation: none, flip, five-crop [default: none]")
 
-    pr = sub.add_parser("predict", help="classify image files, folders or globs")
-    pr.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    pr = sub.add_parser("predict", help="classify image files, folders, globs or @list files")
+    pr.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint, or an export "
+                    "(.onnx through onnxruntime, .torchscript.pt, .pt2)")
+    pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="files, folders (recursive), globs, "
+                    "or @list.txt (one path per line)")
     pr.add_argument("--top-k", type=int, default=5, help="how many classes to show per image [default: 5]")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps [default: auto]")
     pr.add_argument("--json", action="store_true", help="print results as JSON")
-
-    models = sub.add_parser("models", help="list the models")
-    models.add_argument("--all", action="store_true", help="include every torchvision classifier")
-    models.add_argument("--json", action="store_true", help="print as JSON")
+    pr.add_argument("--csv", metavar="FILE", help="write the results to a CSV file")
+    pr.add_argument("--batch-size", type=int, default=64, help="images per forward pass [default: 64]")
+    pr.add_argument("--tta", default="none", help="test-time augmentation: none, flip, five-crop [default: none]")
+    pr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bar on stderr [default: when stderr is a terminal]")
 
     datasets = sub.add_parser("datasets", help="list the registered datasets")
     datasets.add_argument("--json", action="store_true", help="print as JSON")
     for module in COMMAND_GROUPS:
         COMMANDS.update(importlib.import_module(module).register(sub))
     return parser
+
+
+def _value_kind(kind: Any) -> dict[str, Any]:
+    """argparse keywords for a flag's value type: ``list[int]`` takes one or more ints."""
+    if typing.get_origin(kind) is list:
+        return {"type": typing.get_args(kind)[0], "nargs": "+"}
+    if kind is dict:  # repeatable KEY=VALUE, each setting one key inside the mapping
+        return {"type": _key_value, "action": "append", "metavar": "KEY=VALUE"}
+    return {"type": kind}
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text or not text.partition("=")[0].strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return parse_override(text)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -132,9 +180,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raw = read_yaml(args.config) if args.config else {}
         cfg = load_config(raw, where=args.config or "config")
     overrides: dict[str, Any] = {}
-    for flag, key, _kind, _text in TRAIN_FLAGS:
+    for flag, key, kind, _text in TRAIN_FLAGS:
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is not None:
+        if value is not None and kind is dict:
+            overrides.update({f"{key}.{k}": v for k, v in value})
+        elif value is not None:
             overrides[key] = value
     for item in args.set:
         key, value = parse_override(item)
@@ -193,42 +243,15 @@ def _lr_find(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from visiontrain.use.evaluate import evaluate
-    from visiontrain.use.report import print_evaluation
+    from visiontrain.use.commands import evaluate_command
 
-    result = evaluate(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir,
-                      batch_size=args.batch_size, device=args.device)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_evaluation(result)
-    return 0
+    return evaluate_command(args)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from visiontrain.use.predict import predict
-    from visiontrain.use.report import print_predictions
+    from visiontrain.use.commands import predict_command
 
-    results = predict(args.checkpoint, args.inputs, top_k=args.top_k, device=args.device)
-    if args.json:
-        print(json.dumps(results, indent=2, ensure_ascii=False))
-    else:
-        print_predictions(results)
-    failed = [r for r in results if "error" in r]
-    for r in failed:
-        print(f"visiontrain: skipped {r['path']}: {r['error']}", file=sys.stderr)
-    return 2 if len(failed) == len(results) else 0
-
-
-def _models(args: argparse.Namespace) -> int:
-    from visiontrain.use.report import model_rows, print_table
-
-    rows = model_rows(include_torchvision=args.all)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print_table(rows, ["name", "parameters", "input", "source", "description"])
-    return 0
+    return predict_command(args)
 
 
 def _datasets(args: argparse.Namespace) -> int:
@@ -247,9 +270,10 @@ def _datasets(args: argparse.Namespace) -> int:
 
 # Command groups that live beside their code. Each module has ``register(subparsers) -> {name: handler}``
 # where a handler takes the parsed args and returns the exit code.
-COMMAND_GROUPS: list[str] = ["visiontrain.use.runs"]
+COMMAND_GROUPS: list[str] = ["visiontrain.use.runs", "visiontrain.models.commands", "visiontrain.data.commands",
+                             "visiontrain.use.commands"]
 
-COMMANDS = {"train": _train, "lr-find": _lr_find, "evaluate": _evaluate, "predict": _predict, "models": _models,
+COMMANDS = {"train": _train, "lr-find": _lr_find, "evaluate": _evaluate, "predict": _predict,
             "datasets": _datasets}
 
 

@@ -30,12 +30,32 @@ class DataConfig:
     val_split: float = 0.1  # fraction of train held out (stratified, seeded) when a source has no val split
     image_size: int | None = None  # square input side in pixels; None = the model's or the dataset's own
     args: dict[str, Any] = field(default_factory=dict)  # dataset-specific arguments
+    transforms: dict[str, Any] = field(default_factory=dict)  # {train: preset or [specs], eval: [specs]}; {} = auto
+    normalize: str = "auto"  # auto (the data's statistics) | dataset (computed) | imagenet | none ([0, 1] only)
+    bad_images: str = "error"  # error: stop before training, naming the file | skip: train on the rest
+    max_pixels: int = 64 * 2**20  # larger declared image sizes are refused as decompression bombs
+    download: bool = True  # allow downloading a registered dataset whose files are missing in `dir`
+    cache: str = "auto"  # auto | memory | off: decode an image folder once into memory (uint8) and train from there
+    cache_mb: int = 2048  # the in-memory budget for `cache: auto`, in MiB
+    split_file: str | None = None  # a split.json from an earlier run: reuse its train/val split
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "small_cnn"  # a registered model (`visiontrain models`) or a torchvision classifier
     args: dict[str, Any] = field(default_factory=dict)  # builder arguments, e.g. {dropout: 0.3}
+    # fine-tuning (docs/models.md); the defaults train the model from scratch as it is
+    pretrained: str | None = None  # torchvision weights name (DEFAULT, IMAGENET1K_V1) or a weights file/run
+    head: list[int] | None = None  # hidden widths of a new head, e.g. [128]: features→128→classes
+    in_channels: int | None = None  # channels the model reads; None = its own (RGB nets get gray repeated)
+    freeze: list[str] = field(default_factory=list)  # globs on parameter names to freeze, e.g. ["features.*"]
+    freeze_backbone: bool = False  # train only the classification head
+    unfreeze_at: int | None = None  # epoch (1-based) from which the frozen layers train too
+    backbone_lr_scale: float = 1.0  # learning-rate multiplier for everything but the head
+    init_from: str | None = None  # partially initialise from a weights file or a run (report in the run)
+    init_match: str = "name"  # how init_from pairs tensors: name | order
+    rename: list[str] = field(default_factory=list)  # init_from key renames OLD=NEW (re:PATTERN=REPL)
+    strict: bool = False  # init_from must fill every tensor and use every tensor of the file
 
 
 @dataclass(frozen=True)
@@ -110,6 +130,11 @@ ALIASES: dict[str, str] = {
     "workers": "data.workers",
     "val_split": "data.val_split",
     "image_size": "data.image_size",
+    "transforms": "data.transforms",
+    "normalize": "data.normalize",
+    "bad_images": "data.bad_images",
+    "max_pixels": "data.max_pixels",
+    "data_args": "data.args",
     "model": "model.name",
     "optimizer": "optim.name",
     "lr": "optim.lr",
@@ -124,6 +149,8 @@ ALIASES: dict[str, str] = {
     "loss": "train.loss",
     "warmup_epochs": "optim.warmup_epochs",
     "deterministic": "train.deterministic",
+    **{k: f"model.{k}" for k in ("pretrained", "head", "in_channels", "freeze", "freeze_backbone", "unfreeze_at",
+                                 "backbone_lr_scale", "init_from", "init_match", "rename", "strict")},
 }
 
 
@@ -170,6 +197,12 @@ def _check_ranges(cfg: RunConfig, where: str) -> None:
         (cfg.data.workers >= 0, "data.workers must be 0 or more"),
         (0.0 <= cfg.data.val_split < 1.0, "data.val_split must be in [0, 1)"),
         (cfg.data.image_size is None or cfg.data.image_size >= 8, "data.image_size must be at least 8"),
+        (cfg.data.normalize in ("auto", "dataset", "imagenet", "none"),
+         "data.normalize must be auto, dataset, imagenet or none"),
+        (cfg.data.bad_images in ("error", "skip"), "data.bad_images must be error or skip"),
+        (cfg.data.max_pixels >= 1, "data.max_pixels must be at least 1"),
+        (cfg.data.cache in ("auto", "memory", "off"), "data.cache must be auto, memory or off"),
+        (cfg.data.cache_mb >= 0, "data.cache_mb must be 0 or more"),
         (cfg.optim.lr > 0, "optim.lr must be positive"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be 0 or more"),
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
@@ -187,10 +220,25 @@ def _check_ranges(cfg: RunConfig, where: str) -> None:
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be 0 or more"),
         (cfg.optim.step_size >= 1, "optim.step_size must be at least 1"),
         (0.0 < cfg.optim.gamma <= 1.0, "optim.gamma must be in (0, 1]"),
+        *_model_checks(cfg.model),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{where}: {message}")
+
+
+def _model_checks(m: ModelConfig) -> list[tuple[bool, str]]:
+    return [
+        (m.head is None or all(w >= 1 for w in m.head), "model.head widths must be at least 1"),
+        (m.in_channels in (None, 1, 3), "model.in_channels must be 1 or 3"),
+        (m.backbone_lr_scale > 0, "model.backbone_lr_scale must be positive (to stop training it, freeze it)"),
+        (m.unfreeze_at is None or m.unfreeze_at >= 2, "model.unfreeze_at must be an epoch number of at least 2"),
+        (m.unfreeze_at is None or bool(m.freeze or m.freeze_backbone),
+         "model.unfreeze_at needs something frozen: add --freeze-backbone or --freeze PATTERN"),
+        (m.init_match in ("name", "order"), "model.init_match must be name or order"),
+        (bool(m.init_from) or not (m.rename or m.strict or m.init_match != "name"),
+         "model.rename, model.strict and model.init_match apply to model.init_from; set --init-from"),
+    ]
 
 
 _SECTIONS = {"data", "model", "optim", "train"}

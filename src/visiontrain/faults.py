@@ -1,6 +1,10 @@
 """Fault injection for the reliability tests: ``VISIONTRAIN_FAULT=<point>:<n>`` kills the process with
 SIGKILL the n-th time it passes ``<point>`` (e.g. ``step:37``, ``before-rename:3``).
 
+A point may carry a detail, targeted as ``<point>/<detail>``: atomic writes pass ``before-rename`` with the
+file's name, so ``before-rename/resume.safetensors:2`` kills in the middle of the second write of the resume
+file, whatever else was written before it.
+
 Real processes, real kills: this is how the tests prove that a crash at any of these moments loses
 nothing and a resume continues exactly. Unset, it costs one dictionary lookup.
 """
@@ -19,10 +23,10 @@ def _target() -> tuple[str, int] | None:
     return (point, int(count or 1)) if point else None
 
 
-def fault_point(point: str) -> None:
+def fault_point(point: str, detail: str = "") -> None:
     target = _target()
-    if target is None or target[0] != point:
+    if target is None or target[0] not in (point, f"{point}/{detail}"):
         return
-    _counts[point] = _counts.get(point, 0) + 1
-    if _counts[point] == target[1]:
+    _counts[target[0]] = _counts.get(target[0], 0) + 1
+    if _counts[target[0]] == target[1]:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -18,18 +18,24 @@ import yaml
 from visiontrain.errors import VisiontrainError
 from visiontrain.faults import fault_point
 
+TEMP_SUFFIX = ".tmp"
+_UMASK = os.umask(0)  # read once: there is no way to read the umask without setting it
+os.umask(_UMASK)
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the mode a plain open() would
+                os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        fault_point("before-rename")
+        fault_point("before-rename", path.name)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -54,6 +60,17 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def atomic_write_yaml(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temp files that a killed process left behind in ``folder`` (never read; they only take
+    disk space — a resume file's temp is as large as the whole training state); returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -22,15 +22,16 @@ from visiontrain.engine.metrics import evaluate_batches, headline
 from visiontrain.engine.optim import Schedule, build_optimizer
 from visiontrain.engine.precision import Precision
 from visiontrain.engine.resume import read_resume, restore, stream_fingerprint
-from visiontrain.engine.saver import CheckpointSaver, monitor_key, monitor_mode
+from visiontrain.engine.saver import BestSaver, CheckpointSaver, monitor_key, monitor_mode
 from visiontrain.engine.state import TrainState
 from visiontrain.errors import CheckpointError, ConfigError, VisiontrainError
-from visiontrain.fileio import atomic_write_json, atomic_write_yaml
+from visiontrain.fileio import atomic_write_json, atomic_write_yaml, remove_stale_temps
 from visiontrain.logging.console import ConsoleLogger
 from visiontrain.logging.files import MetricsFile
 from visiontrain.logging.pictures import Pictures
 from visiontrain.logging.tensorboard import TensorBoardLogger
-from visiontrain.models import ModelInput, count_parameters, create_model, get_entry
+from visiontrain.models import ModelInput, count_parameters, get_entry
+from visiontrain.models.build import BuiltModel, build_model
 from visiontrain.run import Run, summarize, write_samples
 
 __all__ = ["Run", "find_lr", "make_run_dir", "resolve_device", "train"]
@@ -87,15 +88,17 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
     """
     started = time.perf_counter()
     cfg = as_config(config) if config is not None or resume is None else saved_config(resume)
-    state, data = _build_state(cfg)
+    state, data, built = _build_state(cfg)
     if resume is None:
         state.run_dir = make_run_dir(cfg)
         atomic_write_yaml(state.run_dir / "config.yaml", cfg.to_dict())
     else:
         state.run_dir = Path(resume)
-    chain = _callbacks(state, data, callbacks or [], quiet, started)
+    chain = _callbacks(state, data, [*built.callbacks, *(callbacks or [])], quiet, started)
     if resume is not None:
-        _resume(state, data, chain)
+        _resume(state, data, chain)  # first: a refused resume must leave the run folder untouched
+    data.write_artifacts(state.run_dir)  # split.json, bad_images.txt (kept up to date if more turn up)
+    built.report(state.run_dir, quiet)  # what --pretrained/--init-from loaded and what is frozen
     if not quiet:
         _print_header(cfg, data, state)
     fit(state, data.loaders, chain)
@@ -118,7 +121,7 @@ def find_lr(config: RunConfig | dict | str | Path | None = None, *, steps: int =
     from visiontrain.engine.lr_find import lr_range_test
 
     cfg = as_config(config)
-    state, data = _build_state(cfg)
+    state, data, _ = _build_state(cfg)
     result = lr_range_test(state, data.loaders["train"], start_lr, end_lr, steps)
     name = f"lr-find-{_slug(cfg.data.name)}-{_slug(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = Path(out) if out is not None else make_run_dir(cfg.override({"name": name}))
@@ -137,18 +140,19 @@ def find_lr(config: RunConfig | dict | str | Path | None = None, *, steps: int =
     return result
 
 
-def _build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle]:
+def _build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     entry = get_entry(cfg.model.name)
-    data = build_data(cfg.data, cfg.train.seed, channels=entry.channels, size=entry.default_size,
-                      pin_memory=device.type == "cuda")
-    prep, classes = data.prep, data.classes
-    model = create_model(cfg.model.name, ModelInput(prep.channels, prep.size, len(classes)), cfg.model.args)
-    model = prepare_model(model, device, cfg.train)
-    optimizer = build_optimizer(model, cfg.optim)
+    data = build_data(cfg.data, cfg.train.seed, channels=cfg.model.in_channels or entry.channels,
+                      size=entry.default_size, pin_memory=device.type == "cuda")
+    classes = data.classes
+    built = build_model(cfg.model, ModelInput(data.prep.channels, data.prep.size, len(classes)))
+    prep = built.preprocessing(data.prep)  # pretrained weights bring their own normalization
+    model = prepare_model(built.model, device, cfg.train)
+    optimizer = build_optimizer(model, cfg.optim, lr_scale=built.lr_scale)
     batches = len(data.loaders["train"])
     steps = -(-batches // cfg.train.accumulate)
     key = cfg.train.monitor if cfg.train.monitor != "auto" else "val/accuracy"
@@ -161,7 +165,7 @@ def _build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle]:
                        prep, classes, Path(cfg.out), steps, batches,
                        batch_transform=build_mixing(cfg.train, len(classes)),
                        ema=build_ema(_unwrap(model), cfg.train.ema_decay))
-    return state, data
+    return state, data, built
 
 
 def _callbacks(state: TrainState, data: DataBundle, extra: list[Callback], quiet: bool, started: float) -> Callbacks:
@@ -173,9 +177,11 @@ def _callbacks(state: TrainState, data: DataBundle, extra: list[Callback], quiet
     tensorboard = TensorBoardLogger(state.run_dir)
     chain.items += [MetricsFile(state.run_dir / "metrics.jsonl"), tensorboard,
                     Pictures(state.run_dir / "plots", tensorboard)]
-    chain.items += [CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started)]
+    chain.items += [BestSaver(state.run_dir / "checkpoints")]
     chain.items += [EarlyStopping(cfg.early_stop_patience)] if cfg.early_stop_patience else []
     chain.items += [GracefulInterrupt(), *extra]
+    # last: its resume point must hold every other callback's state after the event
+    chain.items += [CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started)]
     return chain
 
 
@@ -188,6 +194,8 @@ def _resume(state: TrainState, data: DataBundle, chain: Callbacks) -> None:
                               "(sample-stream fingerprint mismatch); resume with the same data, seed and batch size")
     restore(state, meta, tensors)
     chain.load_state_dict(meta.get("callbacks", {}))
+    for folder in (state.run_dir, state.run_dir / "checkpoints"):
+        remove_stale_temps(folder)  # half-written files of the killed process: never read, only in the way
     state.resumed_from = {"epoch": state.epoch, "batch": state.batch_in_epoch, "step": state.step}
     print(f"resuming {state.run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step}); "
           f"sample stream verified (fingerprint {now[:12]})", file=sys.stderr, flush=True)

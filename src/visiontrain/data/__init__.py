@@ -1,17 +1,41 @@
-"""Data: sources → splits → loaders of uint8 batches, plus the preprocessing a checkpoint carries."""
+"""Data: sources → splits → loaders of uint8 batches, plus the preprocessing a checkpoint carries.
+
+>>> from visiontrain.config import DataConfig
+>>> bundle = build_data(DataConfig(name="synthetic", args={"train": 64, "val": 16, "test": 16}), seed=0)
+>>> images, labels = next(iter(bundle.loaders["train"]))
+>>> images.dtype, tuple(images.shape[1:]), bundle.classes[:2]
+(torch.uint8, (3, 32, 32), ['circle', 'square'])
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from visiontrain.config import DataConfig
-from visiontrain.data.loaders import FileDataset, FileLoader, Loader, Normalizer, TensorLoader
+from visiontrain.data import torchvision_sets  # noqa: F401  (registers cifar10, cifar100, fashion_mnist, kmnist)
+from visiontrain.data.loaders import BadImageLog, FileDataset, FileLoader, Loader, Normalizer, TensorLoader
+from visiontrain.data.pipeline import (
+    LoaderPlan,
+    check_eval,
+    check_pipeline,
+    estimate_bytes,
+    make_loader,
+    sample_stats,
+    split_shape,
+)
 from visiontrain.data.sources import DATASETS, DESCRIPTIONS, DataSource, FileSplit, TensorSplit, load_source
-from visiontrain.data.transforms import build_transforms, eval_specs, train_specs
+from visiontrain.data.splits import split_json
+from visiontrain.data.transforms import Spec, resolve, split_normalize, tta_crops
 from visiontrain.errors import DataError
 
-__all__ = ["DATASETS", "DESCRIPTIONS", "DataBundle", "Normalizer", "Preprocessing", "build_data", "load_source"]
+__all__ = ["DATASETS", "DESCRIPTIONS", "DataBundle", "FileDataset", "FileLoader", "FileSplit", "Normalizer",
+           "Preprocessing", "TensorLoader", "TensorSplit", "build_data", "load_source"]
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 @dataclass(frozen=True)
@@ -35,58 +59,144 @@ class Preprocessing:
     def normalizer(self) -> Normalizer:
         return Normalizer(self.mean, self.std)
 
+    @property
+    def crops(self) -> int:
+        """Crops per image at evaluation (FiveCrop → 5: batches are [B, 5, C, H, W]; average the outputs)."""
+        return tta_crops(self.eval_transforms)
+
 
 @dataclass
 class DataBundle:
     source: DataSource
     prep: Preprocessing
     loaders: dict[str, Loader]  # "train", "val", "test" where the source has them
+    bad_images: BadImageLog = field(default_factory=BadImageLog)
+    train_transforms: list[Spec] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
+        """Class names; for regression, the name of the one output (``["value"]``)."""
         return self.source.classes
+
+    @property
+    def task(self) -> str:
+        return self.source.task
+
+    @property
+    def target_dtype(self) -> torch.dtype:
+        return self.source.target_dtype
+
+    def artifacts(self) -> dict[str, str]:
+        """Files for the run folder: ``split.json`` (a generated or reused split), ``bad_images.txt``."""
+        out: dict[str, str] = {}
+        if self.source.split_record is not None:
+            out["split.json"] = split_json(self.source.split_record)
+        if self.bad_images.entries:
+            out["bad_images.txt"] = self.bad_images.text()
+        return out
+
+    def write_artifacts(self, run_dir: str | Path) -> None:
+        """Write :meth:`artifacts` into ``run_dir``; images found bad later (mid-epoch) are added as they come."""
+        from visiontrain.fileio import atomic_write_text
+
+        folder = Path(run_dir)
+        for name, text in self.artifacts().items():
+            atomic_write_text(folder / name, text)
+        self.bad_images.on_change(lambda: atomic_write_text(folder / "bad_images.txt", self.bad_images.text()))
 
 
 def build_data(cfg: DataConfig, seed: int, *, channels: int | None = None, size: int | None = None,
                prep: Preprocessing | None = None, splits: tuple[str, ...] = ("train", "val", "test"),
-               pin_memory: bool = False) -> DataBundle:
+               pin_memory: bool = False, device: torch.device | str | None = None,
+               model_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> DataBundle:
     """Load ``cfg``'s source and make loaders.
 
     ``channels``/``size`` are what the model requires (None = the data's own); ``prep`` fixes the whole
-    preprocessing instead (evaluating a trained checkpoint on new data).
+    preprocessing instead (evaluating a trained checkpoint on new data: every split then gets the eval
+    transforms, unshuffled). ``device`` is where in-memory batches are cut and augmented (default: the
+    GPU when ``pin_memory`` says training runs there). ``model_stats`` are the mean/std a pretrained model
+    expects, used by ``normalize: auto``.
     """
     source = load_source(cfg, seed)
-    if prep is None:
-        size = cfg.image_size or size or source.size or 64
-        channels = channels or source.channels
-        mean, std = source.mean, source.std
-        if len(mean) != channels:  # gray stats for RGB input and back: average / repeat
-            avg = (sum(mean) / len(mean), sum(std) / len(std))
-            mean, std = (avg[0],) * channels, (avg[1],) * channels
-        prep = Preprocessing(channels, size, mean, std, eval_specs(size, from_files=source.size is None))
-    loaders: dict[str, Loader] = {}
-    for name in splits:
-        if name in source.splits:
-            loaders[name] = _loader(source.splits[name], prep, cfg, seed, train=(name == "train"),
-                                    pin_memory=pin_memory)
     if "train" in splits and len(source.splits["train"]) == 0:
         raise DataError(f"dataset {cfg.name!r} has no training images")
-    return DataBundle(source, prep, loaders)
+    if device is None:
+        device = "cuda" if pin_memory and torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    bad_log = BadImageLog(cfg.bad_images, source.bad_images)
+    training = prep is None
+    if prep is None:
+        prep, train_specs, stats = resolve_preprocessing(cfg, source, channels, size)
+    else:
+        train_specs, stats = prep.eval_transforms, (prep.mean, prep.std)
+        check_eval(train_specs, "checkpoint eval_transforms")
+    plans = {name: plan_for(source, name, prep, train_specs if training else None, device, pin_memory)
+             for name in splits if name in source.splits}
+    cache = training and _use_cache(cfg, source, plans)
+    loaders = {name: make_loader(source.splits[name], plan, cfg, seed, bad_log, cache) for name, plan in plans.items()}
+    if stats is None:
+        stats = _stats(cfg, source, prep.channels, model_stats, seed)
+    mean, std = _fit_channels(stats, prep.channels)
+    prep = Preprocessing(prep.channels, prep.size, mean, std, prep.eval_transforms)
+    return DataBundle(source, prep, loaders, bad_log, train_specs if training else [])
 
 
-def _loader(split: TensorSplit | FileSplit, prep: Preprocessing, cfg: DataConfig, seed: int, *, train: bool,
-            pin_memory: bool) -> Loader:
-    from_files = isinstance(split, FileSplit)
-    specs = train_specs(prep.size, from_files) if train else prep.eval_transforms
-    batch_size = cfg.batch_size if train else cfg.eval_batch_size
-    if isinstance(split, TensorSplit):
-        same_size = tuple(split.images.shape[-2:]) == (prep.size, prep.size)
-        transform = None if same_size and not _random(specs) else build_transforms(specs)
-        return TensorLoader(split, batch_size, shuffle=train, seed=seed, channels=prep.channels,
-                            transform=transform)
-    dataset = FileDataset(split, prep.channels, build_transforms(specs))
-    return FileLoader(dataset, batch_size, shuffle=train, seed=seed, workers=cfg.workers, pin_memory=pin_memory)
+def resolve_preprocessing(cfg: DataConfig, source: DataSource, channels: int | None,
+                          size: int | None) -> tuple[Preprocessing, list[Spec], tuple | None]:
+    """(preprocessing without statistics yet, training specs, mean/std of a Normalize spec or None)."""
+    size = cfg.image_size or size or source.size or 64
+    channels = channels or source.channels
+    from_files = not isinstance(source.splits["train"], TensorSplit)
+    train_specs, eval_list = resolve(cfg.transforms, size, source.preset, from_files, source.size)
+    train_specs, train_norm = split_normalize(train_specs)
+    eval_list, eval_norm = split_normalize(eval_list)
+    check_eval(eval_list)
+    return Preprocessing(channels, size, (0.0,), (1.0,), eval_list), train_specs, train_norm or eval_norm
 
 
-def _random(specs: list[dict[str, Any]]) -> bool:
-    return any(s["name"].startswith("Random") or s["name"] == "ColorJitter" for s in specs)
+def plan_for(source: DataSource, name: str, prep: Preprocessing, train_specs: list[Spec] | None,
+             device: torch.device, pin_memory: bool = False) -> LoaderPlan:
+    """How split ``name`` is loaded (augmented when it is train and ``train_specs`` are given); checked once."""
+    train = name == "train" and train_specs is not None
+    plan = LoaderPlan(train_specs if train and train_specs is not None else prep.eval_transforms, train,
+                      prep.channels, prep.size, device, pin_memory)
+    check_pipeline(plan.specs, split_shape(source.splits[name], prep.channels), prep.channels, prep.size,
+                   "data.transforms.train" if plan.train else "data.transforms.eval")
+    return plan
+
+
+def _use_cache(cfg: DataConfig, source: DataSource, plans: dict[str, LoaderPlan]) -> bool:
+    if cfg.cache == "off":
+        return False
+    if cfg.cache == "memory":
+        return True
+    return estimate_bytes(source.splits, plans) <= cfg.cache_mb * 2**20
+
+
+def _stats(cfg: DataConfig, source: DataSource, channels: int, model_stats: tuple | None,
+           seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalization mean/std ``cfg.normalize`` asks for (see DataConfig)."""
+    if cfg.normalize == "none":
+        return (0.0,) * channels, (1.0,) * channels
+    if cfg.normalize == "imagenet":
+        return IMAGENET_STATS
+    if cfg.normalize == "auto" and model_stats is not None:
+        return model_stats
+    if cfg.normalize == "auto" and source.mean is not None and source.std is not None:
+        return source.mean, source.std
+    # From the source's own images, never the cache: the same data gives the same statistics, cached or not.
+    split = source.splits["train"]
+    mean, std, used = sample_stats(split, channels, 500, seed, cfg.max_pixels, cfg.workers)
+    if used < len(split):
+        source.notes.append(f"normalization statistics estimated from {used} training images (`visiontrain data "
+                            "stats` computes them on more)")
+    return mean, std
+
+
+def _fit_channels(stats: tuple, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Gray stats for RGB input and back: repeat / average."""
+    mean, std = tuple(float(v) for v in stats[0]), tuple(float(v) for v in stats[1])
+    if len(mean) != channels:
+        avg = (sum(mean) / len(mean), sum(std) / len(std))
+        mean, std = (round(avg[0], 4),) * channels, (round(avg[1], 4),) * channels
+    return mean, std

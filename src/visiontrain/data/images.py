@@ -15,6 +15,7 @@ import struct
 import threading
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +66,14 @@ def open_image(
     background: tuple[int, int, int] = (255, 255, 255),
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
+    draft: int | None = None,
 ) -> Image.Image:
     """Decode one image into mode 'L' (``channels=1``) or 'RGB' (``channels=3``), fully loaded, file closed.
 
     EXIF orientation is applied, animated files give their first frame, transparency is alpha-blended onto
     ``background``, 16-bit data is scaled (not clamped) to 8 bits. ``name`` labels errors for bytes input.
+    ``draft`` lets JPEGs decode at 1/2, 1/4 or 1/8 scale while both sides stay at least ``draft`` pixels:
+    several times faster when the model's input is much smaller than the photo.
 
     Raises:
         ImageError: the file is missing, unreadable, empty, not a supported image, truncated, corrupt,
@@ -86,15 +90,44 @@ def open_image(
         label = name or "<bytes>"
         if len(source) == 0:
             raise ImageError(label, "empty file (0 bytes)", _EMPTY_HINT)
-        img = _decode(io.BytesIO(source), label, max_pixels)
+        img = _decode(io.BytesIO(source), label, max_pixels, draft)
     else:
         label = name or str(source)
         with _open_file(Path(source), label) as fp:
-            img = _decode(fp, label, max_pixels)
+            img = _decode(fp, label, max_pixels, draft)
     try:
         return _normalize(img, channels, tuple(background))
     except (ValueError, OSError) as exc:  # a mode Pillow decodes but cannot convert (rare TIFF variants)
         raise ImageError(label, f"unsupported colour mode {img.mode} ({exc})", "re-save it as RGB") from None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a header scan learns about a file without decoding its pixels."""
+
+    width: int
+    height: int
+    mode: str
+    format: str
+
+
+def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Read only the header of ``path``: size, mode and format; cheap enough to run on every file up front.
+
+    Catches what needs no decoding: missing, empty, unreadable files, symlink loops, text or HTML saved
+    as an image, unsupported formats, cut-short headers and decompression bombs. A file cut short in its
+    pixel data passes; the full decode reports it later.
+
+    >>> probe_image("cat.jpg")  # doctest: +SKIP
+    ImageInfo(width=640, height=480, mode='RGB', format='JPEG')
+
+    Raises:
+        ImageError: as :func:`open_image` does, for everything found in the header.
+    """
+    label = str(path)
+    with _open_file(Path(path), label) as fp:
+        img = _decode(fp, label, max_pixels, None, header_only=True)
+        return ImageInfo(img.width, img.height, img.mode, img.format or "")
 
 
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -105,6 +138,35 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
     tensor = torch.from_numpy(np.array(img, dtype=np.uint8))
     tensor = tensor.unsqueeze(0) if img.mode == "L" else tensor.permute(2, 0, 1)
     return tensor.contiguous()
+
+
+def item_to_tensor(image: object, channels: int, name: str) -> torch.Tensor:
+    """What a user's ``Dataset`` returns as an image (PIL, tensor or array) as uint8 [channels, H, W].
+
+    Float tensors/arrays are read as [0, 1] (what ``ToTensor`` makes); arrays are H×W or H×W×C.
+    """
+    if isinstance(image, Image.Image):
+        return image_to_tensor(_normalize(image, channels, (255, 255, 255)))
+    if isinstance(image, np.ndarray):
+        array = image if image.ndim == 2 else np.moveaxis(image, -1, 0)
+        image = torch.from_numpy(np.ascontiguousarray(array))
+    if not isinstance(image, torch.Tensor) or image.dim() not in (2, 3):
+        raise ImageError(name, f"the Dataset returned {type(image).__name__}, not an image",
+                         "return a PIL image, a [C,H,W] tensor or an [H,W,C] array")
+    x = image.detach().cpu()
+    x = x.unsqueeze(0) if x.dim() == 2 else x
+    if x.is_floating_point():
+        x = (x * 255).round().clamp(0, 255)
+    x = x.to(torch.uint8)
+    if x.shape[0] == 4:  # RGBA tensors: keep the colour
+        x = x[:3]
+    if x.shape[0] not in (1, 3):
+        raise ImageError(name, f"the Dataset returned a {x.shape[0]}-channel image", "return 1 or 3 channels")
+    if x.shape[0] != channels:
+        from visiontrain.data.transforms import adapt_channels  # deferred: transforms imports torchvision
+
+        x = adapt_channels(x, channels)
+    return x.contiguous()
 
 
 def _open_file(path: Path, label: str) -> io.BufferedReader:
@@ -126,8 +188,12 @@ def _open_file(path: Path, label: str) -> io.BufferedReader:
         raise ImageError(label, f"cannot read file ({exc.strerror or exc})", "check the disk/file") from None
 
 
-def _decode(fp: io.IOBase, label: str, max_pixels: int) -> Image.Image:
-    """Open with the allowed formats only, refuse bombs before decoding, load the first frame, apply EXIF."""
+def _decode(fp: io.IOBase, label: str, max_pixels: int, draft: int | None = None, *,
+            header_only: bool = False) -> Image.Image:
+    """Open with the allowed formats only, refuse bombs before decoding, load the first frame, apply EXIF.
+
+    ``header_only`` returns the opened, not yet decoded image (for :func:`probe_image`).
+    """
     with _PILLOW_STATE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         pillow_limit = Image.MAX_IMAGE_PIXELS
@@ -140,6 +206,10 @@ def _decode(fp: io.IOBase, label: str, max_pixels: int) -> Image.Image:
             except Image.UnidentifiedImageError:
                 raise ImageError(label, *_not_an_image(fp)) from None
             _check_size(img.size, label, max_pixels)  # header only: nothing big allocated yet
+            if header_only:
+                return img
+            if draft and img.format == "JPEG":
+                img.draft(None, (draft, draft))  # DCT-domain downscale: both sides stay >= draft
             img.load()
             _check_size(img.size, label, max_pixels)  # GIF frames may enlarge the canvas while loading
             trns = img.info.get("transparency")

@@ -1,47 +1,101 @@
-"""Batches of uint8 images: an in-memory tensor loader (fast path) and a DataLoader for file lists.
+"""Batches of uint8 images: an in-memory tensor loader (fast path) and a DataLoader for files and items.
 
-Both yield ``(images uint8 [B,C,H,W], labels int64 [B])``. Keeping batches uint8 until they reach the
-device makes host→device copies 4x smaller; :class:`Normalizer` turns them into model input there.
+Both yield ``(images uint8 [B,C,H,W], labels [B])`` in an order that depends only on (seed, epoch), and
+augment each batch from a generator seeded by (seed, epoch, batch) — so a resumed run sees the same stream
+and any worker count gives the same images. Batches stay uint8 until they reach the device (4x smaller
+copies); :class:`Normalizer` turns them into model input there.
+
+A file that fails to decode never crashes a worker: the worker returns a marker, the batch is collated
+without it, and the main process applies the ``bad_images`` policy (:class:`BadImageLog`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from visiontrain.data.images import image_to_tensor, open_image
-from visiontrain.data.sources import FileSplit, TensorSplit
+from visiontrain.data.augment import BatchPipeline
+from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, item_to_tensor, open_image
+from visiontrain.data.sources import FileSplit, ItemSplit, TensorSplit
 from visiontrain.data.transforms import adapt_channels
+from visiontrain.errors import DataError, VisiontrainError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
-    """The sample order of one epoch: a function of (n, seed, epoch) only, so a resumed run can
-    regenerate — and verify — exactly the stream an interrupted run consumed."""
+def mix_seed(*parts: int) -> int:
+    """A 62-bit seed from integers, stable across processes and Python runs (unlike ``hash``)."""
+    digest = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
+
+
+def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
+    """The sample order of an epoch: a permutation seeded by (seed, epoch), or 0..n-1."""
     if not shuffle:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
+class BadImageLog:
+    """Images that could not be decoded, under a policy: ``error`` raises at once, ``skip`` records them."""
+
+    def __init__(self, policy: str = "error", entries: list[tuple[str, str]] | None = None) -> None:
+        self.policy = policy
+        self.entries: list[tuple[str, str]] = list(entries or [])
+        self._on_change: Callable[[], None] | None = None
+
+    def add(self, path: str, message: str) -> None:
+        """Record ``path`` (``message``: why, with or without the leading path) or raise, by the policy."""
+        reason = message.removeprefix(f"{path}: ")
+        if self.policy == "error":
+            raise DataError(f"{path}: {reason} (found while decoding; --bad-images skip trains without it and lists "
+                            "it in bad_images.txt)")
+        if any(p == path for p, _ in self.entries):
+            return
+        self.entries.append((path, reason))
+        if self._on_change is not None:
+            self._on_change()
+
+    def text(self) -> str:
+        lines = [f"{printable(path)}\t{printable(reason)}" for path, reason in self.entries]
+        return "".join(line + "\n" for line in lines)
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        self._on_change = callback
+
+
+def printable(text: str) -> str:
+    """``text`` safe to write as UTF-8 even when a file name holds undecodable bytes (shown as \\xNN)."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class TensorLoader:
-    """Shuffled batches sliced from one uint8 tensor; the order depends only on (seed, epoch)."""
+    """Shuffled batches sliced from one uint8 tensor, augmented per image with batched tensor ops.
+
+    With ``device`` set (a GPU), the images move there once and batches are cut and augmented there.
+    """
 
     def __init__(self, split: TensorSplit, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 channels: int | None = None, transform: Callable | None = None) -> None:
+                 channels: int | None = None, transform: BatchPipeline | Callable | None = None,
+                 device: torch.device | str | None = None) -> None:
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.channels, self.transform = channels, transform
+        self.device = torch.device(device) if device is not None else split.images.device
         self.epoch, self.start_batch = 0, 0
+        self._images: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch's order; ``start_batch`` skips batches already consumed (resume)."""
+        """Epoch ``epoch`` from batch ``start_batch`` on (resuming mid-epoch skips the batches done)."""
         self.epoch, self.start_batch = epoch, start_batch
 
     def order(self, epoch: int) -> torch.Tensor:
-        return epoch_order(len(self.split), self.seed, epoch, self.shuffle)
+        return epoch_order(len(self.split), self.shuffle, self.seed, epoch)
 
     def __len__(self) -> int:
         return -(-len(self.split) // self.batch_size)
@@ -51,71 +105,123 @@ class TensorLoader:
         return len(self.split)
 
     def __iter__(self) -> Iterator[Batch]:
-        n = len(self.split)
-        order = self.order(self.epoch) if self.shuffle else None
-        for start in range(self.start_batch * self.batch_size, n, self.batch_size):
+        if self._images is None:  # moved once: later epochs slice on the device
+            self._images, self._labels = self.split.images.to(self.device), self.split.labels.to(self.device)
+        images_all, labels_all = self._images, self._labels
+        assert labels_all is not None
+        order = self.order(self.epoch).to(self.device) if self.shuffle else None
+        first, self.start_batch = self.start_batch, 0  # a skip applies to one pass only
+        for batch in range(first, len(self)):
+            start = batch * self.batch_size
             if order is None:
-                images = self.split.images[start:start + self.batch_size]
-                labels = self.split.labels[start:start + self.batch_size]
+                images, labels = images_all[start:start + self.batch_size], labels_all[start:start + self.batch_size]
             else:
                 idx = order[start:start + self.batch_size]
-                images, labels = self.split.images[idx], self.split.labels[idx]
+                images, labels = images_all[idx], labels_all[idx]
             if self.channels is not None:
                 images = adapt_channels(images, self.channels)
             if self.transform is not None:
-                images = self.transform(images)
+                gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, self.epoch, batch))
+                images = self.transform(images, gen) if isinstance(self.transform, BatchPipeline) else self.transform(
+                    images)
             yield images, labels
 
 
 class FileDataset(Dataset):
-    """Decodes one file per item with the safe image reader, then applies uint8 tensor transforms."""
+    """Decodes one file (or user Dataset item) per sample safely, then applies uint8 tensor transforms.
 
-    def __init__(self, split: FileSplit, channels: int, transform: Callable | None) -> None:
-        self.paths: list[Path] = split.paths
-        self.labels = split.labels
-        self.channels, self.transform = channels, transform
+    Items are ``(image, label, index, error)``: a file that fails gives an empty image and the error text
+    instead of raising, so the worker survives and the main process decides (see :class:`BadImageLog`).
+    """
+
+    def __init__(self, split: FileSplit | ItemSplit, channels: int, transform: Callable | None, *,
+                 seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None) -> None:
+        self.split, self.labels = split, split.labels
+        self.paths: list[Path] = split.paths if isinstance(split, FileSplit) else []
+        self.channels, self.transform, self.seed = channels, transform, seed
+        self.max_pixels, self.draft = max_pixels, draft
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = image_to_tensor(open_image(self.paths[i], self.channels))
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any, int, str]:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
+        try:
+            image = self._read(i)
+        except VisiontrainError as exc:
+            return torch.empty(0, dtype=torch.uint8), self.labels[i], i, str(exc)
         if self.transform is not None:
+            torch.manual_seed(mix_seed(self.seed, epoch, i))  # augmentation is a function of (seed, epoch, i)
             image = self.transform(image)
-        return image, int(self.labels[i])
+        return image, self.labels[i], i, ""
+
+    def _read(self, i: int) -> torch.Tensor:
+        if isinstance(self.split, ItemSplit):
+            return _read_item(self.split, i, self.channels)
+        return image_to_tensor(open_image(self.paths[i], self.channels, max_pixels=self.max_pixels,
+                                          draft=self.draft))
+
+    def name(self, i: int) -> str:
+        if isinstance(self.split, ItemSplit):
+            return f"{self.split.name}[{int(self.split.indices[i])}]"
+        return str(self.paths[i])
 
 
-class _EpochSampler(Sampler[int]):
-    """Indices of one epoch's order from ``start``; set by :class:`FileLoader` before each epoch."""
+def _read_item(split: ItemSplit, i: int, channels: int) -> torch.Tensor:
+    name = f"{split.name}[{int(split.indices[i])}]"
+    try:
+        item = split.dataset[int(split.indices[i])]
+    except Exception as exc:  # the user's __getitem__ failed on this item: report it like a bad file
+        raise DataError(f"{name}: your Dataset raised {type(exc).__name__}: {exc}") from None
+    image = item[0] if isinstance(item, tuple | list) else item
+    return item_to_tensor(image, channels, name)
 
-    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
-        self.n, self.seed, self.shuffle = n, seed, shuffle
-        self.epoch, self.start = 0, 0
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(epoch_order(self.n, self.seed, self.epoch, self.shuffle)[self.start:].tolist())
+def collate_marked(items: list[tuple[torch.Tensor, Any, int, str]]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                 torch.Tensor, list]:
+    """Stack the good samples; return (images, labels, indices, [(index, error), ...])."""
+    good = [item for item in items if not item[3]]
+    bad = [(item[2], item[3]) for item in items if item[3]]
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0), torch.empty(0, dtype=torch.int64), bad
+    images = torch.stack([item[0] for item in good])
+    labels = torch.stack([torch.as_tensor(item[1]) for item in good])
+    return images, labels, torch.tensor([item[2] for item in good], dtype=torch.int64), bad
+
+
+class _EpochSampler(Sampler):
+    """Yields (index, epoch) in the epoch's order from ``start`` on; set by the loader in the main process."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int) -> None:
+        self.n, self.shuffle, self.seed, self.epoch, self.start = n, shuffle, seed, 0, 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = epoch_order(self.n, self.shuffle, self.seed, self.epoch)[self.start:]
+        return iter([(int(i), self.epoch) for i in order])
 
     def __len__(self) -> int:
         return self.n - self.start
 
 
 class FileLoader:
-    """A DataLoader over a :class:`FileDataset` whose order depends only on (seed, epoch)."""
+    """A DataLoader over a :class:`FileDataset`: workers, pinned memory, persistent workers, seeded order."""
 
     def __init__(self, dataset: FileDataset, batch_size: int, *, shuffle: bool, seed: int, workers: int,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, bad_log: BadImageLog | None = None) -> None:
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
-        self.sampler = _EpochSampler(len(dataset), seed, shuffle)
-        # Worker seeds come from this generator; reseeded per epoch so they depend on (seed, epoch) too.
-        self._gen = torch.Generator()
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
-                                 generator=self._gen, pin_memory=pin_memory, persistent_workers=workers > 0)
+        self.epoch = 0
+        self.bad_log = bad_log or BadImageLog()
+        self._sampler = _EpochSampler(len(dataset), shuffle, seed)
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self._sampler, num_workers=workers,
+                                 collate_fn=collate_marked, pin_memory=pin_memory, persistent_workers=workers > 0,
+                                 prefetch_factor=4 if workers > 0 else None)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.sampler.epoch, self.sampler.start = epoch, start_batch * self.batch_size
+        self.epoch = epoch
+        self._sampler.epoch, self._sampler.start = epoch, start_batch * self.batch_size
 
     def order(self, epoch: int) -> torch.Tensor:
-        return epoch_order(len(self.dataset), self.seed, epoch, self.shuffle)
+        return epoch_order(len(self.dataset), self.shuffle, self.seed, epoch)
 
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch_size)
@@ -125,15 +231,43 @@ class FileLoader:
         return len(self.dataset)
 
     def __iter__(self) -> Iterator[Batch]:
-        self._gen.manual_seed(self.seed * 100_003 + self.sampler.epoch)
-        return iter(self.loader)
+        try:
+            for images, labels, _index, bad in self.loader:
+                for i, message in bad:
+                    self.bad_log.add(self.dataset.name(i), message)
+                if len(images):
+                    yield images, labels
+        finally:
+            self._sampler.start = 0
 
 
 Loader = TensorLoader | FileLoader
 
 
+def decode_to_memory(split: FileSplit | ItemSplit, channels: int, transform: Callable, *, workers: int,
+                     bad_log: BadImageLog, max_pixels: int, draft: int | None,
+                     log: Callable[[str], None] | None = None) -> TensorSplit:
+    """Decode every image once through ``transform`` (deterministic, fixed size) into one uint8 tensor."""
+    dataset = FileDataset(split, channels, transform, max_pixels=max_pixels, draft=draft)
+    loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=collate_marked)
+    if log is not None:
+        log(f"decoding {len(dataset):,} images once into memory ({workers or 'no'} worker processes)")
+    chunks: list[torch.Tensor] = []
+    kept: list[torch.Tensor] = []
+    for images, _labels, index, bad in loader:
+        for i, message in bad:
+            bad_log.add(dataset.name(i), message)
+        if len(images):
+            chunks.append(images)
+            kept.append(index)
+    if not chunks:
+        raise DataError(f"none of the {len(dataset):,} images could be decoded (see bad_images.txt)")
+    index = torch.cat(kept)
+    return TensorSplit(torch.cat(chunks), split.labels[index])
+
+
 class Normalizer:
-    """uint8 [B,C,H,W] → float32 normalized with per-channel mean/std, on the tensor's device."""
+    """uint8 [..., C, H, W] → float32 normalized with per-channel mean/std, on the tensor's device."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.mean, self.std = mean, std
@@ -141,7 +275,7 @@ class Normalizer:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.device not in self._cache:
-            shape = (1, len(self.mean), 1, 1)
+            shape = (len(self.mean), 1, 1)
             self._cache[images.device] = (
                 torch.tensor(self.mean, device=images.device).view(shape) * 255,
                 torch.tensor(self.std, device=images.device).view(shape) * 255,

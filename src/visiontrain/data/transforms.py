@@ -3,11 +3,17 @@
 Specs (not Python objects) are what a checkpoint stores, so ``predict`` and ``serve`` rebuild exactly the
 evaluation pipeline a model was trained with. Only the names below can be built: a spec from a file never
 names arbitrary code. Transforms work on uint8 image tensors [C,H,W] or batches [B,C,H,W]; conversion to
-float and normalization happen once per batch on the training device (see ``loaders.Normalizer``).
+float and normalization happen once per batch on the training device (see ``loaders.Normalizer``), so a
+``Normalize`` spec sets that step's mean/std instead of running inside the uint8 pipeline.
+
+>>> build_transforms([{"name": "RandomCrop", "size": 32, "padding": 4}, {"name": "RandomHorizontalFlip"}])
+... # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,52 +21,195 @@ from torchvision.transforms import v2
 
 from visiontrain.errors import ConfigError
 
+Spec = dict[str, Any]
+
 ALLOWED: dict[str, Any] = {
     "Resize": v2.Resize,
     "CenterCrop": v2.CenterCrop,
     "RandomCrop": v2.RandomCrop,
     "RandomResizedCrop": v2.RandomResizedCrop,
+    "FiveCrop": v2.FiveCrop,
+    "TenCrop": v2.TenCrop,
+    "Pad": v2.Pad,
     "RandomHorizontalFlip": v2.RandomHorizontalFlip,
     "RandomVerticalFlip": v2.RandomVerticalFlip,
     "RandomRotation": v2.RandomRotation,
+    "RandomAffine": v2.RandomAffine,
+    "RandomPerspective": v2.RandomPerspective,
     "ColorJitter": v2.ColorJitter,
-    "Pad": v2.Pad,
+    "Grayscale": v2.Grayscale,
+    "RandomGrayscale": v2.RandomGrayscale,
+    "GaussianBlur": v2.GaussianBlur,
+    "RandomErasing": v2.RandomErasing,
+    "AutoAugment": v2.AutoAugment,
+    "RandAugment": v2.RandAugment,
+    "TrivialAugmentWide": v2.TrivialAugmentWide,
+    "AugMix": v2.AugMix,
 }
+# Accepted so that pipelines copied from the notes work: the loaders already yield tensors, and
+# Normalize becomes the on-device normalization (see split_normalize).
+PASSTHROUGH = frozenset({"ToTensor", "ToImage", "Normalize"})
+# Same output for the same input: these may be cached (applied once) and run on a whole batch at once.
+DETERMINISTIC = frozenset({"Resize", "CenterCrop", "Pad", "Grayscale", "FiveCrop", "TenCrop"})
+MULTI_CROP = {"FiveCrop": 5, "TenCrop": 10}
+_ENUMS = {"interpolation": v2.InterpolationMode, "policy": v2.AutoAugmentPolicy}
+
+# Training augmentation presets: name -> specs for a square input side.
+PRESETS: dict[str, Callable[[int], list[Spec]]] = {
+    "none": lambda size: [],
+    "digits": lambda size: [{"name": "RandomCrop", "size": size, "padding": max(1, size // 14)}],
+    "cifar": lambda size: [{"name": "RandomCrop", "size": size, "padding": max(1, size // 8)},
+                           {"name": "RandomHorizontalFlip"}],
+    "photos": lambda size: [{"name": "RandomResizedCrop", "size": [size, size], "scale": [0.35, 1.0]},
+                            {"name": "RandomHorizontalFlip"}],
+    "strong": lambda size: [{"name": "RandomResizedCrop", "size": [size, size], "scale": [0.25, 1.0]},
+                            {"name": "RandomHorizontalFlip"}, {"name": "TrivialAugmentWide"},
+                            {"name": "RandomErasing", "p": 0.25}],
+}
+PHOTO_MARGIN = 8 / 7  # evaluation resizes photos to size*8/7 then takes the centre (256 → 224, as torchvision)
 
 
-def build_transforms(specs: list[dict[str, Any]]) -> v2.Compose:
-    """Build ``v2.Compose`` from specs; unknown names or bad arguments are a ConfigError."""
-    steps = []
+def check_specs(specs: Any, where: str) -> list[Spec]:
+    """Validate a spec list (names and argument names) without building anything heavy."""
+    if not isinstance(specs, list | tuple):
+        raise ConfigError(f"{where}: expected a list of transforms like [{{name: RandomCrop, size: 32}}], "
+                          f"got {specs!r}")
+    out = []
     for spec in specs:
+        if isinstance(spec, str):  # a bare name: "RandomHorizontalFlip"
+            spec = {"name": spec}
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise ConfigError(f"transform spec {spec!r} must be a mapping with a 'name'")
+            raise ConfigError(f"{where}: transform {spec!r} must be a mapping with a 'name'")
         name = spec["name"]
-        if name not in ALLOWED:
-            raise ConfigError(f"unknown transform {name!r}; choose one of: {', '.join(sorted(ALLOWED))}")
-        kwargs = {k: v for k, v in spec.items() if k != "name"}
-        if name in ("Resize", "RandomResizedCrop"):
-            kwargs.setdefault("antialias", True)
-        try:
-            steps.append(ALLOWED[name](**kwargs))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"transform {name} with {kwargs}: {exc}") from None
-    return v2.Compose(steps)
+        if name not in ALLOWED and name not in PASSTHROUGH:
+            raise ConfigError(f"{where}: unknown transform {name!r}; choose one of: "
+                              f"{', '.join(sorted(ALLOWED.keys() | PASSTHROUGH))}")
+        if name in ALLOWED:
+            params = [p for p in inspect.signature(ALLOWED[name].__init__).parameters if p != "self"]
+            bad = [k for k in spec if k != "name" and k not in params]
+            if bad:
+                raise ConfigError(f"{where}: transform {name} has no argument {bad[0]!r}; it takes: "
+                                  f"{', '.join(params) or 'no arguments'}")
+        out.append(dict(spec))
+    return out
 
 
-def eval_specs(size: int, from_files: bool) -> list[dict[str, Any]]:
-    """The deterministic evaluation pipeline: a square ``size`` input, never distorted for photos."""
-    if from_files:
-        # Shorter side to `size`, then the centre: keeps the aspect ratio of photos.
-        return [{"name": "Resize", "size": size}, {"name": "CenterCrop", "size": [size, size]}]
+def build_transforms(specs: list[Spec], where: str = "transforms") -> v2.Compose:
+    """Build ``v2.Compose`` from specs; unknown names or bad arguments are a ConfigError.
+
+    ``FiveCrop``/``TenCrop`` return their crops stacked into one tensor [N, C, H, W] (test-time augmentation).
+    """
+    steps: list[Callable] = []
+    for spec in check_specs(specs, where):
+        name = spec["name"]
+        if name in PASSTHROUGH:
+            continue
+        steps.append(build_one(spec, where))
+        if name in MULTI_CROP:
+            steps.append(StackCrops())
+    return v2.Compose(steps or [v2.Identity()])
+
+
+def build_one(spec: Spec, where: str = "transforms") -> Callable:
+    name = spec["name"]
+    kwargs = {k: _enum(k, v, name, where) for k, v in spec.items() if k != "name"}
+    if name in ("Resize", "RandomResizedCrop"):
+        kwargs.setdefault("antialias", True)
+    try:
+        return ALLOWED[name](**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: transform {name} with {kwargs}: {exc}") from None
+
+
+class StackCrops:
+    """The tuple of FiveCrop/TenCrop as one tensor [N, C, H, W] (a class, so workers can pickle it)."""
+
+    def __call__(self, crops: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.stack(list(crops))
+
+
+def _enum(key: str, value: Any, name: str, where: str) -> Any:
+    if key not in _ENUMS or not isinstance(value, str):
+        return value
+    kind = _ENUMS[key]
+    try:
+        return kind(value.lower())
+    except ValueError:
+        raise ConfigError(f"{where}: transform {name}: {key} {value!r} is not one of "
+                          f"{', '.join(m.value for m in kind)}") from None
+
+
+def split_normalize(specs: list[Spec]) -> tuple[list[Spec], tuple[tuple[float, ...], tuple[float, ...]] | None]:
+    """Specs without ToTensor/Normalize, plus the (mean, std) of a Normalize spec if there is one."""
+    stats = None
+    for spec in specs:
+        if spec.get("name") == "Normalize":
+            try:
+                stats = (tuple(float(v) for v in spec["mean"]), tuple(float(v) for v in spec["std"]))
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError(f"transform Normalize needs mean and std lists, got {spec!r}") from None
+            if len(stats[0]) != len(stats[1]) or min(stats[1], default=0) <= 0:
+                raise ConfigError(f"transform Normalize: mean and std need the same length and std > 0: {spec!r}")
+    return [s for s in specs if s.get("name") not in PASSTHROUGH], stats
+
+
+def tta_crops(specs: list[Spec]) -> int:
+    """How many crops per image a pipeline yields (FiveCrop → 5, TenCrop → 10, else 1)."""
+    return next((MULTI_CROP[s["name"]] for s in specs if s.get("name") in MULTI_CROP), 1)
+
+
+def is_deterministic(specs: list[Spec]) -> bool:
+    return all(s["name"] in DETERMINISTIC or s["name"] in PASSTHROUGH for s in specs)
+
+
+def eval_specs(size: int, from_files: bool, native: int | None = None) -> list[Spec]:
+    """The deterministic evaluation pipeline: a square ``size`` input, never distorted for photos.
+
+    Photos (files of mixed sizes) are resized to ``size * 8/7`` on the shorter side, then the centre is
+    taken, as torchvision's references do (256 → 224). Fixed-size images are only resized when needed.
+    """
+    if from_files and native is None:
+        return [{"name": "Resize", "size": margin_size(size)}, {"name": "CenterCrop", "size": [size, size]}]
+    # Kept when the images already have that size: on them it is free, and `predict` needs it for files.
     return [{"name": "Resize", "size": [size, size]}]
 
 
-def train_specs(size: int, from_files: bool) -> list[dict[str, Any]]:
-    """Light default augmentation for file datasets; in-memory sets train on the images as they are."""
-    if from_files:
-        return [{"name": "RandomResizedCrop", "size": [size, size], "scale": [0.5, 1.0]},
-                {"name": "RandomHorizontalFlip"}]
-    return eval_specs(size, from_files=False)
+def margin_size(size: int) -> int:
+    return max(size, round(size * PHOTO_MARGIN))
+
+
+def train_specs(size: int, preset: str, from_files: bool, native: int | None = None) -> list[Spec]:
+    """The preset's augmentation, behind a resize to ``size`` when fixed-size images are another size."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown transform preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    aug = PRESETS[preset](size)
+    if from_files and native is None:  # photos: the random crop itself sets the size, else centre-crop
+        return aug if preset in ("photos", "strong") else eval_specs(size, True) + aug
+    return eval_specs(size, from_files, native) + aug
+
+
+def resolve(choices: dict[str, Any], size: int, preset: str, from_files: bool,
+            native: int | None) -> tuple[list[Spec], list[Spec]]:
+    """(train, eval) spec lists from the config's ``transforms`` mapping: a preset name or a list each.
+
+    Missing entries get the source's defaults: its augmentation preset for train, ``eval_specs`` for eval.
+    """
+    unknown = set(choices) - {"train", "eval"}
+    if unknown:
+        raise ConfigError(f"data.transforms: unknown key {sorted(unknown)[0]!r}; use train and eval, e.g. "
+                          "{train: cifar, eval: [{name: Resize, size: 32}]}")
+    train = choices.get("train")
+    if train is None or isinstance(train, str):
+        train_list = train_specs(size, train or preset, from_files, native)
+    else:
+        train_list = check_specs(train, "data.transforms.train")
+    evaluation = choices.get("eval")
+    if isinstance(evaluation, str):
+        raise ConfigError("data.transforms.eval must be a list of deterministic transforms, e.g. "
+                          "[{name: Resize, size: 36}, {name: CenterCrop, size: 32}]")
+    eval_list = eval_specs(size, from_files, native) if evaluation is None else check_specs(
+        evaluation, "data.transforms.eval")
+    return train_list, eval_list
 
 
 def adapt_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -71,7 +220,7 @@ def adapt_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     if have == 1 and channels == 3:
         return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous()
     if have == 3 and channels == 1:
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        weights = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(3, 1, 1)
         gray = (x.float() * weights).sum(dim=-3, keepdim=True)
         return gray.round().clamp(0, 255).to(torch.uint8)
     raise ConfigError(f"cannot turn {have}-channel images into {channels}-channel input")

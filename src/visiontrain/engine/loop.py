@@ -17,6 +17,7 @@ from visiontrain.data import Normalizer
 from visiontrain.data.loaders import Loader
 from visiontrain.engine.callbacks import Callbacks, StopTraining
 from visiontrain.engine.metrics import evaluate_batches, headline
+from visiontrain.engine.saver import monitor_key
 from visiontrain.engine.state import TrainState
 
 MISTAKES_SHOWN = 16  # most confident validation mistakes kept per epoch for TensorBoard and plots
@@ -39,6 +40,7 @@ def fit(state: TrainState, loaders: dict[str, Loader], callbacks: Callbacks) -> 
                 metrics.update({f"{state.eval_split}/{k}": v for k, v in headline(full).items()})
                 metrics[f"{state.eval_split}/_full"] = full
             state.epoch_metrics = metrics
+            state.schedule.step_epoch(metrics.get(monitor_key(state)))  # reduce-on-plateau; else a no-op
             state.epoch += 1
             state.batch_in_epoch = 0
             callbacks.fire("on_epoch_end", state)

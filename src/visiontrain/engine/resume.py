@@ -28,6 +28,7 @@ from visiontrain.engine.checkpoint import _unwrap
 from visiontrain.engine.state import TrainState
 from visiontrain.errors import CheckpointError
 from visiontrain.fileio import atomic_write_bytes
+from visiontrain.logging.files import scalar_metrics
 
 FORMAT = "visiontrain.resume"
 VERSION = 1
@@ -57,6 +58,7 @@ def save_resume(path: Path, state: TrainState, loader: Loader, callback_state: d
         "sums": _pack(state.sums, "sums", tensors),
         "rng": _rng_state(tensors),
         "best": state.best,
+        "epoch_metrics": scalar_metrics(state.epoch_metrics),  # the last epoch's, for the summary and logs
         "callbacks": callback_state,
         "elapsed_s": elapsed,
     }
@@ -93,6 +95,7 @@ def restore(state: TrainState, meta: dict[str, Any], tensors: dict[str, torch.Te
     state.sums = {k: v.to(state.device) for k, v in _unpack(meta["sums"], tensors).items()}
     state.epoch, state.step, state.batch_in_epoch = meta["epoch"], meta["step"], meta["batch_in_epoch"]
     state.best = meta.get("best")
+    state.epoch_metrics = dict(meta.get("epoch_metrics") or {})
     state.elapsed_before = float(meta.get("elapsed_s", 0.0))
     _set_rng(meta["rng"], tensors)
 

@@ -1,6 +1,10 @@
-"""Models: the notes' networks and torchvision's classifiers behind one factory."""
+"""Models: the notes' networks, CIFAR-style ResNets and VGGs, row-reading LSTM/GRU, torchvision's
+classifiers and (optionally) timm's behind one factory; fine-tuning surgery and partial loading."""
 
-from visiontrain.models import seeds as _seeds  # noqa: F401  (registers the built-in models)
+from visiontrain.models import recurrent as _recurrent  # noqa: F401  (registers the built-in models)
+from visiontrain.models import resnet_cifar as _resnet_cifar  # noqa: F401
+from visiontrain.models import seeds as _seeds  # noqa: F401
+from visiontrain.models import vgg_small as _vgg_small  # noqa: F401
 from visiontrain.models.factory import (
     MODELS,
     ModelEntry,

@@ -2,14 +2,15 @@
 
 Every builder takes the input it must fit (channels, side, class count) plus its own keyword arguments, so
 one name works on MNIST and on CIFAR alike. Names not registered here fall through to
-``torchvision.models`` classifiers (``resnet18``, ``vgg16`` …) with ``num_classes`` set.
+``torchvision.models`` classifiers (``resnet18``, ``vgg16`` …) with ``num_classes`` set, and to ``timm``
+models as ``timm/<name>`` when the optional ``timm`` package is installed.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -31,9 +32,12 @@ class ModelEntry:
     builder: Callable[..., nn.Module]  # builder(inp: ModelInput, **args) -> nn.Module
     description: str
     source: str = "visiontrain"
-    channels: int | None = None  # fixed input channels, None = any
+    channels: int | None = None  # the input channels the net is designed for, None = any
     default_size: int | None = None  # preferred input side, None = the dataset's own
     min_size: int = 8
+    # A fixed-channel net built for other channels gets its stem conv adapted (gray: RGB weights summed)
+    # instead of an error. The data pipeline still feeds `channels` unless the config asks otherwise.
+    adapt_channels: bool = False
 
 
 MODELS: Registry[ModelEntry] = Registry("model", ModelError)
@@ -50,12 +54,12 @@ def register_model(name: str, description: str, **kwargs: object) -> Callable:
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for a name, including torchvision classifiers."""
-    from visiontrain.models import torchvision_models  # registers lazily; keeps `import visiontrain` fast
+    """The registry entry for a name, including torchvision classifiers and ``timm/<name>``."""
+    from visiontrain.models import timm_models, torchvision_models  # lazy: keeps `import visiontrain` fast
 
     if name in MODELS:
         return MODELS.get(name)
-    entry = torchvision_models.entry(name)
+    entry = timm_models.entry(name) if name.startswith("timm/") else torchvision_models.entry(name)
     if entry is None:
         raise ModelError(MODELS.unknown_message(name) + " (or any torchvision.models classifier, "
                          "see `visiontrain models --all`)")
@@ -63,19 +67,30 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, inp: ModelInput, args: dict | None = None) -> nn.Module:
-    """Build ``name`` for ``inp`` with builder arguments ``args`` (checked against the builder)."""
+    """Build ``name`` for ``inp`` with builder arguments ``args`` (checked against the builder).
+
+    >>> create_model("resnet18", ModelInput(1, 32, 10)).conv1.in_channels  # RGB stem adapted to gray
+    1
+    """
     entry = get_entry(name)
     args = dict(args or {})
     _check_args(name, entry.builder, args)
-    if entry.channels is not None and inp.channels != entry.channels:
+    adapt = entry.channels is not None and inp.channels != entry.channels
+    if adapt and not entry.adapt_channels:
         raise ModelError(f"model {name!r} takes {entry.channels}-channel input, the data has {inp.channels}")
     if inp.size < entry.min_size:
         raise ModelError(f"model {name!r} needs inputs of at least {entry.min_size} px, got {inp.size}; "
                          "set --image-size")
     try:
-        return entry.builder(inp, **args)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"model {name!r} cannot be built with args {args}: {exc}") from exc
+        model = entry.builder(replace(inp, channels=entry.channels) if adapt else inp, **args)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ModelError(f"model {name!r} cannot be built with args {args} for {inp.channels}x{inp.size}x"
+                         f"{inp.size} input: {exc}") from exc
+    if adapt:
+        from visiontrain.models.surgery import adapt_input_channels
+
+        adapt_input_channels(model, inp.channels)
+    return model
 
 
 def _check_args(name: str, builder: Callable, args: dict) -> None:
@@ -88,5 +103,5 @@ def _check_args(name: str, builder: Callable, args: dict) -> None:
             raise ModelError(f"model {name!r} has no argument {key!r}; it takes: {', '.join(allowed) or 'none'}")
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

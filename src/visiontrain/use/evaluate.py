@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import nn
 
 from visiontrain.config import DataConfig, load_config
 from visiontrain.data import build_data
 from visiontrain.engine.metrics import evaluate_batches
 from visiontrain.errors import DataError
 from visiontrain.use.loading import LoadedModel, load
+from visiontrain.use.tta import TTAModel, check_tta
 
 
 def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: str = "test", *,
              data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
-             workers: int | None = None) -> dict[str, Any]:
+             workers: int | None = None, tta: str = "none", mistakes: int = 0,
+             outputs: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of its own dataset (or of ``data``, with the same classes).
+
+    ``tta`` averages the probabilities of flipped or five-cropped views (see :mod:`visiontrain.use.tta`);
+    ``mistakes=k`` adds the k most confident wrong predictions; ``outputs=True`` adds every image's
+    ``probabilities`` [N, K] and ``targets`` [N] as tensors (what :mod:`~visiontrain.use.evaluation_report` needs).
 
     >>> r = visiontrain.evaluate("runs/mnist-demo", split="test")  # doctest: +SKIP
     >>> round(r["accuracy"], 3), len(r["confusion"])  # doctest: +SKIP
@@ -28,12 +38,50 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
     if split not in bundle.loaders:
         raise DataError(f"dataset {cfg.name!r} has no {split!r} split; it has: "
                         f"{', '.join(bundle.source.splits)} (choose one with --split)")
+    unknown = [c for c in bundle.classes if c not in loaded.classes]
+    if unknown:
+        raise DataError(f"dataset {cfg.name!r} has classes the model was not trained on ({', '.join(unknown[:5])}); "
+                        f"the model knows {', '.join(loaded.classes[:10])} — evaluate on data with those classes")
+    batches = bundle.loaders[split]
     if bundle.classes != loaded.classes:
-        raise DataError(f"dataset {cfg.name!r} has classes {bundle.classes[:10]} but the model was trained on "
-                        f"{loaded.classes[:10]}; evaluate on data with the same class folders")
-    result = evaluate_batches(loaded.model, bundle.loaders[split], loaded.prep.normalizer(), loaded.device,
-                              len(loaded.classes))
-    return {"checkpoint": str(loaded.path), "data": cfg.name, "split": split, "classes": loaded.classes, **result}
+        # Match labels by class name, not position: a folder tree lists its classes alphabetically
+        # (synthetic's are not) and may hold only some of the model's classes.
+        remap = torch.tensor([loaded.classes.index(c) for c in bundle.classes])
+        batches = ((images, remap[labels]) for images, labels in batches)
+    check_tta(tta)
+    net = TTAModel(loaded.model, tta) if tta != "none" or loaded.prep.crops > 1 else loaded.model
+    recorder = _Recorder(net) if outputs else net
+    if outputs:
+        batches = recorder.tee(batches)
+    result = evaluate_batches(recorder, batches, loaded.prep.normalizer(), loaded.device, len(loaded.classes),
+                              mistakes=mistakes)
+    if outputs:
+        result.update(recorder.tensors())
+    return {"checkpoint": str(loaded.path), "data": cfg.name, "split": split, "classes": loaded.classes,
+            "tta": tta, **result}
+
+
+class _Recorder(nn.Module):
+    """Passes through ``model`` and keeps each batch's probabilities and targets, in order, on the CPU."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.probabilities: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        self.probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
+        return logits
+
+    def tee(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in batches:
+            self.targets.append(labels.cpu())
+            yield images, labels
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"probabilities": torch.cat(self.probabilities), "targets": torch.cat(self.targets)}
 
 
 def _data_config(loaded: LoadedModel, data: str | None, data_dir: str | None, batch_size: int | None,

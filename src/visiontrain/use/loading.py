@@ -17,7 +17,8 @@ from visiontrain.data import Preprocessing
 from visiontrain.data.transforms import build_transforms
 from visiontrain.engine.checkpoint import load_into, load_weights, read_sidecar
 from visiontrain.errors import CheckpointError, VisiontrainError
-from visiontrain.models import ModelInput, create_model
+from visiontrain.models import ModelInput
+from visiontrain.models.build import rebuild_model
 
 _PICKLE_SUFFIXES = {".pth", ".pt", ".pkl", ".pickle", ".tar", ".ckpt", ".bin"}
 
@@ -93,10 +94,16 @@ def load(path: str | Path, device: str = "auto", which: str = "best") -> LoadedM
     if not classes or not all(isinstance(c, str) for c in classes):
         raise CheckpointError(f"{sidecar}: 'classes' must be a non-empty list of names")
     try:
-        model = create_model(name, ModelInput(prep.channels, prep.size, len(classes)), args)
+        model = rebuild_model({**spec, "name": name, "args": args}, ModelInput(prep.channels, prep.size, len(classes)))
     except VisiontrainError as exc:
         raise CheckpointError(f"{sidecar}: cannot rebuild its model: {exc}") from None
     load_into(model, load_weights(sidecar, meta), sidecar)
     dev = resolve_device(device)
-    model.to(dev).eval()
+    # The memory format training used (runner.train): convolutions pick their kernels by it, and a
+    # contiguous copy gives logits that differ in the last bits from the model that was trained and tested.
+    saved = meta.get("config")
+    saved_train = saved.get("train") if isinstance(saved, dict) else None
+    wanted = saved_train.get("channels_last", True) if isinstance(saved_train, dict) else True
+    channels_last = bool(wanted) and dev.type != "mps"
+    model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format).eval()
     return LoadedModel(model, meta, prep, dev, sidecar)

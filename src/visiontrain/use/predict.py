@@ -1,14 +1,18 @@
-"""``visiontrain.predict``: class probabilities for image files, folders and globs.
+"""``visiontrain.predict``: class probabilities for image files, folders, globs and list files.
 
 Every file goes through the safe decoder (RGBA, palette, 16-bit, grayscale … become what the model
-expects), then the checkpoint's own evaluation transforms. A file that cannot be read is reported in its
-result and skipped; the others are still predicted.
+expects), then the model's own evaluation transforms. A file that cannot be read is reported in its
+result and skipped; the others are still predicted. The model is a checkpoint (run folder) or an export
+(``.onnx`` through onnxruntime, ``.torchscript.pt``, ``.pt2``): the outputs are the same.
 """
 
 from __future__ import annotations
 
+import csv
 import glob
-from collections.abc import Iterable
+import io
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +20,23 @@ import torch
 
 from visiontrain.data.images import image_to_tensor, is_image_file, open_image
 from visiontrain.errors import DataError, ImageError
-from visiontrain.use.loading import LoadedModel, load
+from visiontrain.fileio import atomic_write_text
+from visiontrain.use.exported import ExportedModel, load_model
+from visiontrain.use.loading import LoadedModel
+from visiontrain.use.tta import check_tta, tta_logits
+
+Model = LoadedModel | ExportedModel
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders recursively (image files only); glob patterns expanded; order kept."""
+    """Files as given; folders recursively (image files only); glob patterns expanded; ``@list.txt`` read
+    (one path, folder or glob per line; blank lines and ``#`` comments skipped); order kept."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
+        if isinstance(item, str) and item.startswith("@") and not p.exists():
+            out += expand_inputs(_read_list(Path(item[1:])))
+        elif p.is_dir():
             out += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
         elif not p.exists() and glob.has_magic(str(item)):
             matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
@@ -38,24 +50,39 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def predict(model: LoadedModel | str | Path, inputs: Iterable[str | Path] | str | Path, top_k: int = 5,
-            batch_size: int = 64, device: str = "auto") -> list[dict[str, Any]]:
+def _read_list(path: Path) -> list[str]:
+    # Relative entries are relative to the working directory, as if typed on the command line (like tar -T).
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the list file {path} ({exc}); give one image path per line") from None
+    entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not entries:
+        raise DataError(f"the list file {path} names no images; give one image path per line")
+    return entries
+
+
+def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path, top_k: int = 5,
+            batch_size: int = 64, device: str = "auto", *, tta: str = "none",
+            progress: bool = False) -> list[dict[str, Any]]:
     """Predict the top-k classes of each image.
 
     Returns ``[{"path", "predictions": [{"label", "index", "probability"}]}]``, or ``{"path", "error"}``
-    for a file that could not be read.
+    for a file that could not be read. ``model`` is a run folder, a checkpoint or an export file.
 
     >>> visiontrain.predict("runs/mnist-demo", ["digit.png"], top_k=3)  # doctest: +SKIP
     [{'path': 'digit.png', 'predictions': [{'label': '7', 'index': 7, 'probability': 0.998}, ...]}]
+    >>> visiontrain.predict("runs/mnist-demo/exports/model.onnx", ["digit.png"], tta="flip")  # doctest: +SKIP
     """
-    loaded = model if isinstance(model, LoadedModel) else load(model, device=device)
+    check_tta(tta)
+    loaded = model if isinstance(model, LoadedModel | ExportedModel) else load_model(model, device=device)
     if isinstance(inputs, str | Path):
         inputs = [inputs]
     paths = expand_inputs(inputs)
-    k = max(1, min(top_k, len(loaded.classes)))
     transform = loaded.transform()
     results: list[dict[str, Any]] = []
-    for start in range(0, len(paths), batch_size):
+    bar = _progress(len(paths)) if progress else None
+    for start in range(0, len(paths), max(1, batch_size)):
         chunk = paths[start:start + batch_size]
         tensors, slots = [], []
         for path in chunk:
@@ -66,22 +93,63 @@ def predict(model: LoadedModel | str | Path, inputs: Iterable[str | Path] | str 
             except ImageError as exc:
                 result["error"] = exc.reason
                 continue
-            tensors.append(_fit_size(transform(image), loaded.prep.size))
+            tensors.append(fit_size(transform(image), loaded.prep.size))
             slots.append(result)
         if tensors:
-            probs = torch.softmax(loaded.logits(torch.stack(tensors)).float(), dim=1).cpu()
-            top = probs.topk(k, dim=1)
-            for result, values, indices in zip(slots, top.values, top.indices, strict=True):
-                result["predictions"] = [
-                    {"label": loaded.classes[i], "index": int(i), "probability": round(float(v), 6)}
-                    for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
+            for result, top in zip(slots, classify(loaded, torch.stack(tensors), top_k, tta), strict=True):
+                result["predictions"] = top
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
     return results
 
 
-def _fit_size(image: torch.Tensor, size: int) -> torch.Tensor:
-    # The saved transforms end at the model's size; this guards hand-edited or older transform lists.
+@torch.no_grad()
+def classify(model: Model, images: torch.Tensor, top_k: int = 5, tta: str = "none") -> list[list[dict[str, Any]]]:
+    """Top-k ``{"label", "index", "probability"}`` per image of a uint8 batch at the model's input size."""
+    k = max(1, min(top_k, len(model.classes)))
+    forward = model.model if isinstance(model, LoadedModel) else model.forward
+    x = model.prep.normalizer()(images.to(model.device))
+    probs = torch.softmax(tta_logits(forward, x, tta).float(), dim=1).cpu()
+    top = probs.topk(k, dim=1)
+    return [[{"label": model.classes[i], "index": int(i), "probability": round(float(v), 6)}
+             for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
+            for values, indices in zip(top.values, top.indices, strict=True)]
+
+
+def fit_size(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The image at the model's side (the saved transforms end there; this guards hand-edited lists)."""
     if tuple(image.shape[-2:]) != (size, size):
         from torchvision.transforms.v2 import functional as F
 
         image = F.resize(image, [size, size], antialias=True)
     return image
+
+
+def results_csv(results: Sequence[dict[str, Any]]) -> str:
+    """CSV text: path, label, probability, then label_2, probability_2 … for the top-k, and error."""
+    k = max((len(r.get("predictions", [])) for r in results), default=1)
+    header = ["path", "label", "probability"]
+    header += [f"{name}_{rank}" for rank in range(2, k + 1) for name in ("label", "probability")]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*header, "error"])
+    for r in results:
+        cells = [r["path"]]
+        for p in r.get("predictions", []):
+            cells += [p["label"], f"{p['probability']:.6f}"]
+        cells += [""] * (len(header) - len(cells))
+        writer.writerow([*cells, r.get("error", "")])
+    return buf.getvalue()
+
+
+def write_csv(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write :func:`results_csv` atomically (a crash never leaves half a file)."""
+    return atomic_write_text(path, results_csv(results))
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="predict", unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)

@@ -6,8 +6,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from visiontrain.logging.console import percent
 
 
@@ -41,7 +39,7 @@ def print_train_result(run: Any) -> None:
         f"checkpoints:  {run_dir / 'checkpoints'}/best.safetensors (+ .json), last.safetensors",
         f"watch it:     tensorboard --logdir {shlex.quote(str(run_dir.parent))}",
     ]
-    samples = sorted((run_dir / "samples").glob("*.png"))
+    samples = sorted(p for p in (run_dir / "samples").glob("*") if p.is_file())  # copies keep their .jpg etc.
     target = shlex.quote(str(samples[0])) if samples else "IMAGE.png"
     lines.append(f"try it:       visiontrain predict {shlex.quote(str(run_dir))} {target}")
     print("\n".join(lines))
@@ -78,16 +76,6 @@ def print_predictions(results: list[dict[str, Any]]) -> None:
 
 def model_rows(include_torchvision: bool = False) -> list[dict[str, Any]]:
     """One row per model with its parameter count for 10 classes at its default input (built on 'meta')."""
-    from visiontrain.models import MODELS, ModelInput, count_parameters, get_entry
-    from visiontrain.models.torchvision_models import classifier_names
+    from visiontrain.models.zoo import model_rows as zoo_rows
 
-    names = list(MODELS) + (list(classifier_names()) if include_torchvision else [])
-    rows = []
-    for name in names:
-        entry = get_entry(name)
-        channels, size = entry.channels or 1, entry.default_size or 28
-        with torch.device("meta"):  # no memory, no time: shapes only
-            params = count_parameters(entry.builder(ModelInput(channels, size, 10)))
-        rows.append({"name": name, "parameters": f"{params:,}", "input": f"{channels}x{size}x{size}",
-                     "source": entry.source, "description": entry.description})
-    return rows
+    return zoo_rows(include_all=include_torchvision)

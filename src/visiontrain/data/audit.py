@@ -1,0 +1,161 @@
+"""``visiontrain data info`` and ``data stats``: what a dataset holds, and what is wrong with it.
+
+Counts per class and split, image sizes/modes seen, an imbalance warning, and exact duplicates by content
+hash — inside a split and across train/val/test (leakage: the same image graded that it was trained on).
+
+>>> from visiontrain.config import DataConfig
+>>> from visiontrain.data.sources import load_source
+>>> report = describe(load_source(DataConfig(name="synthetic", args={"train": 40, "val": 8, "test": 8}), 0))
+>>> report["splits"]["train"]["count"], report["duplicates"]["across_splits"]
+(40, [])
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from typing import Any
+
+import torch
+
+from visiontrain.data.loaders import printable
+from visiontrain.data.sources import DataSource, FileSplit, ItemSplit, Split, TensorSplit
+
+IMBALANCE_RATIO = 3.0  # warn when the largest class has this many times the images of the smallest
+_SHOW = 10  # duplicate groups shown in the text report (all of them are in --json)
+
+
+def describe(source: DataSource) -> dict[str, Any]:
+    """The ``data info`` report of a loaded source, as plain data (JSON-able)."""
+    report: dict[str, Any] = {
+        "name": source.name, "task": source.task, "classes": source.classes, "channels": source.channels,
+        "size": source.size, "splits": {name: _split_counts(split, source) for name, split in source.splits.items()},
+        "images": _image_kinds(source), "bad_images": [{"path": printable(p), "reason": printable(r)}
+                                                       for p, r in source.bad_images],
+        "notes": list(source.notes),
+    }
+    report["warnings"] = _imbalance(report["splits"].get("train", {}), source)
+    report["duplicates"] = duplicates(source)
+    if report["duplicates"]["across_splits"]:
+        report["warnings"].append(f"{len(report['duplicates']['across_splits'])} image(s) appear in more than "
+                                  "one split (leakage): validation/test scores overstate accuracy")
+    return report
+
+
+def _split_counts(split: Split, source: DataSource) -> dict[str, Any]:
+    out: dict[str, Any] = {"count": len(split)}
+    if source.task == "regression":
+        v = split.labels.double()
+        out["values"] = {"min": float(v.min()), "mean": float(v.mean()), "max": float(v.max())} if len(v) else {}
+        return out
+    counts = torch.bincount(split.labels, minlength=len(source.classes)).tolist()
+    out["per_class"] = dict(zip(source.classes, counts, strict=True))
+    return out
+
+
+def _image_kinds(source: DataSource) -> dict[str, Any]:
+    sizes: Counter[str] = Counter()
+    modes: Counter[str] = Counter()
+    formats: Counter[str] = Counter()
+    for split in source.splits.values():
+        if isinstance(split, TensorSplit):
+            sizes[f"{split.images.shape[-1]}x{split.images.shape[-2]}"] += len(split)
+            modes["L" if split.images.shape[1] == 1 else "RGB"] += len(split)
+            formats["tensor"] += len(split)
+        elif isinstance(split, FileSplit) and split.infos is not None:
+            for info in split.infos:
+                sizes[f"{info.width}x{info.height}"] += 1
+                modes[info.mode] += 1
+                formats[info.format] += 1
+    return {"sizes": dict(sizes.most_common(10)), "distinct_sizes": len(sizes), "modes": dict(modes),
+            "formats": dict(formats)}
+
+
+def _imbalance(train: dict[str, Any], source: DataSource) -> list[str]:
+    counts = train.get("per_class", {})
+    present = {c: n for c, n in counts.items() if n > 0}
+    warnings = [f"class {c!r} has no training images" for c, n in counts.items() if n == 0]
+    if len(present) >= 2:
+        big = max(present, key=present.__getitem__)
+        small = min(present, key=present.__getitem__)
+        ratio = present[big] / present[small]
+        if ratio >= IMBALANCE_RATIO:
+            warnings.append(f"imbalanced: class {big!r} has {present[big]:,} training images, {ratio:.1f}x the "
+                            f"{present[small]:,} of {small!r}; consider --class-weights auto or more data")
+    return warnings
+
+
+def duplicates(source: DataSource) -> dict[str, list[list[str]]]:
+    """Groups of byte-identical images (file bytes, or pixels for in-memory data), within and across splits."""
+    groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for name, split in source.splits.items():
+        for label, digest in _digests(split, name):
+            groups[digest].append((name, label))
+    within, across = [], []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        entry = [f"{split}: {printable(label)}" for split, label in members]
+        (across if len({split for split, _ in members}) > 1 else within).append(entry)
+    return {"within_split": within, "across_splits": across}
+
+
+def _digests(split: Split, name: str) -> list[tuple[str, str]]:
+    if isinstance(split, TensorSplit):
+        images = split.images.contiguous()
+        return [(f"{name}[{i}]", hashlib.blake2b(images[i].numpy().tobytes(), digest_size=16).hexdigest())
+                for i in range(len(split))]
+    if isinstance(split, ItemSplit):
+        from visiontrain.data.loaders import FileDataset
+
+        dataset = FileDataset(split, 3, None)
+        out = []
+        for i in range(len(split)):
+            image, _label, _index, error = dataset[i]
+            if not error:
+                out.append((dataset.name(i), hashlib.blake2b(image.numpy().tobytes(), digest_size=16).hexdigest()))
+        return out
+    out = []
+    for path in split.paths:
+        h = hashlib.blake2b(digest_size=16)
+        try:
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError:
+            continue  # unreadable now: the scan or the loader reports it
+        out.append((str(path), h.hexdigest()))
+    return out
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The text ``data info`` prints."""
+    lines = [f"{report['name']}: {report['task']}, {report['channels']} channel(s), "
+             f"{'size ' + str(report['size']) if report['size'] else 'mixed sizes'}"]
+    if report["task"] == "classification":
+        lines.append(f"classes ({len(report['classes'])}): {', '.join(report['classes'][:30])}"
+                     + (" …" if len(report["classes"]) > 30 else ""))
+    for name, split in report["splits"].items():
+        detail = (", ".join(f"{c} {n:,}" for c, n in list(split.get("per_class", {}).items())[:30])
+                  or ", ".join(f"{k} {v:.4g}" for k, v in split.get("values", {}).items()))
+        lines.append(f"  {name:<5} {split['count']:>8,}  {detail}")
+    kinds = report["images"]
+    if kinds["sizes"]:
+        more = f" (+{kinds['distinct_sizes'] - len(kinds['sizes'])} more)" if kinds["distinct_sizes"] > 10 else ""
+        lines.append("sizes: " + ", ".join(f"{s} ×{n:,}" for s, n in kinds["sizes"].items()) + more)
+        lines.append("modes: " + ", ".join(f"{m} ×{n:,}" for m, n in kinds["modes"].items())
+                     + " | formats: " + ", ".join(f"{m} ×{n:,}" for m, n in kinds["formats"].items()))
+    dup = report["duplicates"]
+    for kind, title in (("within_split", "duplicates within a split"), ("across_splits", "LEAKAGE across splits")):
+        if dup[kind]:
+            lines.append(f"{title}: {len(dup[kind])} group(s) of identical images")
+            lines += [f"  {' = '.join(group)}" for group in dup[kind][:_SHOW]]
+            lines += [f"  … {len(dup[kind]) - _SHOW} more (--json lists all)"] if len(dup[kind]) > _SHOW else []
+    if not dup["within_split"] and not dup["across_splits"]:
+        lines.append("duplicates: none (exact content hash)")
+    lines += [f"bad image: {b['path']}: {b['reason']}" for b in report["bad_images"][:_SHOW]]
+    if len(report["bad_images"]) > _SHOW:
+        lines.append(f"… {len(report['bad_images']) - _SHOW} more bad images (--json lists all)")
+    lines += [f"note: {n}" for n in report["notes"]]
+    lines += [f"warning: {w}" for w in report["warnings"]]
+    return "\n".join(lines)

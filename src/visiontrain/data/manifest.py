@@ -1,0 +1,180 @@
+"""Manifests: a CSV (``path,label``) or JSON-lines (``{"path": …, "label": …}``) list of images.
+
+``label`` (or ``class``) makes a classification set: class names, or indices 0..K-1. ``value`` makes a
+**regression** set of float targets. An optional ``split`` column (train / val / test) assigns rows to
+splits. Paths are relative to the manifest's folder (or ``--data-arg root=DIR``). A two-column CSV without
+a header row is read as ``path,label``.
+
+```
+path,label              path,value,split
+ants/1.jpg,ants         faces/001.png,23.5,train
+bees/7.jpg,bees         faces/002.png,41.0,val
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visiontrain.config import DataConfig
+from visiontrain.data.scan import natural_shape, scan_files, skipped_note
+from visiontrain.data.sources import DataSource, FileSplit, Split
+from visiontrain.errors import DataError
+
+_LABEL_KEYS = {"label": "classification", "class": "classification", "value": "regression"}
+_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_ARGS = {"root", "classes"}
+
+Row = tuple[int, str, Any, str]  # (line number, path, label or value, split)
+
+
+def manifest_source(path: Path, cfg: DataConfig, seed: int) -> DataSource:
+    """A :class:`DataSource` from a manifest file (see the module doc for the format)."""
+    unknown = set(cfg.args) - _ARGS
+    if unknown:
+        raise DataError(f"a manifest takes the data args {', '.join(sorted(_ARGS))}; got {sorted(unknown)[0]!r}")
+    if not path.is_file():
+        raise DataError(f"manifest {path} does not exist; pass a .csv or .jsonl file of path,label rows")
+    rows, task = _read_rows(path)
+    if not rows:
+        raise DataError(f"manifest {path} has no rows; add lines of path,label (or path,value)")
+    root = Path(cfg.args.get("root", path.parent)).expanduser()
+    classes, targets = (_regression(rows, path) if task == "regression"
+                        else _classification(rows, path, cfg.args.get("classes")))
+    bad: list[tuple[str, str]] = []
+    splits: dict[str, Split] = {}
+    for name in ("train", "val", "test"):
+        index = [i for i, row in enumerate(rows) if row[3] == name]
+        if index:
+            paths = [_resolve(root, rows[i][1]) for i in index]
+            splits[name] = scan_files(paths, targets[index], cfg.bad_images, cfg.max_pixels, bad)
+    if "train" not in splits or len(splits["train"]) == 0:
+        raise DataError(f"manifest {path} has no readable training rows (rows with no split, or split train)")
+    channels, side = natural_shape([s for s in splits.values() if isinstance(s, FileSplit)])
+    preset = "photos" if side is None or side > 64 else "cifar"
+    return DataSource(path.stem, classes, channels, side, splits, None, None, skipped_note(bad), task=task,
+                      preset=preset, root=root, bad_images=bad)
+
+
+def _resolve(root: Path, text: str) -> Path:
+    p = Path(text).expanduser()
+    return p if p.is_absolute() else root / p
+
+
+def _read_rows(path: Path) -> tuple[list[Row], str]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"manifest {path} cannot be read as UTF-8 text: {exc}") from None
+    reader = _json_rows if path.suffix.lower() in (".jsonl", ".json") else _csv_rows
+    return reader(path, text)
+
+
+def _csv_rows(path: Path, text: str) -> tuple[list[Row], str]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    lines = [(n, r) for n, r in enumerate(csv.reader(text.splitlines(), delimiter=delimiter), 1) if any(r)]
+    if not lines:
+        return [], "classification"
+    header = [h.strip().lower() for h in lines[0][1]]
+    if "path" not in header:
+        if len(header) != 2:
+            raise DataError(f"manifest {path}: line 1 needs a header with a 'path' column and 'label' or 'value' "
+                            f"(e.g. path,label), got {lines[0][1]}")
+        header, body = ["path", "label"], lines  # headerless path,label
+    else:
+        body = lines[1:]
+    task, target = _target_column(path, header)
+    col = {name: i for i, name in enumerate(header)}
+    rows = []
+    for n, fields in body:
+        if len(fields) < len(header):
+            raise DataError(f"manifest {path}, line {n}: expected {len(header)} fields ({','.join(header)}), "
+                            f"got {len(fields)}")
+        split = fields[col["split"]].strip() if "split" in col else "train"
+        rows.append((n, fields[col["path"]].strip(), fields[col[target]].strip(), _split_name(path, n, split)))
+    return rows, task
+
+
+def _json_rows(path: Path, text: str) -> tuple[list[Row], str]:
+    try:
+        if path.suffix.lower() == ".json":
+            records = list(enumerate(json.loads(text), 1))
+        else:
+            records = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise DataError(f"manifest {path}: not valid JSON{'' if path.suffix == '.json' else ' lines'}: {exc}") from None
+    if not records:
+        return [], "classification"
+    if not all(isinstance(r, dict) for _, r in records):
+        raise DataError(f"manifest {path}: every record must be an object like {{\"path\": ..., \"label\": ...}}")
+    task, target = _target_column(path, list(records[0][1]))
+    rows = []
+    for n, record in records:
+        if "path" not in record or target not in record:
+            raise DataError(f"manifest {path}, record {n}: needs 'path' and {target!r}, has {sorted(record)}")
+        split = str(record.get("split", "train"))
+        rows.append((n, str(record["path"]), record[target], _split_name(path, n, split)))
+    return rows, task
+
+
+def _target_column(path: Path, names: list[str]) -> tuple[str, str]:
+    found = [name for name in names if name in _LABEL_KEYS]
+    if len(found) != 1:
+        raise DataError(f"manifest {path}: needs exactly one of the columns label, class (classification) or "
+                        f"value (regression); found {names}")
+    return _LABEL_KEYS[found[0]], found[0]
+
+
+def _split_name(path: Path, line: int, text: str) -> str:
+    name = _SPLITS.get(text.strip().lower() or "train")
+    if name is None:
+        raise DataError(f"manifest {path}, line {line}: split {text!r} is not train, val or test")
+    return name
+
+
+def _classification(rows: list[Row], path: Path, names: Any) -> tuple[list[str], torch.Tensor]:
+    """Labels as indices: class names sorted, or integer labels 0..K-1 (named by ``classes`` if given)."""
+    raw = [row[2] for row in rows]
+    if all(_is_index(v) for v in raw):
+        labels = [int(v) for v in raw]
+        count = max(labels) + 1
+        if names is not None:
+            if not isinstance(names, list) or len(names) < count:
+                raise DataError(f"manifest {path}: data arg classes must list at least {count} names")
+            return [str(n) for n in names], torch.tensor(labels, dtype=torch.int64)
+        return [str(i) for i in range(count)], torch.tensor(labels, dtype=torch.int64)
+    classes = sorted({str(v) for v in raw})
+    if names is not None:
+        missing = [c for c in classes if c not in [str(n) for n in names]]
+        if missing:
+            raise DataError(f"manifest {path}: label {missing[0]!r} is not in the data arg classes")
+        classes = [str(n) for n in names]
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, torch.tensor([index[str(v)] for v in raw], dtype=torch.int64)
+
+
+def _is_index(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    return isinstance(value, str) and value.isdigit()
+
+
+def _regression(rows: list[Row], path: Path) -> tuple[list[str], torch.Tensor]:
+    values = []
+    for n, _p, value, _s in rows:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"manifest {path}, line {n}: value {value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise DataError(f"manifest {path}, line {n}: value {value!r} is not finite")
+        values.append(number)
+    return ["value"], torch.tensor(values, dtype=torch.float32)

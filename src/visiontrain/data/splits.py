@@ -1,0 +1,109 @@
+"""Held-out validation splits: stratified and seeded, saved as ``split.json`` and reusable from it.
+
+A source without its own val split gets ``val_split`` of every class held out of train, the same images
+for the same seed. Regression targets are stratified by quantile bins of their values. The split is
+written to the run folder (``split.json``) so a later run can reuse exactly it with ``data.split_file``.
+
+>>> keep, held = stratified_split(torch.tensor([0, 0, 0, 1, 1, 1]), 1 / 3, seed=0)
+>>> len(keep), len(held)
+(4, 2)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visiontrain.errors import DataError
+
+SPLIT_FORMAT = "visiontrain-split/1"
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (keep, held_out) with ``fraction`` of every class held out, the same for the same seed.
+
+    Float labels (regression targets) are grouped into up to 10 quantile bins first.
+    """
+    if labels.is_floating_point():
+        labels = _quantile_bins(labels)
+    gen = torch.Generator().manual_seed(seed)
+    keep, held = [torch.empty(0, dtype=torch.int64)], [torch.empty(0, dtype=torch.int64)]
+    for cls in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_held = min(len(idx) - 1, math.floor(len(idx) * fraction + 0.5)) if len(idx) > 1 else 0
+        held.append(idx[:n_held])
+        keep.append(idx[n_held:])
+    return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values
+
+
+def _quantile_bins(values: torch.Tensor) -> torch.Tensor:
+    bins = max(1, min(10, len(values) // 5))  # at least ~5 values per bin, so each bin can give one away
+    edges = torch.quantile(values.double(), torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1])
+    return torch.bucketize(values.double(), edges)
+
+
+def split_record(source_name: str, seed: int, fraction: float, total: int, held: torch.Tensor,
+                 paths: list[Path] | None, root: Path | None) -> dict[str, Any]:
+    """What ``split.json`` holds: the held-out positions in the original train list and, for files, paths."""
+    record: dict[str, Any] = {"format": SPLIT_FORMAT, "source": source_name, "seed": seed, "val_split": fraction,
+                              "train_count": total, "val_indices": held.tolist()}
+    if paths is not None:
+        record["val_paths"] = [_relative(paths[i], root) for i in held.tolist()]
+    return record
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return path.as_posix()
+
+
+def read_split_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        record = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"split file {p} does not exist; pass the split.json of an earlier run") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"split file {p} cannot be read as JSON: {exc}") from None
+    if not isinstance(record, dict) or record.get("format") != SPLIT_FORMAT:
+        raise DataError(f"split file {p} is not a visiontrain split.json (format {SPLIT_FORMAT})")
+    return record
+
+
+def held_from_record(record: dict[str, Any], total: int, paths: list[Path] | None, root: Path | None,
+                     where: str) -> torch.Tensor:
+    """The held-out positions a ``split.json`` names in this train list: by path for files, else by index."""
+    if paths is not None and "val_paths" in record:
+        position = {_relative(p, root): i for i, p in enumerate(paths)}
+        missing = [p for p in record["val_paths"] if p not in position]
+        if missing:
+            raise DataError(f"{where}: {len(missing)} validation images it lists are not in the data "
+                            f"(first: {missing[0]}); use the data it was made for, or drop data.split_file")
+        return torch.tensor(sorted(position[p] for p in record["val_paths"]), dtype=torch.int64)
+    if record.get("train_count") != total:
+        raise DataError(f"{where}: made for {record.get('train_count')} training images, the data has {total}; "
+                        "use the data it was made for, or drop data.split_file")
+    held = torch.tensor(record.get("val_indices", []), dtype=torch.int64)
+    if len(held) and (int(held.min()) < 0 or int(held.max()) >= total):
+        raise DataError(f"{where}: validation indices outside 0..{total - 1}")
+    return torch.unique(held)
+
+
+def complement(total: int, held: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones(total, dtype=torch.bool)
+    mask[held] = False
+    return torch.nonzero(mask).flatten()
+
+
+def split_json(record: dict[str, Any]) -> str:
+    # ASCII escapes keep odd file names (undecodable bytes) intact through a UTF-8 file.
+    return json.dumps(record, indent=1) + "\n"

@@ -1,0 +1,114 @@
+"""The checkpoint doctor: what is in a weights file, which model it fits, and safetensors conversion.
+
+``inspect`` reads safetensors, state_dict ``.pth`` (``weights_only``) and visiontrain runs; ``convert``
+turns a state_dict ``.pth`` into ``.safetensors`` plus a JSON sidecar, unwrapping the ``module.`` (DDP)
+and ``_orig_mod.`` (torch.compile) prefixes. Neither ever unpickles beyond ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from visiontrain.errors import CheckpointError, VisiontrainError
+from visiontrain.fileio import atomic_write_bytes, atomic_write_json
+from visiontrain.models.statedict import WeightsFile, read_weights
+
+WEIGHTS_FORMAT = "visiontrain.weights"
+_META_FIELDS = ("epoch", "step", "monitor", "created")
+
+
+def inspect_weights(path: str | Path, find_models: bool = True) -> dict[str, Any]:
+    """A JSON-able description of a weights file or run.
+
+    >>> inspect_weights("resnet18.pth")["fits"][0]  # doctest: +SKIP
+    {'name': 'resnet18', 'exact': True, 'classes': 1000, 'channels': 3, 'shapes_differ': 0}
+    """
+    w = read_weights(path)
+    dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in w.tensors.values())
+    info: dict[str, Any] = {
+        "file": str(w.path), "format": w.format, "nested_in": w.nested_in, "stripped_prefixes": w.stripped,
+        "tensors": len(w.tensors), "values": sum(t.numel() for t in w.tensors.values()), "dtypes": dict(dtypes),
+        "table": [{"name": k, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+                  for k, t in w.tensors.items()],
+        "metadata": _metadata(w),
+    }
+    if w.format == "visiontrain":
+        info["own_model"] = _own_model_fits(w)
+    if find_models:
+        from visiontrain.models.zoo import fitting_models
+
+        info["fits"] = fitting_models(w.tensors)
+    return info
+
+
+def _metadata(w: WeightsFile) -> dict[str, Any]:
+    meta = w.metadata
+    if w.format != "visiontrain":
+        return {k: v for k, v in meta.items() if isinstance(v, str | int | float)}
+    out: dict[str, Any] = {"model": meta.get("model"), "classes": meta.get("classes")}
+    out.update({k: meta[k] for k in _META_FIELDS if k in meta})
+    out["metrics"] = {k: v for k, v in (meta.get("metrics") or {}).items() if isinstance(v, int | float)}
+    return out
+
+
+def _own_model_fits(w: WeightsFile) -> dict[str, Any]:
+    """Rebuild the model the sidecar names and compare: the check ``visiontrain.load`` would make."""
+    from visiontrain.models.build import rebuild_model
+    from visiontrain.models.factory import ModelInput
+    from visiontrain.models.zoo import on_meta
+
+    meta = w.metadata
+    try:
+        prep = meta["preprocessing"]
+        inp = ModelInput(int(prep["channels"]), int(prep["size"]), len(meta["classes"]))
+        with on_meta():
+            sd = rebuild_model(meta["model"], inp).state_dict()
+    except (VisiontrainError, KeyError, TypeError, ValueError) as exc:
+        return {"fits": False, "problem": str(exc)}
+    differ = [k for k in sd if k not in w.tensors or tuple(sd[k].shape) != tuple(w.tensors[k].shape)]
+    extra = [k for k in w.tensors if k not in sd]
+    return {"fits": not differ and not extra, "differ": differ[:5], "extra": extra[:5]}
+
+
+def convert_to_safetensors(path: str | Path, out: str | Path | None = None, force: bool = False) -> dict[str, Any]:
+    """Write ``out`` (default: beside the input, ``.safetensors``) and its ``.json`` sidecar.
+
+    >>> convert_to_safetensors("ddp_model.pth")["weights"]  # doctest: +SKIP
+    'ddp_model.safetensors'
+    """
+    src = Path(path)
+    w = read_weights(src)
+    if w.format != "pytorch":
+        raise CheckpointError(f"{src} is already {w.format}; only PyTorch state_dict files (.pth/.pt) need "
+                              "converting")
+    target = Path(out) if out else src.with_suffix(".safetensors")
+    if target.suffix != ".safetensors":
+        target = target.with_suffix(".safetensors")
+    if target.exists() and not force:
+        raise CheckpointError(f"{target} exists; pass --out ANOTHER.safetensors or --force to overwrite it")
+    # clones: safetensors refuses tensors that share storage (tied weights, views of one buffer)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in w.tensors.items()}
+    # the key order is kept in the metadata: safetensors sorts tensors, and --init-match order needs it
+    metadata = {"format": WEIGHTS_FORMAT, "source": src.name, "order": json.dumps(list(tensors))}
+    blob = safetensors.torch.save(tensors, metadata=metadata)
+    atomic_write_bytes(target, blob)
+    from visiontrain.models.zoo import fitting_models
+
+    sidecar = {
+        "format": WEIGHTS_FORMAT, "format_version": 1, "source": str(src),
+        "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest(), "nested_in": w.nested_in,
+        "stripped_prefixes": w.stripped, "tensors": len(tensors),
+        "values": sum(t.numel() for t in tensors.values()), "fits": fitting_models(tensors, limit=3),
+        "weights": {"file": target.name, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__,
+    }
+    atomic_write_json(target.with_suffix(".json"), sidecar)
+    return {**sidecar, "weights": str(target), "sidecar": str(target.with_suffix(".json"))}

@@ -1,0 +1,180 @@
+"""Read weights from any file people bring: safetensors, a PyTorch state_dict, or a visiontrain run.
+
+Nothing here unpickles Python objects: ``.pth``/``.pt``/``.tar`` files go through
+``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers. A file that needs
+more (a whole model saved with ``torch.save(model)``) is refused with a line saying how to re-save it.
+Keys wrapped by DDP (``module.``) or ``torch.compile`` (``_orig_mod.``) are unwrapped.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+from visiontrain.errors import CheckpointError
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Where training scripts commonly nest the state_dict inside a checkpoint dict, in order of preference.
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params", "ema")
+
+
+@dataclass
+class WeightsFile:
+    """Tensors read from a file, with what was learned about it on the way."""
+
+    path: Path
+    format: str  # "safetensors" | "pytorch" | "visiontrain"
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    stripped: dict[str, int] = field(default_factory=dict)  # wrapper prefix → keys unwrapped
+    nested_in: str | None = None  # the checkpoint-dict key the state_dict was found under
+    ordered: bool = True  # keys are in the model's state_dict order (safetensors alone sorts them)
+
+
+def sniff(path: Path) -> str:
+    """The file's format from its first bytes (suffixes lie: the seed's MobileNet is a ``.tar``)."""
+    if path.is_dir() or path.suffix == ".json":
+        return "visiontrain"
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc}); check the path") from None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "pytorch"  # zip archive (torch.save) or a legacy pickle stream
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"  # 8-byte header length, then the JSON header
+    raise CheckpointError(f"{path}: not a safetensors file, a PyTorch state_dict or a visiontrain run; "
+                          "give a .safetensors, .pth/.pt or a run folder")
+
+
+def read_weights(path: str | Path) -> WeightsFile:
+    """Tensors of a weights file or run folder, keys unwrapped from ``module.``/``_orig_mod.``.
+
+    >>> w = read_weights("runs/mnist-demo")  # doctest: +SKIP
+    >>> w.format, len(w.tensors)  # doctest: +SKIP
+    ('visiontrain', 12)
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist; give a weights file (.safetensors, .pth) or a run folder")
+    kind = sniff(p)
+    result = _READERS[kind](p)
+    if kind != "pytorch":
+        _restore_order(result)
+    result.tensors, result.stripped = strip_wrappers(result.tensors)
+    if not result.tensors:
+        raise CheckpointError(f"{p} holds no tensors")
+    return result
+
+
+def _read_safetensors(path: Path) -> WeightsFile:
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        tensors = safetensors.torch.load_file(str(path))
+    except (safetensors.SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: damaged safetensors file ({exc})") from None
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            side = json.loads(sidecar.read_text(encoding="utf-8"))
+            metadata.update(side if isinstance(side, dict) else {})
+        except (OSError, ValueError):
+            pass  # a broken sidecar does not make the tensors unreadable
+    return WeightsFile(path, "safetensors", tensors, metadata)
+
+
+def _read_pytorch(path: Path) -> WeightsFile:
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing what is unsafe
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} is not a plain state_dict: it pickles Python objects (e.g. a whole model "
+                              "saved with torch.save(model)), which visiontrain will not unpickle because that "
+                              "can run code; re-save it with torch.save(model.state_dict(), path)") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch file ({str(exc).splitlines()[0][:200]})") from None
+    tensors, nested = _find_state_dict(obj, path)
+    return WeightsFile(path, "pytorch", tensors, nested_in=nested)
+
+
+def _find_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    if isinstance(obj, Mapping):
+        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) / 2:
+            return tensors, None  # a state_dict, perhaps with an 'epoch' or two beside it
+        for key in _NESTED_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+                return {str(k): v for k, v in inner.items() if isinstance(v, torch.Tensor)}, key
+    keys = ", ".join(map(str, list(obj)[:6])) if isinstance(obj, Mapping) else type(obj).__name__
+    raise CheckpointError(f"{path}: found no state_dict in it (top level: {keys}); save one with "
+                          "torch.save(model.state_dict(), path)")
+
+
+def _read_visiontrain(path: Path) -> WeightsFile:
+    from visiontrain.engine.checkpoint import load_weights, read_sidecar
+    from visiontrain.use.loading import resolve_checkpoint  # lazy: use/ imports models/
+
+    sidecar = resolve_checkpoint(path)
+    meta = read_sidecar(sidecar)
+    return WeightsFile(sidecar, "visiontrain", load_weights(sidecar, meta), meta)
+
+
+def _restore_order(w: WeightsFile) -> None:
+    """safetensors stores tensors sorted, not in state_dict order; order matching needs the real order. It
+    comes from an ``order`` metadata entry (``checkpoint convert`` writes one) or, for a visiontrain
+    checkpoint, from rebuilding the model its sidecar names."""
+    order = None
+    if isinstance(w.metadata.get("order"), str):
+        try:
+            order = json.loads(w.metadata["order"])
+        except ValueError:
+            order = None
+    elif w.metadata.get("format") == "visiontrain.checkpoint":
+        order = _model_order(w.metadata)
+    w.ordered = isinstance(order, list) and set(order) == set(w.tensors)
+    if w.ordered:
+        w.tensors = {k: w.tensors[k] for k in order}  # type: ignore[union-attr]
+
+
+def _model_order(meta: dict[str, Any]) -> list[str] | None:
+    from visiontrain.models.build import rebuild_model
+    from visiontrain.models.factory import ModelInput
+    from visiontrain.models.zoo import on_meta
+
+    try:
+        prep = meta["preprocessing"]
+        inp = ModelInput(int(prep["channels"]), int(prep["size"]), len(meta["classes"]))
+        with on_meta():
+            return list(rebuild_model(meta["model"], inp).state_dict())
+    except Exception:  # an unreadable sidecar only costs the order, not the tensors
+        return None
+
+
+_READERS = {"safetensors": _read_safetensors, "pytorch": _read_pytorch, "visiontrain": _read_visiontrain}
+
+
+def strip_wrappers(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Drop ``module.``/``_orig_mod.`` (DDP, torch.compile) where every key carries it, repeatedly."""
+    stripped: dict[str, int] = {}
+    changed = True
+    while changed and tensors:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in tensors):
+                stripped[prefix] = stripped.get(prefix, 0) + len(tensors)
+                tensors = {k.removeprefix(prefix): v for k, v in tensors.items()}
+                changed = True
+    return tensors, stripped

@@ -1,0 +1,125 @@
+"""The commands that use a trained model: ``export`` and ``serve`` (registered here), and the bodies of
+``evaluate`` and ``predict`` (whose flags cli.py declares)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from visiontrain.use.tta import TTA_MODES
+
+TTA_HELP = f"test-time augmentation: {', '.join(TTA_MODES)} (average the probabilities of the views) [default: none]"
+
+
+def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
+    ex = sub.add_parser("export", help="export a run as ONNX, TorchScript or torch.export (.pt2), verified",
+                        description="Export a checkpoint with a dynamic batch size and its class names and "
+                        "preprocessing in the file's metadata; the export is checked against PyTorch on sample "
+                        "inputs and the largest logit difference printed.")
+    ex.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "pt2"], help="[default: onnx]")
+    ex.add_argument("--out", help="file or folder to write [default: RUN/exports/model.<ext>]")
+    ex.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |logit difference| against "
+                    "PyTorch [default: 0.001]")
+    ex.add_argument("--opset", type=int, help="ONNX opset version [default: the exporter's]")
+    ex.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    sv = sub.add_parser("serve", help="serve a run or an export over HTTP, with a web page",
+                        description="An HTTP prediction service: POST /predict (multipart or raw image bytes), "
+                        "GET /health, GET /model, OpenAPI at /docs, and a page at / to drop an image on.")
+    sv.add_argument("model", metavar="RUN_OR_EXPORT", help="run folder, checkpoint, or .onnx/.torchscript.pt/.pt2")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1]")
+    sv.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one [default: 8000]")
+    sv.add_argument("--device", default="auto", help="auto, cpu, cuda or mps [default: auto]")
+    sv.add_argument("--tta", default="none", help=TTA_HELP)
+    sv.add_argument("--top-k", type=int, default=5, help="classes returned when a request does not say [default: 5]")
+    sv.add_argument("--max-mb", type=float, default=10.0, help="largest request body, MiB [default: 10]")
+    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height "
+                    "[default: 40000000]")
+    sv.add_argument("--timeout", type=float, default=30.0, help="seconds one prediction may take [default: 30]")
+    sv.add_argument("--threads", type=int, default=4, help="predictions run at the same time [default: 4]")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return {"export": _export_command, "serve": _serve_command}
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    from visiontrain.use.export import export
+
+    r = export(args.checkpoint, args.format, args.out, tolerance=args.tolerance, opset=args.opset)
+    if args.json:
+        print(json.dumps({"path": str(r.path), "format": r.format, "max_abs_diff": r.max_abs_diff,
+                          "tolerance": r.tolerance, "metadata": r.metadata}, indent=2))
+        return 0
+    print(f"exported {r.format}: {r.path} ({r.path.stat().st_size / 2**20:.2f} MiB)")
+    print(f"verified against PyTorch on batches of 1 and 5: max abs difference {r.max_abs_diff:.3g} "
+          f"(tolerance {r.tolerance:g})")
+    print(f"classes and preprocessing are in its metadata; try: visiontrain predict {r.path} IMAGE.png")
+    return 0
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    from visiontrain.use.serve import serve
+
+    serve(args.model, args.host, args.port, device=args.device, tta=args.tta, top_k=args.top_k,
+          log_level=args.log_level, max_bytes=int(args.max_mb * 2**20), max_pixels=args.max_pixels,
+          timeout_s=args.timeout, threads=args.threads)
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """``visiontrain evaluate``: print (or --json) the result; ``--report DIR`` writes the full report."""
+    from visiontrain.use.evaluate import evaluate
+    from visiontrain.use.report import print_evaluation
+
+    report_dir = getattr(args, "report", None)
+    result = evaluate(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir,
+                      batch_size=args.batch_size, device=args.device, tta=getattr(args, "tta", "none"),
+                      mistakes=32 if report_dir else 0, outputs=bool(report_dir))
+    report = None
+    if report_dir:
+        from visiontrain.use.evaluation_report import write_report
+
+        report = write_report(result, report_dir)
+    plain = {k: v for k, v in result.items() if k not in ("probabilities", "targets", "mistakes")}
+    if args.json:
+        print(json.dumps(report if report is not None else plain, indent=2))
+        return 0
+    print_evaluation(plain)
+    if report is not None:
+        m, w, cal = report["macro"], report["weighted"], report["calibration"]
+        print(f"\nmacro    precision {_pct(m['precision'])}  recall {_pct(m['recall'])}  F1 {_pct(m['f1'])}")
+        print(f"weighted precision {_pct(w['precision'])}  recall {_pct(w['recall'])}  F1 {_pct(w['f1'])}")
+        print(f"calibration: ECE {_pct(cal['ece'])} ({cal['n_bins']} bins), mean confidence "
+              f"{_pct(cal['mean_confidence'])}")
+        print(f"report: {Path(report_dir) / 'report.md'} (+ report.json, confusion, reliability and mistakes PNGs)")
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """``visiontrain predict``: screen, --json or --csv FILE; unreadable files are listed on stderr."""
+    from visiontrain.use.predict import predict, write_csv
+    from visiontrain.use.report import print_predictions
+
+    progress = getattr(args, "progress", None)
+    results = predict(args.checkpoint, args.inputs, top_k=args.top_k, device=args.device,
+                      batch_size=getattr(args, "batch_size", None) or 64, tta=getattr(args, "tta", "none"),
+                      progress=sys.stderr.isatty() if progress is None else progress)
+    csv_path = getattr(args, "csv", None)
+    if csv_path:
+        write_csv(results, csv_path)
+        print(f"wrote {len(results)} rows to {csv_path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    elif not csv_path:
+        print_predictions(results)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"visiontrain: skipped {r['path']}: {r['error']}", file=sys.stderr)
+    return 2 if len(failed) == len(results) else 0
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"

@@ -1,0 +1,182 @@
+"""``visiontrain evaluate RUN --report DIR``: the metrics and pictures a person reads before trusting a model.
+
+From every image's probabilities and true class: top-1/top-5, per-class precision/recall/F1 with support,
+their macro and support-weighted averages (torchmetrics), the confusion matrix as counts and row-normalized,
+the expected calibration error with a reliability diagram, and the most confident mistakes as an image grid.
+Written as ``report.md`` (for people) and ``report.json`` (for programs) beside the PNG files.
+
+>>> r = visiontrain.evaluate("runs/demo", outputs=True, mistakes=16)  # doctest: +SKIP
+>>> write_report(r, "report/")["macro"]["f1"]  # doctest: +SKIP
+0.987
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visiontrain.fileio import atomic_write_json, atomic_write_text
+
+N_BINS = 15  # calibration bins over [0, 1], the usual choice (Guo et al. 2017)
+FILES = {"confusion": "confusion.png", "confusion_counts": "confusion_counts.png",
+         "reliability": "reliability.png", "mistakes": "mistakes.png", "markdown": "report.md", "json": "report.json"}
+
+
+def classification_metrics(probabilities: torch.Tensor, targets: torch.Tensor, classes: Sequence[str],
+                           n_bins: int = N_BINS) -> dict[str, Any]:
+    """Metrics of probabilities [N, K] against true indices [N] (torchmetrics does the counting).
+
+    ``macro`` is the plain mean over classes that occur in the targets or the predictions; ``weighted``
+    weighs each class by its support (its number of true images).
+    """
+    import torchmetrics.functional.classification as tm  # deferred: importing it takes a moment
+    k = len(classes)
+    probs, target = probabilities.double(), targets.long()
+    per = {name: [_f(v) for v in fn(probs, target, k, average=None).tolist()] for name, fn in (
+        ("precision", tm.multiclass_precision), ("recall", tm.multiclass_recall), ("f1", tm.multiclass_f1_score))}
+    support = torch.bincount(target, minlength=k).tolist()
+    averages = {avg: {name: _f(fn(probs, target, k, average=avg)) for name, fn in (
+        ("precision", tm.multiclass_precision), ("recall", tm.multiclass_recall),
+        ("f1", tm.multiclass_f1_score))} for avg in ("macro", "weighted")}
+    confidence, predicted = probs.max(dim=1)
+    return {
+        "count": len(target),
+        "accuracy": _f(tm.multiclass_accuracy(probs, target, k, average="micro")),
+        "top5": _f(tm.multiclass_accuracy(probs, target, k, average="micro", top_k=min(5, k))),
+        **averages,
+        "per_class": [{"class": c, "precision": per["precision"][i], "recall": per["recall"][i],
+                       "f1": per["f1"][i], "support": support[i]} for i, c in enumerate(classes)],
+        "calibration": {
+            "ece": _f(tm.multiclass_calibration_error(probs, target, k, n_bins=n_bins, norm="l1")),
+            "n_bins": n_bins,
+            "mean_confidence": _f(confidence.mean()),
+            "bins": reliability_bins(confidence, predicted == target, n_bins),
+        },
+    }
+
+
+def reliability_bins(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int = N_BINS) -> list[dict[str, Any]]:
+    """Per equal-width confidence bin [lower, upper): count, mean confidence, accuracy (the top bin is closed)."""
+    index = (confidence.double() * n_bins).floor().long().clamp(0, n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        member = index == b
+        count = int(member.sum())
+        bins.append({"lower": b / n_bins, "upper": (b + 1) / n_bins, "count": count,
+                     "confidence": _f(confidence[member].double().mean()) if count else None,
+                     "accuracy": _f(correct[member].double().mean()) if count else None})
+    return bins
+
+
+def write_report(result: dict[str, Any], folder: str | Path, mistakes_shown: int = 32) -> dict[str, Any]:
+    """Write the report of an ``evaluate(..., outputs=True, mistakes=k)`` result into ``folder``.
+
+    Returns the JSON report (also written as ``report.json``; ``report.md`` shows the same numbers).
+    """
+    from visiontrain import plots
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = list(result["classes"])
+    metrics = classification_metrics(result["probabilities"], result["targets"], classes)
+    report = {key: result.get(key) for key in ("checkpoint", "data", "split", "tta", "loss")}
+    report.update(metrics)
+    report["confusion"] = result["confusion"]
+    plots.save_png(plots.confusion_figure(result["confusion"], classes, normalize=True), out / FILES["confusion"])
+    plots.save_png(plots.confusion_figure(result["confusion"], classes, normalize=False),
+                   out / FILES["confusion_counts"])
+    plots.save_png(reliability_figure(metrics["calibration"]), out / FILES["reliability"])
+    report["mistakes"] = _mistakes(result.get("mistakes"), classes, out, mistakes_shown)
+    report["files"] = {k: v for k, v in FILES.items() if (out / v).exists() or k in ("markdown", "json")}
+    atomic_write_json(out / FILES["json"], report)
+    atomic_write_text(out / FILES["markdown"], markdown(report))
+    return report
+
+
+def _mistakes(found: dict[str, Any] | None, classes: list[str], out: Path, shown: int) -> list[dict[str, Any]]:
+    from visiontrain import plots
+
+    (out / FILES["mistakes"]).unlink(missing_ok=True)  # a stale grid from an earlier report would mislead
+    if not found or not found["true"]:
+        return []
+    images = found["images"][:shown]
+    if images.dim() == 5:  # multi-crop eval transforms: show the first crop of each
+        images = images[:, 0]
+    rows = [{"true": classes[t], "pred": classes[p], "confidence": c}
+            for t, p, c in zip(found["true"], found["pred"], found["confidence"], strict=True)][:shown]
+    captions = [f"{r['true'][:9]} → {r['pred'][:9]} ({r['confidence']:.2f})" for r in rows]
+    plots.save_png(plots.image_grid_figure(images, captions, title="most confident mistakes"), out / FILES["mistakes"])
+    return rows
+
+
+def reliability_figure(calibration: dict[str, Any]):
+    """Accuracy against confidence per bin, the diagonal being perfect calibration; bar width shows the bin."""
+    import matplotlib.pyplot as plt
+
+    bins = [b for b in calibration["bins"] if b["count"]]
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6), height_ratios=[3, 1], sharex=True)
+    width = 1 / calibration["n_bins"]
+    ax.bar([b["lower"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge",
+           edgecolor="black", color="tab:blue", label="accuracy")
+    # The gap between accuracy and mean confidence, above the bar (over-confident) or inside it (under-).
+    ax.bar([b["lower"] for b in bins], [abs(b["confidence"] - b["accuracy"]) for b in bins],
+           bottom=[min(b["confidence"], b["accuracy"]) for b in bins], width=width, align="edge",
+           color="tab:red", alpha=0.45, hatch="//", edgecolor="tab:red", label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"reliability diagram (ECE {100 * calibration['ece']:.2f}%)")
+    ax.legend(loc="upper left")
+    hist.bar([b["lower"] for b in bins], [b["count"] for b in bins], width=width, align="edge", color="gray")
+    hist.set_xlabel("confidence (top-1 probability)")
+    hist.set_ylabel("images")
+    fig.tight_layout()
+    return fig
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: headline, averages, per-class table, calibration, pictures."""
+    pct = _pct
+    lines = [f"# Evaluation: {report.get('data')} [{report.get('split')}]", "",
+             f"- checkpoint: `{report.get('checkpoint')}`", f"- images: {report['count']:,}",
+             f"- test-time augmentation: {report.get('tta') or 'none'}", "",
+             "| metric | value |", "| --- | --- |",
+             f"| top-1 accuracy | {pct(report['accuracy'])} |", f"| top-5 accuracy | {pct(report['top5'])} |"]
+    if report.get("loss") is not None:
+        lines.append(f"| loss (cross-entropy) | {report['loss']:.4f} |")
+    for avg in ("macro", "weighted"):
+        m = report[avg]
+        lines.append(f"| {avg} precision / recall / F1 | {pct(m['precision'])} / {pct(m['recall'])} / "
+                     f"{pct(m['f1'])} |")
+    cal = report["calibration"]
+    lines += [f"| expected calibration error ({cal['n_bins']} bins) | {pct(cal['ece'])} |",
+              f"| mean confidence | {pct(cal['mean_confidence'])} |", "",
+              "## Per class", "", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {_cell(r['class'])} | {pct(r['precision'])} | {pct(r['recall'])} | {pct(r['f1'])} | {r['support']} |"
+              for r in report["per_class"]]
+    lines += ["", "## Confusion matrix", "", f"![row-normalized]({FILES['confusion']})",
+              f"![counts]({FILES['confusion_counts']})", "", "## Calibration", "",
+              f"![reliability diagram]({FILES['reliability']})", "", "## Most confident mistakes", ""]
+    if report["mistakes"]:
+        lines += [f"![mistakes]({FILES['mistakes']})", "", "| true | predicted | confidence |", "| --- | --- | --- |"]
+        lines += [f"| {_cell(m['true'])} | {_cell(m['pred'])} | {pct(m['confidence'])} |" for m in report["mistakes"]]
+    else:
+        lines.append("No mistakes.")
+    return "\n".join(lines) + "\n"
+
+
+def _f(value: float | torch.Tensor) -> float:
+    # torchmetrics answers in float32: 0.86 would print as 0.8600000143; six places is what a report needs.
+    return round(float(value), 6)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")

@@ -1,0 +1,174 @@
+"""``visiontrain export``: a checkpoint as ONNX, TorchScript or a ``torch.export`` .pt2 program.
+
+Each export takes a dynamic batch size, carries the class names and preprocessing in its own metadata
+(so ``predict`` and ``serve`` need nothing else), and is verified before it is kept: it is loaded back the
+way ``predict`` loads it and run on sample batches of several sizes next to the PyTorch model; the largest
+absolute difference of the logits is reported and must stay under ``tolerance``.
+
+>>> r = export("runs/demo", "onnx")  # doctest: +SKIP
+>>> r.path.name, r.max_abs_diff < 1e-4  # doctest: +SKIP
+('model.onnx', True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from visiontrain.errors import ConfigError, VisiontrainError
+from visiontrain.use.exported import EXPORT_FORMAT, META_KEY, load_exported, require
+from visiontrain.use.loading import LoadedModel, load
+
+FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt2": "model.pt2"}
+_TRACE_BATCH = 2  # traced at 2, verified at 1 and 5: a batch size baked into the graph cannot pass
+_VERIFY_BATCHES = (1, 5)
+
+
+class ExportError(VisiontrainError):
+    """An export that failed or does not match the PyTorch model."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float
+    tolerance: float
+    metadata: dict[str, Any]
+
+
+def export(model: LoadedModel | str | Path, format: str = "onnx", out: str | Path | None = None, *,
+           tolerance: float = 1e-3, opset: int | None = None) -> ExportResult:
+    """Export a checkpoint (run folder or sidecar) and verify it; returns where and how close it is.
+
+    ``out`` defaults to ``<run>/exports/model.<ext>``. Raises :class:`ExportError` (and removes the file)
+    when the export's logits differ from PyTorch's by more than ``tolerance``.
+    """
+    if format not in _WRITERS:
+        raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(_WRITERS)}")
+    loaded = model if isinstance(model, LoadedModel) else load(model, device="cpu")
+    path = Path(out) if out is not None else _default_path(loaded, format)
+    if path.is_dir():
+        path = path / FILE_NAMES[format]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    reference = _plain_copy(loaded)
+    meta = export_metadata(loaded, format)
+    sample = _samples(loaded, _TRACE_BATCH, seed=0)
+    with _quiet():
+        try:
+            _WRITERS[format](reference, sample, path, json.dumps(meta), opset)
+        except VisiontrainError:
+            raise
+        except Exception as exc:  # exporters raise many kinds; the model's code is what needs changing
+            raise ExportError(f"exporting {loaded.meta['model']['name']} to {format} failed: "
+                              f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from None
+    diff = verify(loaded, path)
+    if not diff <= tolerance:
+        _remove(path)
+        raise ExportError(f"the {format} export differs from the PyTorch model by {diff:.3g} (> tolerance "
+                          f"{tolerance:g}); it was removed — try another --format or raise --tolerance")
+    return ExportResult(path, format, diff, tolerance, meta)
+
+
+def export_metadata(loaded: LoadedModel, format: str) -> dict[str, Any]:
+    """What an export carries: enough to preprocess, name the classes and describe the model."""
+    prep = loaded.prep
+    return {
+        "format": EXPORT_FORMAT, "format_version": 1, "export_format": format,
+        "classes": loaded.classes, "preprocessing": prep.to_dict(),
+        "model": loaded.meta.get("model"), "task": loaded.meta.get("task", "classification"),
+        "metrics": loaded.meta.get("metrics") or {}, "checkpoint": str(loaded.path),
+        "input": {"name": "image", "dtype": "float32", "shape": ["batch", prep.channels, prep.size, prep.size],
+                  "values": "(pixel / 255 - mean) / std per channel, after the eval transforms"},
+        "output": {"name": "logits", "shape": ["batch", len(loaded.classes)]},
+        "torch_version": torch.__version__,
+    }
+
+
+@torch.no_grad()
+def verify(loaded: LoadedModel, path: str | Path) -> float:
+    """Largest |logit difference| between the export (loaded as predict loads it) and PyTorch."""
+    exported = load_exported(path, device="cpu")
+    worst = 0.0
+    for i, batch in enumerate(_VERIFY_BATCHES):
+        x = _samples(loaded, batch, seed=i + 1)
+        expected = loaded.model(x.to(loaded.device)).float().cpu()
+        got = exported.forward(x).float().cpu()
+        if got.shape != expected.shape:
+            raise ExportError(f"{path}: batch of {batch} gave logits of shape {tuple(got.shape)}, expected "
+                              f"{tuple(expected.shape)}; the batch size is not dynamic in this export")
+        worst = max(worst, float((got - expected).abs().max()))
+    return worst
+
+
+def _samples(loaded: LoadedModel, batch: int, seed: int) -> torch.Tensor:
+    """Normalized inputs from random uint8 images: the value range real images produce."""
+    prep = loaded.prep
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, prep.channels, prep.size, prep.size), generator=gen, dtype=torch.uint8)
+    return prep.normalizer()(images)
+
+
+def _plain_copy(loaded: LoadedModel) -> nn.Module:
+    # Exporters trace on the CPU with ordinary (contiguous) weights; the loaded model keeps its own format.
+    import copy
+
+    model = copy.deepcopy(loaded.model).cpu().to(memory_format=torch.contiguous_format)
+    return model.eval()
+
+
+def _default_path(loaded: LoadedModel, format: str) -> Path:
+    run = loaded.path.parent.parent if loaded.path.parent.name == "checkpoints" else loaded.path.parent
+    return run / "exports" / FILE_NAMES[format]
+
+
+def _write_onnx(model: nn.Module, sample: torch.Tensor, path: Path, meta: str, opset: int | None) -> None:
+    require("onnxscript", "onnx")  # the exporter needs it; say so in one line rather than deep in torch
+    require("onnx", "onnx")
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.onnx.export(model, (sample,), input_names=["image"], output_names=["logits"],
+                                dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False)
+    program.model.metadata_props[META_KEY] = meta
+    _remove(path)
+    program.save(str(path))  # one file; onnx's own 2 GB limit moves weights to "<name>.data" beside it
+
+
+def _write_torchscript(model: nn.Module, sample: torch.Tensor, path: Path, meta: str, opset: int | None) -> None:
+    traced = torch.jit.trace(model, sample)
+    torch.jit.save(traced, str(path), _extra_files={META_KEY: meta})
+
+
+def _write_pt2(model: nn.Module, sample: torch.Tensor, path: Path, meta: str, opset: int | None) -> None:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(model, (sample,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path), extra_files={META_KEY: meta})
+
+
+_WRITERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, str, int | None], None]] = {
+    "onnx": _write_onnx,
+    "torchscript": _write_torchscript,
+    "pt2": _write_pt2,
+}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress and deprecation notes; the command prints its own summary."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _remove(path: Path) -> None:
+    for p in (path, path.with_name(path.name + ".data")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()

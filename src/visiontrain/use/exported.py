@@ -1,0 +1,173 @@
+"""Run an exported model (ONNX through onnxruntime, TorchScript, ``torch.export`` .pt2) on its own.
+
+Every export visiontrain writes carries its class names and preprocessing in the file's metadata, so an
+:class:`ExportedModel` offers what a checkpoint's :class:`~visiontrain.use.loading.LoadedModel` offers —
+``classes``, ``prep``, ``transform()``, ``logits()`` — and ``predict``, ``evaluate``-style loops and
+``serve`` treat both alike (:func:`load_model`).
+
+The exported graph takes the *normalized* float batch [N, C, H, W] (``(pixel/255 - mean)/std``) and
+returns logits; the normalization constants are in the metadata for anyone calling the file directly.
+
+>>> m = load_model("runs/demo/exports/model.onnx")  # doctest: +SKIP
+>>> m.classes, m.format  # doctest: +SKIP
+(['circle', 'square', 'triangle', 'cross'], 'onnx')
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visiontrain.data import Preprocessing
+from visiontrain.data.transforms import build_transforms
+from visiontrain.errors import CheckpointError, VisiontrainError
+from visiontrain.use.loading import LoadedModel, load, resolve_device
+
+META_KEY = "visiontrain.json"  # the metadata entry's name in every export format
+EXPORT_FORMAT = "visiontrain.export"
+# file name ending → export format; the longest ending is tried first ("x.torchscript.pt" before ".pt").
+SUFFIXES: dict[str, str] = {".onnx": "onnx", ".torchscript.pt": "torchscript", ".torchscript": "torchscript",
+                            ".pt2": "pt2"}
+
+
+@dataclass
+class ExportedModel:
+    """An exported model with the class names and preprocessing read from its own metadata."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]  # normalized float [N, C, H, W] → logits
+    meta: dict[str, Any]
+    prep: Preprocessing
+    device: torch.device
+    path: Path
+    format: str
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    def transform(self):
+        return build_transforms(self.prep.eval_transforms)
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a uint8 batch [B,C,H,W] already at the model's input size."""
+        return self.forward(self.prep.normalizer()(images.to(self.device)))
+
+
+def export_format(path: str | Path) -> str | None:
+    """The export format a file name says (``model.onnx`` → ``"onnx"``), or None for anything else."""
+    name = Path(path).name.lower()
+    return next((fmt for suffix, fmt in sorted(SUFFIXES.items(), key=lambda kv: -len(kv[0]))
+                 if name.endswith(suffix)), None)
+
+
+def load_model(path: str | Path, device: str = "auto") -> LoadedModel | ExportedModel:
+    """A checkpoint/run folder (:func:`visiontrain.load`) or an export file (by its name ending)."""
+    if export_format(path) is not None and Path(path).is_file():
+        return load_exported(path, device)
+    return load(path, device=device)
+
+
+def load_exported(path: str | Path, device: str = "auto") -> ExportedModel:
+    """Load an export written by ``visiontrain export``; the metadata must be visiontrain's."""
+    p = Path(path)
+    fmt = export_format(p)
+    if fmt is None:
+        raise CheckpointError(f"{p}: not an export file; visiontrain writes .onnx, .torchscript.pt and .pt2 files "
+                              "(`visiontrain export RUN --format onnx`)")
+    if not p.is_file():
+        raise CheckpointError(f"{p} does not exist; export a run first: visiontrain export RUN --format {fmt}")
+    dev = resolve_device(device)
+    forward, text = _LOADERS[fmt](p, dev)
+    meta = _parse_meta(text, p)
+    try:
+        prep = Preprocessing.from_dict(meta["preprocessing"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{p}: the export's preprocessing metadata is damaged ({exc})") from None
+    return ExportedModel(forward, meta, prep, dev, p, fmt)
+
+
+def _parse_meta(text: str | None, path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(text) if text else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{path}: has no visiontrain metadata (class names, preprocessing); export it with "
+                              "`visiontrain export`, which writes them into the file")
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{path}: the export's 'classes' metadata must be a non-empty list of names")
+    return meta
+
+
+def _load_onnx(path: Path, device: torch.device) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+    ort = require("onnxruntime", "onnx")
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+    providers = [p for p in wanted if p in ort.get_available_providers()]
+    try:
+        session = ort.InferenceSession(str(path), providers=providers)
+    except Exception as exc:  # onnxruntime raises its own untyped errors for damaged files
+        raise CheckpointError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+    name = session.get_inputs()[0].name
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        # run() is thread-safe: concurrent requests of the server may share one session.
+        out = session.run(None, {name: x.detach().float().contiguous().cpu().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+    return forward, session.get_modelmeta().custom_metadata_map.get(META_KEY)
+
+
+def _load_torchscript(path: Path, device: torch.device) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+    extra = {META_KEY: ""}
+    try:
+        with warnings.catch_warnings():  # TorchScript is deprecated in favour of .pt2; it still loads fine
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a TorchScript file torch can load ({str(exc).splitlines()[0]})") from None
+    module.eval()
+    return _no_grad(module), extra[META_KEY] or None
+
+
+def _load_pt2(path: Path, device: torch.device) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+    extra = {META_KEY: ""}
+    try:
+        program = torch.export.load(str(path), extra_files=extra)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: not a torch.export .pt2 file ({str(exc).splitlines()[0]})") from None
+    module = program.module().to(device)
+    return _no_grad(module), extra[META_KEY] or None
+
+
+def _no_grad(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(x.float())
+
+    return forward
+
+
+_LOADERS: dict[str, Callable[[Path, torch.device], tuple[Callable[[torch.Tensor], torch.Tensor], str | None]]] = {
+    "onnx": _load_onnx,
+    "torchscript": _load_torchscript,
+    "pt2": _load_pt2,
+}
+
+
+def require(module: str, extra: str) -> Any:
+    """Import an optional dependency, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise VisiontrainError(f"{module} is not installed; install it with: pip install 'visiontrain[{extra}]'") \
+            from None

@@ -1,0 +1,102 @@
+"""``visiontrain serve``: a trained model (run folder, checkpoint or export) behind HTTP, with a web page.
+
+>>> serve("runs/demo", port=8000)  # doctest: +SKIP
+serving small_cnn (4 classes) on http://127.0.0.1:8000 — page: /, API docs: /docs
+
+In tests and benchmarks, :func:`running_server` runs the same server in a thread on a free port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from visiontrain.errors import VisiontrainError
+from visiontrain.use.exported import require
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def build_app(model_path: str | Path, *, device: str = "auto", tta: str = "none", top_k: int = 5,
+              **limits: Any) -> Any:
+    """Load the model the operator named (never one a request names) and make the app."""
+    require("fastapi", "serve")
+    from visiontrain.use.exported import load_model
+    from visiontrain.use.serve.app import Limits, create_app
+    from visiontrain.use.tta import check_tta
+
+    check_tta(tta)
+    return create_app(load_model(model_path, device=device), Limits(**limits), tta=tta, top_k=top_k)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: a free one), or a one-line error saying why not."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        raise VisiontrainError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port "
+                               "or stop what uses it") from None
+    return sock
+
+
+def _uvicorn_server(app: Any, log_level: str) -> Any:
+    uvicorn = require("uvicorn", "serve")
+    config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "info", timeout_keep_alive=5,
+                            limit_concurrency=256, server_header=False)
+    return uvicorn.Server(config)
+
+
+def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, *, device: str = "auto",
+          tta: str = "none", top_k: int = 5, log_level: str = "info", **limits: Any) -> None:
+    """Serve until Ctrl-C. Binding beyond loopback is allowed but warned about: there is no authentication."""
+    app = build_app(model_path, device=device, tta=tta, top_k=top_k, **limits)
+    sock = bind(host, port)
+    actual = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    info = app.state.model_info if hasattr(app.state, "model_info") else {}
+    name = info.get("name") or Path(model_path).name
+    print(f"serving {name} ({len(info.get('classes', []))} classes) on http://{shown}:{actual} — page: /, "
+          "API docs: /docs (Ctrl-C to stop)", flush=True)
+    if host not in _LOOPBACK:
+        print(f"visiontrain: warning: listening on {host}: anyone who can reach it can use the model (no "
+              "authentication); put it behind a proxy with auth for real use", file=sys.stderr, flush=True)
+    server = _uvicorn_server(app, log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def running_server(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                   start_timeout: float = 30.0) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a thread; yields its base URL and stops it on exit.
+
+    >>> with running_server(build_app("runs/demo")) as url:  # doctest: +SKIP
+    ...     urllib.request.urlopen(url + "/health").read()
+    b'{"status":"ok"}'
+    """
+    sock = bind(host, port)
+    server = _uvicorn_server(app, log_level)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="visiontrain-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise VisiontrainError(f"the server did not start within {start_timeout:g} s")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

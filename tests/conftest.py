@@ -1,0 +1,140 @@
+"""Shared fixtures: trained synthetic runs (one per session, via the API), the CLI as a subprocess or in-process,
+and folder-per-class trees written as real PNG files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import visiontrain
+from visiontrain.cli import main as cli_main
+from visiontrain.data.synthetic import SHAPES, make_shapes
+
+# The test machine's few cores are shared with other jobs; torch's intra-op threads then wait on each other
+# (a 2-thread run measured 10x slower than a 1-thread one under load). One thread is fast and steady.
+torch.set_num_threads(1)
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}  # one thread: the machine is shared
+
+
+def run_commands(commands: dict[str, list[str | Path]], cwd: Path, timeout: float = 180) -> dict[str, CliResult]:
+    """Run several commands at once (each a full argv) and wait for all; results by name."""
+    procs = {name: subprocess.Popen(list(map(str, argv)), cwd=cwd, env=_ENV, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for name, argv in commands.items()}
+    results = {}
+    for name, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        results[name] = CliResult(proc.returncode, out, err)
+    return results
+
+
+def run_cli(*args: str | Path, cwd: Path, timeout: float = 180) -> CliResult:
+    """``python -m visiontrain ARGS`` as a real process."""
+    return run_commands({"cli": [sys.executable, "-m", "visiontrain", *args]}, cwd, timeout)["cli"]
+
+
+@pytest.fixture(scope="session")
+def cli() -> Callable[..., CliResult]:
+    """The CLI as a subprocess: ``cli("train", "--data", "synthetic", cwd=tmp_path)``."""
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def commands() -> Callable[..., dict[str, CliResult]]:
+    """Several processes at once: ``commands({"a": [sys.executable, "-m", "visiontrain", ...]}, cwd=...)``."""
+    return run_commands
+
+
+@pytest.fixture
+def main_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """The CLI in this process (fast, for error paths): ``main_cli("train", "--data", "nope")``.
+
+    argparse's own errors (SystemExit) are turned into results too.
+    """
+
+    def call(*args: str | Path) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = cli_main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return call
+
+
+def assert_one_line_error(result: CliResult, *fragments: str) -> str:
+    """Exit code 2, exactly one `visiontrain: error: ...` line on stderr, no traceback; returns the line."""
+    assert result.code == 2, (result.code, result.out, result.err)
+    assert "Traceback" not in result.err
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("visiontrain: error: ")]
+    assert len(errors) == 1, result.err
+    assert errors[0] == lines[-1], result.err
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
+
+
+@pytest.fixture(scope="session")
+def one_line_error() -> Callable[..., str]:
+    return assert_one_line_error
+
+
+def write_shape_folder(root: Path, per_class: int, *, size: int = 32, channels: int = 3, seed: int = 0,
+                       suffix: str = ".png") -> Path:
+    """``root/<shape>/<i>.png`` for every synthetic class: a real folder-per-class dataset."""
+    images, labels = make_shapes(per_class * len(SHAPES), size, channels, seed=seed)
+    counts = dict.fromkeys(SHAPES, 0)
+    for image, label in zip(images, labels.tolist(), strict=True):
+        name = SHAPES[label]
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        array = image.permute(1, 2, 0).squeeze(-1).numpy()
+        Image.fromarray(array).save(folder / f"{counts[name]:03d}{suffix}")
+        counts[name] += 1
+    return root
+
+
+@pytest.fixture(scope="session")
+def shape_folder() -> Callable[..., Path]:
+    return write_shape_folder
+
+
+def _train(out: Path, name: str, **data_args: int) -> visiontrain.Run:
+    config = {"data": {"name": "synthetic", "args": data_args}, "train": {"epochs": 3, "log_every": 5},
+              "out": str(out), "name": name}
+    return visiontrain.train(config, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> visiontrain.Run:
+    """small_cnn trained 3 epochs on the full default synthetic set (RGB): ~100% val accuracy, seconds."""
+    return _train(tmp_path_factory.mktemp("runs"), "rgb")
+
+
+@pytest.fixture(scope="session")
+def gray_run(tmp_path_factory: pytest.TempPathFactory) -> visiontrain.Run:
+    """A 1-channel model (synthetic with channels=1), small: for input-conversion checks."""
+    return _train(tmp_path_factory.mktemp("runs"), "gray", channels=1, train=800, val=100, test=100)
