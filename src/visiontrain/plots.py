@@ -13,11 +13,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
 
-from visiontrain.fileio import atomic_write_bytes  # noqa: E402
+from visiontrain.fileio import atomic_write_bytes
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:

@@ -10,6 +10,7 @@ graph of the model trained.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,6 @@ class TensorBoardLogger(Callback):
                 warnings.simplefilter("ignore")
                 self.writer.add_graph(state.model, example)
         except Exception as exc:  # tracing is best effort: a model that cannot be traced still trains
-            print(f"note: TensorBoard graph skipped ({type(exc).__name__}: {exc})")
+            print(f"note: TensorBoard graph skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
         finally:
             state.model.train(was_training)
