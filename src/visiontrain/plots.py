@@ -70,7 +70,8 @@ def image_grid_figure(images: torch.Tensor, captions: Sequence[str], title: str 
         ax.set_title(caption, fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # Fixed spacing, not tight_layout: measuring every caption's box costs more than drawing the grid.
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.86 if title else 0.9, wspace=0.1, hspace=0.5)
     return fig
 
 

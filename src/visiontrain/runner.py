@@ -192,8 +192,8 @@ def _resume(state: TrainState, data: DataBundle, chain: Callbacks) -> None:
     if now != meta["fingerprint"]:
         raise CheckpointError(f"{state.run_dir}: the training data or its order differ from the interrupted run "
                               "(sample-stream fingerprint mismatch); resume with the same data, seed and batch size")
-    restore(state, meta, tensors)
     chain.load_state_dict(meta.get("callbacks", {}))
+    restore(state, meta, tensors, before_optimizer=lambda: chain.fire("on_resume", state))
     for folder in (state.run_dir, state.run_dir / "checkpoints"):
         remove_stale_temps(folder)  # half-written files of the killed process: never read, only in the way
     state.resumed_from = {"epoch": state.epoch, "batch": state.batch_in_epoch, "step": state.step}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from visiontrain.engine.state import TrainState
 
-EVENTS = ("on_fit_start", "on_epoch_start", "on_batch_end", "on_epoch_end", "on_fit_end")
+EVENTS = ("on_resume", "on_fit_start", "on_epoch_start", "on_batch_end", "on_epoch_end", "on_fit_end")
 
 
 class StopTraining(Exception):
@@ -25,6 +25,10 @@ class StopTraining(Exception):
 
 class Callback:
     """Override the hooks you need; each gets the shared training state."""
+
+    def on_resume(self, state: TrainState) -> None:
+        """Called on resume after :meth:`load_state_dict` and before the optimizer state is restored: the
+        place to redo structural changes (e.g. optimizer groups added by gradual unfreezing)."""
 
     def on_fit_start(self, state: TrainState) -> None: ...
     def on_epoch_start(self, state: TrainState) -> None: ...

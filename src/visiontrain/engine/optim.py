@@ -87,12 +87,14 @@ class Schedule:
         warm = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
         self.kind, self.warm, self.done = cfg.schedule, warm, 0
         self.plateau: lr_scheduler.ReduceLROnPlateau | None = None
-        if cfg.schedule == "onecycle":  # OneCycle is a warm-up + anneal by itself; warmup sets its first phase
-            pct = warm / total if warm else 0.25
+        if cfg.schedule == "onecycle" and total >= 4:  # warm-up + anneal by itself; warmup sets its first phase
+            # Each of OneCycle's two phases needs at least two steps (torch divides by the phase length - 1).
+            pct = min(max(warm / total if warm else 0.25, 2 / total), 1 - 2 / total)
             self.per_step: lr_scheduler.LRScheduler = lr_scheduler.OneCycleLR(
                 optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total, pct_start=pct)
             return
-        factor = _FACTORS.get(cfg.schedule, _FACTORS["none"])
+        # (A run of under 4 steps is too short to cycle: it anneals with a cosine instead.)
+        factor = _FACTORS.get(cfg.schedule, _FACTORS["cosine" if cfg.schedule == "onecycle" else "none"])
 
         def multiplier(step: int) -> float:
             if step < warm:

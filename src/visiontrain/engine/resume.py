@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,15 @@ def read_resume(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def restore(state: TrainState, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    """Put a resume point back into ``state`` (model, EMA, optimizer, schedule, scaler, RNG, counters)."""
+def restore(state: TrainState, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+            before_optimizer: Callable[[], None] | None = None) -> None:
+    """Put a resume point back into ``state`` (model, EMA, optimizer, schedule, scaler, RNG, counters).
+
+    ``before_optimizer`` runs once the counters are set and before the optimizer state is loaded (the
+    callbacks' ``on_resume``)."""
+    state.epoch, state.step, state.batch_in_epoch = meta["epoch"], meta["step"], meta["batch_in_epoch"]
+    if before_optimizer is not None:
+        before_optimizer()
     _unwrap(state.model).load_state_dict(_unpack(meta["model"], tensors))
     if state.ema is not None and meta.get("ema") is not None:
         state.ema.load_state_dict(_unpack(meta["ema"], tensors))
@@ -93,7 +101,6 @@ def restore(state: TrainState, meta: dict[str, Any], tensors: dict[str, torch.Te
     state.schedule.load_state_dict(meta["schedule"])
     state.precision.scaler.load_state_dict(meta["scaler"])
     state.sums = {k: v.to(state.device) for k, v in _unpack(meta["sums"], tensors).items()}
-    state.epoch, state.step, state.batch_in_epoch = meta["epoch"], meta["step"], meta["batch_in_epoch"]
     state.best = meta.get("best")
     state.epoch_metrics = dict(meta.get("epoch_metrics") or {})
     state.elapsed_before = float(meta.get("elapsed_s", 0.0))

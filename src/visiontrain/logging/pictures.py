@@ -29,9 +29,13 @@ class Pictures(Callback):
         self.last_full = full
         self.tb.writer.add_figure(f"{state.eval_split}/confusion_matrix",
                                   plots.confusion_figure(full["confusion"], state.classes), state.step)
-        grid = self._mistakes(full, state)
-        if grid is not None:
-            self.tb.writer.add_figure(f"{state.eval_split}/mistakes", grid, state.step)
+        worst = full.get("mistakes")
+        if worst and worst["true"]:  # raw images + captions: cheap enough for every epoch
+            self.tb.writer.add_images(f"{state.eval_split}/mistakes", worst["images"], state.step)
+            names = state.classes
+            captions = [f"{i}: true {names[t]}, predicted {names[p]} ({c:.2f})"
+                        for i, (t, p, c) in enumerate(zip(worst["true"], worst["pred"], worst["confidence"], strict=True))]
+            self.tb.writer.add_text(f"{state.eval_split}/mistakes", "  \n".join(captions), state.step)
 
     def on_fit_end(self, state: TrainState) -> None:
         from visiontrain import plots

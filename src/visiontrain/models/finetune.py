@@ -29,9 +29,24 @@ class GradualUnfreeze(Callback):
         self.model, self.names, self.at_epoch, self.lr_scale = model, names, at_epoch, lr_scale
         self.done = False
 
+    def state_dict(self) -> dict[str, bool]:
+        return {"done": self.done}
+
+    def load_state_dict(self, state: dict[str, bool]) -> None:
+        self.done = bool(state.get("done", False))
+
+    def on_resume(self, state: TrainState) -> None:
+        # The saved optimizer state has the groups added at unfreezing: rebuild them before it is loaded.
+        if self.done:
+            self.done = False
+            self._unfreeze(state)
+
     def on_epoch_start(self, state: TrainState) -> None:
         if self.done or state.epoch + 1 < self.at_epoch:
             return
+        self._unfreeze(state)
+
+    def _unfreeze(self, state: TrainState) -> None:
         params = unfreeze(self.model, self.names)
         groups = add_param_groups(state.optimizer, getattr(state, "schedule", None), self.model,
                                   {id(p) for p in params}, self.lr_scale,
