@@ -33,8 +33,8 @@ class Pictures(Callback):
         if worst and worst["true"]:  # raw images + captions: cheap enough for every epoch
             self.tb.writer.add_images(f"{state.eval_split}/mistakes", worst["images"], state.step)
             names = state.classes
-            captions = [f"{i}: true {names[t]}, predicted {names[p]} ({c:.2f})"
-                        for i, (t, p, c) in enumerate(zip(worst["true"], worst["pred"], worst["confidence"], strict=True))]
+            triples = zip(worst["true"], worst["pred"], worst["confidence"], strict=True)
+            captions = [f"{i}: true {names[t]}, predicted {names[p]} ({c:.2f})" for i, (t, p, c) in enumerate(triples)]
             self.tb.writer.add_text(f"{state.eval_split}/mistakes", "  \n".join(captions), state.step)
 
     def on_fit_end(self, state: TrainState) -> None:
