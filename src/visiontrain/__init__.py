@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from visiontrain.config import RunConfig
 from visiontrain.errors import VisiontrainError
-from visiontrain.runner import Run, train
+from visiontrain.runner import Run, find_lr, train
 from visiontrain.use.evaluate import evaluate
+from visiontrain.use.export import export
 from visiontrain.use.loading import LoadedModel, load
 from visiontrain.use.predict import predict
 
@@ -31,5 +32,5 @@ def list_datasets(pattern: str = "*") -> list[str]:
     return DATASETS.list(pattern)
 
 
-__all__ = ["LoadedModel", "Run", "RunConfig", "VisiontrainError", "evaluate", "list_datasets", "list_models",
-           "load", "predict", "train"]
+__all__ = ["LoadedModel", "Run", "RunConfig", "VisiontrainError", "evaluate", "export", "find_lr", "list_datasets",
+           "list_models", "load", "predict", "train"]
