@@ -16,8 +16,8 @@ from visiontrain.errors import ConfigError, VisiontrainError
 
 # flag → (config key, type, help). The YAML file takes the same names (with _ or -).
 TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
-    ("--data", "data.name", str, "dataset name (mnist, synthetic; see `visiontrain datasets`) or a path to a "
-     "folder with one sub-folder per class [default: mnist]"),
+    ("--data", "data.name", str, "dataset name (mnist, cifar10, …; see `visiontrain data list`), a folder with "
+     "one sub-folder per class, a .csv/.jsonl manifest, or module:Class for your own Dataset [default: mnist]"),
     ("--data-dir", "data.dir", str, "where datasets are cached/downloaded [default: data]"),
     ("--model", "model.name", str, "model name (see `visiontrain models`) or any torchvision classifier "
      "[default: small_cnn]"),

@@ -63,10 +63,10 @@ def atomic_write_yaml(path: str | Path, obj: Any) -> Path:
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
-    """Delete the temp files that a killed process left behind in ``folder`` (never read; they only take
-    disk space — a resume file's temp is as large as the whole training state); returns what was removed."""
+    """Delete the temp files that a killed process left behind in ``folder`` and below (never read; they only
+    take disk space — a resume file's temp is as large as the whole training state); returns what was removed."""
     removed = []
-    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+    for tmp in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
         with contextlib.suppress(OSError):
             tmp.unlink()
             removed.append(tmp)

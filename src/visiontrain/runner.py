@@ -194,8 +194,7 @@ def _resume(state: TrainState, data: DataBundle, chain: Callbacks) -> None:
                               "(sample-stream fingerprint mismatch); resume with the same data, seed and batch size")
     chain.load_state_dict(meta.get("callbacks", {}))
     restore(state, meta, tensors, before_optimizer=lambda: chain.fire("on_resume", state))
-    for folder in (state.run_dir, state.run_dir / "checkpoints"):
-        remove_stale_temps(folder)  # half-written files of the killed process: never read, only in the way
+    remove_stale_temps(state.run_dir)  # what the killed process was writing: never read, only in the way
     state.resumed_from = {"epoch": state.epoch, "batch": state.batch_in_epoch, "step": state.step}
     print(f"resuming {state.run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step}); "
           f"sample stream verified (fingerprint {now[:12]})", file=sys.stderr, flush=True)

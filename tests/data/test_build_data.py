@@ -39,7 +39,8 @@ def test_generated_split_is_saved_and_reused(tmp_path: Path) -> None:
     _folder(tmp_path / "d", per_class=10)
     first = build_data(DataConfig(name=str(tmp_path / "d"), val_split=0.3), seed=5)
     record = json.loads(first.artifacts()["split.json"])
-    assert record["seed"] == 5 and len(record["val_paths"]) == 6 and record["val_paths"][0].startswith(("blue/", "red/"))
+    assert record["seed"] == 5 and len(record["val_paths"]) == 6
+    assert record["val_paths"][0].startswith(("blue/", "red/"))
     (tmp_path / "split.json").write_text(first.artifacts()["split.json"])
     again = load_source(DataConfig(name=str(tmp_path / "d"), split_file=str(tmp_path / "split.json")), seed=99)
     assert again.splits["val"].paths == first.source.splits["val"].paths  # another seed, the same split
@@ -54,12 +55,16 @@ def test_generated_split_is_saved_and_reused(tmp_path: Path) -> None:
 def test_small_folders_are_decoded_once_into_memory_and_large_ones_stream(tmp_path: Path) -> None:
     _folder(tmp_path)
     small = build_data(DataConfig(name=str(tmp_path), val_split=0.25, batch_size=4), 0, size=16)
-    assert all(isinstance(loader, TensorLoader) for loader in small.loaders.values())
-    train = small.loaders["train"]
-    assert train.split.images.shape[1:] == (3, 18, 18)  # cached at size * 8/7, random crops taken from it
-    assert small.loaders["val"].split.images.shape[1:] == (3, 16, 16)  # eval cached at the final size
+    assert all(loader.images is not None for loader in small.loaders.values())
+    # Training images cached at size * 8/7: RandomResizedCrop (per image on a CPU: in DataLoader workers) cuts
+    # from them; evaluation images cached at the final size, batched by the tensor loader.
+    assert small.loaders["train"].images.shape[1:] == (3, 18, 18)
+    assert isinstance(small.loaders["val"], TensorLoader) and small.loaders["val"].images.shape[1:] == (3, 16, 16)
+    cifar_like = build_data(DataConfig(name=str(tmp_path), val_split=0.25, batch_size=4,
+                                       transforms={"train": "cifar"}), 0, size=16)
+    assert isinstance(cifar_like.loaders["train"], TensorLoader)  # crop + flip: batched tensor ops
     big = build_data(DataConfig(name=str(tmp_path), val_split=0.25, batch_size=4, cache_mb=0), 0, size=16)
-    assert all(isinstance(loader, FileLoader) for loader in big.loaders.values())
+    assert all(isinstance(loader, FileLoader) and loader.images is None for loader in big.loaders.values())
     # Cached and streamed evaluation see exactly the same pixels.
     cached = torch.cat([x for x, _ in small.loaders["val"]])
     streamed = torch.cat([x for x, _ in big.loaders["val"]])

@@ -146,7 +146,7 @@ def test_a_failing_item_follows_the_bad_images_policy(module: Path) -> None:
     with pytest.raises(DataError, match=r"my_data.py:Flaky\[3\]: your Dataset raised OSError: disk hiccup"):
         list(bundle.loaders["train"])
     skip = build_data(DataConfig(name="my_data.py:Flaky", val_split=0.0, bad_images="skip"), 0, size=8)
-    assert len(skip.loaders["train"].split) == 5  # type: ignore[union-attr]
+    assert len(skip.loaders["train"].images) == 5  # type: ignore[union-attr, arg-type]
     assert "Flaky[3]\tyour Dataset raised OSError" in skip.artifacts()["bad_images.txt"]
 
 

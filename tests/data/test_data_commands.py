@@ -39,7 +39,8 @@ def _tree(root: Path) -> Path:
 def test_data_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["data", "list", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert {"mnist", "synthetic", "cifar10", "cifar100", "fashion_mnist", "kmnist", "PATH/", "module:Class"} <= set(rows)
+    expected = {"mnist", "synthetic", "cifar10", "cifar100", "fashion_mnist", "kmnist", "PATH/", "module:Class"}
+    assert expected <= set(rows)
     assert rows["synthetic"]["here"] == "made on the fly"
 
 

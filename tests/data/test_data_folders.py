@@ -19,7 +19,7 @@ from PIL import Image
 
 from visiontrain.config import DataConfig
 from visiontrain.data import build_data
-from visiontrain.data.loaders import FileLoader, TensorLoader
+from visiontrain.data.loaders import FileLoader
 from visiontrain.data.sources import load_source
 from visiontrain.errors import DataError
 
@@ -180,8 +180,8 @@ def test_decode_failure_with_error_policy_is_one_line_in_the_main_process(tree: 
 def test_in_memory_cache_records_decode_failures_too(tree: tuple[Path, dict]) -> None:
     root, expect = tree
     bundle = build_data(_cfg(root, bad_images="skip"), 0, size=SIDE)
-    assert isinstance(bundle.loaders["train"], TensorLoader)
-    assert len(bundle.loaders["train"].split) == len(expect["good"])
+    assert bundle.loaders["train"].images is not None
+    assert len(bundle.loaders["train"].images) == len(expect["good"])
     assert str(expect["truncated"]) in bundle.artifacts()["bad_images.txt"]
 
 
@@ -231,3 +231,15 @@ def test_training_runs_on_the_awkward_tree_with_skip(tree: tuple[Path, dict], tm
     listed = (run.dir / "bad_images.txt").read_text(encoding="utf-8")
     assert str(expect["truncated"]) in listed and str(root / "cats" / "bomb.png") in listed
     assert (run.dir / "split.json").is_file()
+
+
+def test_parallel_header_scan_gives_the_same_result(tree: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    from visiontrain.data import scan
+
+    root, _ = tree
+    serial = load_source(_cfg(root, bad_images="skip"), 0)
+    monkeypatch.setattr(scan, "_PARALLEL_FROM", 1)  # big folders scan in worker processes
+    parallel = load_source(_cfg(root, bad_images="skip"), 0)
+    assert parallel.splits["train"].paths == serial.splits["train"].paths
+    assert parallel.splits["train"].infos == serial.splits["train"].infos
+    assert parallel.bad_images == serial.bad_images

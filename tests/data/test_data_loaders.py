@@ -20,7 +20,8 @@ def _batches(loader: object) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _same(a: list, b: list) -> bool:
-    return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    pairs = zip(a, b, strict=False)
+    return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in pairs)
 
 
 def test_tensor_loader_order_depends_on_seed_and_epoch_only() -> None:
@@ -92,5 +93,19 @@ def test_in_memory_batches_are_cut_and_augmented_on_the_gpu() -> None:
     images, labels = next(iter(bundle.loaders["train"]))
     assert images.is_cuda and labels.is_cuda and images.dtype == torch.uint8
     cpu = build_data(DataConfig(name="synthetic", args=SYNTH, batch_size=16, transforms={"train": "cifar"}), seed=0)
-    cpu_images, cpu_labels = next(iter(cpu.loaders["train"]))
+    _, cpu_labels = next(iter(cpu.loaders["train"]))
     assert torch.equal(labels.cpu(), cpu_labels)  # same order; the random draws come from the device's generator
+
+
+def test_per_image_augmentation_of_cached_images_runs_in_workers_with_the_same_stream(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "d")
+    cfg = {"name": str(root), "val_split": 0.0, "batch_size": 5, "transforms": {"train": "photos"}}
+    zero = build_data(DataConfig(**cfg, workers=0), seed=1, size=16)
+    many = build_data(DataConfig(**cfg, workers=2), seed=1, size=16)
+    for bundle in (zero, many):
+        loader = bundle.loaders["train"]
+        assert isinstance(loader, FileLoader) and loader.dataset.paths == []  # from memory: no files read
+        loader.set_epoch(1)
+    batches = _batches(zero.loaders["train"])
+    assert _same(batches, _batches(many.loaders["train"]))
+    assert batches[0][0].shape == (5, 3, 16, 16)

@@ -211,7 +211,7 @@ def test_mnist_style_sets_read_by_torchvision(tmp_path: Path, cls: type, gz: boo
 
 
 def test_mnist_style_missing_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(DataError, match="FashionMNIST: files not found .* download is off"):
+    with pytest.raises(DataError, match=r"FashionMNIST: files not found .* download is off"):
         load_idx_set(tvd.FashionMNIST, tmp_path, True, download=False)
 
     def offline(self: object) -> None:
@@ -224,5 +224,5 @@ def test_mnist_style_missing_files(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     (raw / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
-    with pytest.raises(DataError, match="not a readable .gz"):
+    with pytest.raises(DataError, match=r"not a readable \.gz"):
         load_idx_set(tvd.FashionMNIST, tmp_path, True, download=False)

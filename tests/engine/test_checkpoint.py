@@ -125,7 +125,8 @@ def test_newer_format_version(ckpt: Path) -> None:
 
 def test_wrong_class_count_for_the_weights(ckpt: Path) -> None:
     _edit(ckpt / "best.json", lambda m: m["classes"].append("hexagon"))
-    _error(ckpt / "best.json", str(ckpt / "best.json"), "weights do not fit the model", "another shape")
+    _error(ckpt / "best.json", str(ckpt / "best.json"), "weights do not fit the model", "lists 5 classes",
+           "has 4 outputs")
 
 
 def test_model_name_of_another_registered_model(ckpt: Path) -> None:

@@ -26,7 +26,7 @@ class _Recorder(Callback):
 
     def __init__(self) -> None:
         self.events: list[str] = []
-        self.batches: list[dict[str, Any]] = []
+        self.batches: list[list[dict[str, Any]]] = []  # per epoch, per batch
         self.epochs: list[dict[str, Any]] = []
         self.modes: list[bool] = []
         self._preds: torch.Tensor | None = None
@@ -42,12 +42,12 @@ class _Recorder(Callback):
 
     def on_epoch_start(self, state) -> None:
         self.events.append("epoch_start")
-        self.batches.append([])  # type: ignore[arg-type]
+        self.batches.append([])
 
     def on_batch_end(self, state) -> None:
         self.events.append("batch_end")
         assert self._preds is not None and state.labels is not None
-        self.batches[-1].append({"n": len(state.labels), "loss": state.loss_value(),  # type: ignore[attr-defined]
+        self.batches[-1].append({"n": len(state.labels), "loss": state.loss_value(),
                                  "correct": int((self._preds == state.labels).sum()), "step": state.step})
 
     def on_epoch_end(self, state) -> None:

@@ -222,3 +222,16 @@ def test_lr_scale_makes_groups_with_scaled_rates() -> None:
         schedule.step_batch()
         lrs.append(sorted(g["lr"] / g["lr_scale"] for g in optimizer.param_groups))
     assert all(max(x) - min(x) < 1e-12 for x in lrs)  # every group follows the same curve, scaled
+
+
+def test_optimizer_flags_reach_the_optimizer_and_schedule() -> None:
+    from visiontrain.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--optimizer", "sgd", "--nesterov", "--momentum", "0.8",
+                                      "--weight-decay", "0.01", "--schedule", "cosine", "--warmup-epochs", "1"])
+    cfg = config_from_args(args).optim
+    optimizer = build_optimizer(_Net(), cfg)
+    assert all(g["nesterov"] and g["momentum"] == 0.8 for g in optimizer.param_groups)
+    assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 0.01]
+    schedule = Schedule(optimizer, cfg, SPE, EPOCHS)
+    assert (schedule.kind, schedule.warm) == ("cosine", SPE)

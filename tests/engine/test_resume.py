@@ -1,11 +1,13 @@
 """Exact resume and reproducibility, with real processes and real SIGKILLs.
 
-Run A trains uninterrupted. Run B, with the same config, is killed (``VISIONTRAIN_FAULT``: a real SIGKILL)
-inside the first epoch, at the last step of an epoch, right after the epoch-end resume point is written,
-and inside a later epoch; it is resumed with ``visiontrain train --resume`` after each kill. Its final
-weights must be bit-identical to A's (``--deterministic`` on the CPU), its metrics.jsonl and TensorBoard
-scalars must equal A's with no step twice, and a resume with changed data is refused. The same with EMA,
-gradient accumulation, MixUp and dropout (every RNG and the EMA restored). Same seed → same weights.
+Run A trains uninterrupted, with EMA, gradient accumulation of 2, MixUp and dropout, so that the model,
+the optimizer, the schedule, the EMA, every RNG and the half-finished accumulation all have to come back.
+Run B, same config, is killed (``VISIONTRAIN_FAULT``: a real SIGKILL) inside the first epoch, right after
+the end-of-epoch resume point is written, and inside a later epoch; it is resumed with ``visiontrain train
+--resume`` after each kill. Its final weights (raw, EMA, best) must be bit-identical to A's
+(``--deterministic`` on the CPU), its metrics.jsonl and TensorBoard scalars must equal A's with no step
+twice. Run W is killed in the middle of atomic writes (resume file, checkpoint pair, metrics trim, summary)
+and must end the same. A resume with changed data is refused; the same seed gives the same weights.
 
 The subprocesses run the real CLI (``visiontrain.cli.main``) with the per-epoch matplotlib pictures replaced
 by a no-op (they cost ~2 s per epoch here and have nothing to resume); the slow tier in
@@ -18,7 +20,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ import torch
 
 import visiontrain
 from visiontrain.engine.callbacks import Callback
+from visiontrain.engine.checkpoint import load_weights, read_sidecar
 from visiontrain.engine.resume import read_resume
 from visiontrain.errors import CheckpointError
 
@@ -47,22 +50,29 @@ from visiontrain.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
-# 600 images in batches of 32: 19 batches (= optimizer steps) per epoch, the last one short; 57 steps in all
+# 600 images in batches of 32, two batches per optimizer step: 19 batches, 10 steps per epoch (the last
+# cycle is one batch); 30 steps in all, a resume point every 4 steps (never at an epoch's last step) and
+# after every epoch. Step s of epoch e is batch 2 * (s - 10 * e) of that epoch.
 DATA = ["--data", "synthetic", "--set", "data.args.train=600", "--set", "data.args.val=100",
         "--set", "data.args.test=50", "--set", "data.args.size=16", "--batch-size", "32"]
-BASE = [*DATA, "--epochs", "3", "--checkpoint-every", "5", "--set", "train.log_every=1", "--deterministic",
-        "--device", "cpu", "--quiet"]
-# Kills of run B, in order; each process after the first resumes B and counts its own steps from 1.
+BASE = [*DATA, "--epochs", "3", "--checkpoint-every", "4", "--set", "train.log_every=1", "--deterministic",
+        "--device", "cpu", "--quiet", "--accumulate", "2", "--ema-decay", "0.9", "--mixup", "0.2",
+        "--set", "model.args.dropout=0.2"]
+STEPS = 30
+# Kills of run B, in order, with the resume point (epoch, batch_in_epoch, step) each leaves; every process
+# after the first resumes B and counts its own steps and writes from 1.
 KILLS = [
-    ("step:7", (0, 5, 5)),  # inside epoch 1, two steps past the checkpoint at step 5
-    ("step:14", (0, 15, 15)),  # step 19 = the last step of epoch 1, before its end-of-epoch checkpoint
-    ("after-resume-write:1", (1, 0, 19)),  # the epoch boundary: right after the epoch-end resume write
-    ("step:28", (2, 7, 45)),  # step 47, inside epoch 3
+    ("step:7", (0, 8, 4)),  # inside epoch 1, three steps past the resume point at step 4
+    ("after-resume-write:2", (1, 0, 10)),  # the epoch boundary: right after the end-of-epoch-1 resume write
+    ("step:15", (2, 8, 24)),  # step 25, inside epoch 3
 ]
-# EMA + accumulation of 2 + MixUp + dropout: every RNG and the EMA must come back; 10 steps per epoch.
-EXTRA = [*DATA, "--epochs", "2", "--checkpoint-every", "3", "--set", "train.log_every=1", "--deterministic",
-         "--device", "cpu", "--quiet", "--accumulate", "2", "--ema-decay", "0.9", "--mixup", "0.2",
-         "--set", "model.args.dropout=0.2"]
+# Kills of run W in the middle of atomic writes (after the temp file is complete, before its rename).
+MID_WRITE = [
+    ("before-rename/resume.safetensors:2", (0, 8, 4)),  # writing the 2nd resume point: the 1st must survive
+    ("before-rename/last.json:1", (0, 16, 8)),  # between the renames of last.safetensors and last.json
+    ("before-rename/metrics.jsonl:1", (0, 16, 8)),  # while a resume trims metrics.jsonl
+    ("before-rename/summary.json:1", (3, 0, STEPS)),  # training done, writing summary.json
+]
 TIMING = ("time", "epoch_time_s", "img_per_s", "wall_time_s")
 
 
@@ -82,15 +92,13 @@ class Attempt:
     code: int
     err: str
     point: tuple[int, int, int] | None = None  # (epoch, batch_in_epoch, step) of resume.safetensors afterwards
+    seen: dict[str, Any] = field(default_factory=dict)  # what an inspection found in the run folder afterwards
 
 
 @dataclass
 class Chain:
     dir: Path
     attempts: list[Attempt] = field(default_factory=list)
-    refused: Attempt | None = None
-    resume_bytes_before_refusal: bytes = b""
-    resume_bytes_after_refusal: bytes = b""
 
 
 def resume_point(run_dir: Path) -> tuple[int, int, int] | None:
@@ -101,35 +109,41 @@ def resume_point(run_dir: Path) -> tuple[int, int, int] | None:
     return meta["epoch"], meta["batch_in_epoch"], meta["step"]
 
 
-def run_chain(cwd: Path, name: str, args: list[str], faults: list[str], refuse: list[str] | None = None) -> Chain:
-    """Start ``name`` with the first fault, resume it once per further fault, optionally try a refused resume,
-    then resume it to the end."""
+def run_chain(cwd: Path, name: str, args: list[str], faults: list[str],
+              inspect: Callable[[Path, str], dict[str, Any]] | None = None) -> Chain:
+    """Start ``name`` with the first fault, resume it once per further fault (``inspect`` looks at the run
+    folder after each kill), then resume it to the end."""
     chain = Chain(cwd / "runs" / name)
     for i, fault in enumerate([*faults, None]):
         cmd = [*args, "--name", name] if i == 0 else ["--resume", str(chain.dir), "--quiet"]
-        if fault is None and refuse is not None:
-            chain.resume_bytes_before_refusal = (chain.dir / "checkpoints" / "resume.safetensors").read_bytes()
-            proc = vt(["--resume", str(chain.dir), *refuse], cwd)
-            chain.refused = Attempt(None, proc.returncode, proc.stderr)
-            chain.resume_bytes_after_refusal = (chain.dir / "checkpoints" / "resume.safetensors").read_bytes()
         proc = vt(cmd, cwd, fault)
-        chain.attempts.append(Attempt(fault, proc.returncode, proc.stderr, resume_point(chain.dir)))
+        seen = inspect(chain.dir, fault) if inspect is not None and fault is not None else {}
+        chain.attempts.append(Attempt(fault, proc.returncode, proc.stderr, resume_point(chain.dir), seen))
     return chain
 
 
-def plain_run(cwd: Path, name: str, args: list[str]) -> Chain:
-    return run_chain(cwd, name, args, [])
+def _inspect_mid_write(run_dir: Path, fault: str) -> dict[str, Any]:
+    """After a kill inside an atomic write: the temp files left, and how every checkpoint pair loads."""
+    target = fault.split("/")[1].split(":")[0]
+    temps = sorted(p.name for p in run_dir.rglob(".*.tmp"))
+    pairs = {}
+    for sidecar in sorted((run_dir / "checkpoints").glob("*.json")):
+        try:
+            load_weights(sidecar, read_sidecar(sidecar))
+            pairs[sidecar.stem] = "ok"
+        except CheckpointError as exc:
+            pairs[sidecar.stem] = str(exc)
+    return {"target": target, "temps": temps, "pairs": pairs}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Chain]:
-    """A and the killed-and-resumed B; the EMA/accumulation pair. Two processes at a time."""
+    """A, the killed-and-resumed B and W (ten processes in all, two at a time)."""
     cwd = tmp_path_factory.mktemp("resume")
     jobs = {
-        "B": lambda: run_chain(cwd, "B", BASE, [f for f, _ in KILLS], refuse=["--set", "data.args.train=601"]),
-        "A": lambda: plain_run(cwd, "A", BASE),
-        "EA": lambda: plain_run(cwd, "EA", EXTRA),
-        "EB": lambda: run_chain(cwd, "EB", EXTRA, ["step:7"]),
+        "B": lambda: run_chain(cwd, "B", BASE, [f for f, _ in KILLS]),
+        "W": lambda: run_chain(cwd, "W", BASE, [f for f, _ in MID_WRITE], inspect=_inspect_mid_write),
+        "A": lambda: run_chain(cwd, "A", BASE, []),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(job) for name, job in jobs.items()}
@@ -184,23 +198,30 @@ def test_every_kill_was_a_real_sigkill_at_the_intended_point(runs: dict[str, Cha
         assert f"at epoch {epoch + 1}, batch {batch} (step {step}); sample stream verified" in err, err[-2000:]
 
 
+def test_resume_points_fall_on_optimizer_steps_never_inside_an_accumulation_cycle(runs: dict[str, Chain]) -> None:
+    points = [a.point for chain in (runs["B"], runs["W"]) for a in chain.attempts if a.point is not None]
+    for epoch, batch, step in points:
+        assert batch == (0 if step == 10 * epoch else 2 * (step - 10 * epoch)), (epoch, batch, step)
+
+
 def test_resumed_run_is_bit_identical_to_the_uninterrupted_one(runs: dict[str, Chain]) -> None:
     a, b = _ok(runs["A"]).dir, _ok(runs["B"]).dir
-    assert_bit_identical(a, b, "last")
-    assert_bit_identical(a, b, "best")
+    for which in ("last", "ema", "best"):
+        assert_bit_identical(a, b, which)
     sa, sb = summary(a), summary(b)
-    for key in ("final", "best", "test", "steps", "epochs_completed", "stop_reason"):
+    for key in ("final", "final_ema", "best", "test", "steps", "epochs_completed", "stop_reason"):
         assert sa[key] == sb[key], key
-    assert sa["steps"] == 57
+    assert sa["steps"] == STEPS
     assert {k: v for k, v in sb["train"].items() if not k.endswith(TIMING)} == {
         k: v for k, v in sa["train"].items() if not k.endswith(TIMING)}
-    assert sb["resumed_from"] == {"epoch": 2, "batch": 7, "step": 45}
+    assert sb["resumed_from"] == {"epoch": 2, "batch": 8, "step": 24}
+    assert sa["resumed_from"] is None
 
 
 def test_metrics_jsonl_has_every_step_once_with_the_uninterrupted_values(runs: dict[str, Chain]) -> None:
     ra, rb = records(_ok(runs["A"]).dir), records(_ok(runs["B"]).dir)
     steps = [r["step"] for r in rb if r["kind"] == "step"]
-    assert steps == list(range(1, 58))  # no step repeated or skipped by the four kills
+    assert steps == list(range(1, STEPS + 1))  # no step repeated or skipped by the kills
     assert [r["epoch"] for r in rb if r["kind"] == "epoch"] == [1, 2, 3]
     assert rb == ra
 
@@ -211,30 +232,71 @@ def test_tensorboard_has_no_duplicate_steps_and_equals_the_uninterrupted_run(run
     for tag, points in tb.items():
         steps = [s for s, _ in points]
         assert steps == sorted(set(steps)), f"{tag}: duplicate or unordered steps after resume"
-    assert tb["train/loss"] == ta["train/loss"] and len(tb["train/loss"]) == 57
+    assert tb["train/loss"] == ta["train/loss"] and len(tb["train/loss"]) == STEPS
     assert tb == ta
 
 
-def test_resume_with_changed_data_is_refused_in_one_line(runs: dict[str, Chain]) -> None:
-    refused = runs["B"].refused
-    assert refused is not None and refused.code == 2, refused
-    lines = [line for line in refused.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("visiontrain: error: "), refused.err
-    assert "sample-stream fingerprint" in lines[0] and "Traceback" not in refused.err
-    assert runs["B"].resume_bytes_after_refusal == runs["B"].resume_bytes_before_refusal
+def test_a_kill_mid_write_leaves_the_previous_file_whole_and_nothing_half_written_is_read(
+        runs: dict[str, Chain]) -> None:
+    w = runs["W"]
+    for attempt, (fault, point) in zip(w.attempts, MID_WRITE, strict=False):
+        seen = attempt.seen
+        assert attempt.code == -9, (fault, attempt.err[-2000:])
+        assert attempt.point == point, fault  # resume.safetensors is whole and is the previous point
+        assert any(t.startswith(f".{seen['target']}.") for t in seen["temps"]), seen  # killed in that write
+        assert len(seen["temps"]) == 1, seen  # temps of earlier kills were cleaned by the resume
+        for outcome in seen["pairs"].values():
+            # a pair is whole, or — killed between its two renames — refused by its checksum, never misread
+            assert outcome == "ok" or "not written together" in outcome, outcome
+    assert "not written together" in w.attempts[1].seen["pairs"]["last"]  # killed between the renames of last.*
+    assert set(w.attempts[3].seen["pairs"].values()) == {"ok"}  # rewritten by the next resume point
 
 
-def test_resume_restores_ema_rngs_and_stops_only_at_optimizer_steps(runs: dict[str, Chain]) -> None:
-    ea, eb = _ok(runs["EA"]), _ok(runs["EB"])
-    kill = eb.attempts[0]
-    assert kill.code == -9
-    epoch, batch, step = kill.point or (None, None, None)
-    assert (epoch, step) == (0, 6) and batch == 2 * step  # a resume point never falls inside a cycle
+def test_runs_killed_mid_write_resume_bit_identical(runs: dict[str, Chain]) -> None:
+    a, w = _ok(runs["A"]).dir, _ok(runs["W"]).dir
+    assert len(runs["W"].attempts) == len(MID_WRITE) + 1
     for which in ("last", "ema", "best"):
-        assert_bit_identical(ea.dir, eb.dir, which)
-    sa, sb = summary(ea.dir), summary(eb.dir)
-    assert sa["final_ema"] == sb["final_ema"] and sa["final"] == sb["final"] and sa["steps"] == sb["steps"] == 20
-    assert records(ea.dir) == records(eb.dir)
+        assert_bit_identical(a, w, which)
+    sa, sw = summary(a), summary(w)
+    for key in ("final", "final_ema", "best", "test", "steps", "epochs_completed"):
+        assert sa[key] == sw[key], key  # also when only summary.json was left to write
+    assert {k: v for k, v in sw["train"].items() if not k.endswith(TIMING)} == {
+        k: v for k, v in sa["train"].items() if not k.endswith(TIMING)}
+    assert records(a) == records(w)
+    assert not list(w.rglob(".*.tmp"))  # the last resume removed the killed writes' temp files
+    for sidecar in (w / "checkpoints").glob("*.json"):
+        load_weights(sidecar, read_sidecar(sidecar))
+
+
+def _without_hparams(scalars: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
+    return {tag: points for tag, points in scalars.items() if not tag.startswith("hparams/")}
+
+
+def test_tensorboard_of_runs_killed_mid_write_equals_the_uninterrupted_run(runs: dict[str, Chain]) -> None:
+    assert _without_hparams(tensorboard_scalars(_ok(runs["W"]).dir)) == _without_hparams(
+        tensorboard_scalars(_ok(runs["A"]).dir))
+
+
+@pytest.mark.xfail(strict=True, reason="known: resuming a run whose training had finished (killed while writing "
+                   "summary.json) logs the hparams/* scalars a second time at the last step; the TensorBoard "
+                   "logger purges from step+1, so the first copy stays")
+def test_tensorboard_hparams_are_logged_once_after_a_kill_at_the_very_end(runs: dict[str, Chain]) -> None:
+    scalars = tensorboard_scalars(_ok(runs["W"]).dir)
+    hparams = {tag: points for tag, points in scalars.items() if tag.startswith("hparams/")}
+    assert hparams and all(len(points) == 1 for points in hparams.values()), hparams
+
+
+def test_resume_with_changed_data_is_refused_in_one_line(runs: dict[str, Chain], main_cli: Any,
+                                                         one_line_error: Any) -> None:
+    run_dir = _ok(runs["B"]).dir
+    before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:  # in this process: the run's --deterministic would switch torch's global flag on
+        result = main_cli("train", "--resume", run_dir, "--set", "data.args.train=601", "--quiet")
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    one_line_error(result, "sample-stream fingerprint mismatch", str(run_dir))
+    assert {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()} == before
 
 
 class _NoPictures(Callback):

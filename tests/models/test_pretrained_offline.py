@@ -109,6 +109,12 @@ def test_finetuned_checkpoint_loads_back_without_the_cache(torch_home: Path, tmp
     loaded = visiontrain.load(run.dir, which="last", device="cpu")
     assert loaded.meta["model"] == {"name": "mobilenet_v3_small", "args": {}, "head": [16]}
     assert loaded.prep.channels == 1 and loaded.prep.mean == (pytest.approx(0.449),)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run.dir))
+    events.Reload()
+    nodes = [node.name for node in events.Graph().node]  # the graph TensorBoard shows is the trained model's
+    assert any("Sequential[classifier]/Sequential[3]/Linear[2]" in n for n in nodes)
     x = torch.randn(3, 1, 32, 32).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), keep.model.eval()(x), rtol=0, atol=0)

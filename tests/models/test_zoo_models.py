@@ -85,7 +85,7 @@ def test_small_torchvision_models_train_a_step_on_gray_input(name: str) -> None:
 def test_vit_builds_for_the_input_side_and_says_when_it_cannot() -> None:
     with on_meta():
         assert create_model("vit_b_16", ModelInput(3, 32, 4))(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
-    with pytest.raises(ModelError, match="vit_b_16.*cannot be built"):
+    with pytest.raises(ModelError, match=r"vit_b_16.*cannot be built"):
         create_model("vit_b_16", ModelInput(3, 40, 4))
 
 

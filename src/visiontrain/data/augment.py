@@ -3,9 +3,10 @@
 torchvision's v2 transforms applied to a batch use ONE random crop/flip for all its images; applied image
 by image they cost a Python call each. The common steps (random crop with padding, flips, random resized
 crop) are written here as batched tensor ops — the cifar10-airbench way — so they run as a few kernels on
-the GPU or CPU. Any other transform runs per image through torchvision, single-threaded (tiny tensors are
-up to 40x slower when torch spreads them over several threads). Randomness comes from a ``torch.Generator``
-the caller seeds per batch, so a batch's augmentation depends only on (seed, epoch, batch index).
+the GPU or CPU. Any other transform runs per image through torchvision. On a CPU the pipeline runs on one
+thread: small tensors are up to 40x slower when torch spreads them over threads that a busy machine
+deschedules. Randomness comes from a ``torch.Generator`` the caller seeds per batch, so a batch's
+augmentation depends only on (seed, epoch, batch index).
 
 >>> pipe = BatchPipeline([{"name": "RandomCrop", "size": 32, "padding": 4}, {"name": "RandomHorizontalFlip"}])
 >>> pipe(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.Generator().manual_seed(0)).shape
@@ -39,12 +40,14 @@ def _uniform(n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor
 
 
 def _crop_at(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Per-image crops of one size: a single gather, no Python loop over the batch."""
-    b, c = x.shape[:2]
-    rows = (top.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1)
-    cols = (left.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w)
-    return x[torch.arange(b, device=x.device).view(b, 1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1, 1),
-             rows, cols]
+    """Per-image crops of one size as two gathers (rows, then columns): no Python loop over the batch.
+
+    Measured on a CPU for 256x3x40x40 → 32x32: 2.4 ms, against 6.8 ms for one 4-index advanced indexing.
+    """
+    b, c, _, width = x.shape
+    rows = (top.view(b, 1, 1, 1) + torch.arange(h, device=x.device).view(1, 1, h, 1)).expand(b, c, h, width)
+    cols = (left.view(b, 1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, 1, w)).expand(b, c, h, w)
+    return x.gather(2, rows).gather(3, cols)
 
 
 def random_crop(size: Any, padding: Any = None, fill: int = 0, **unused: Any) -> BatchOp:
@@ -156,6 +159,7 @@ class BatchPipeline:
 
     def __init__(self, specs: list[Spec], where: str = "transforms", device: torch.device | str = "cpu") -> None:
         self.steps: list[BatchOp] = []
+        self.per_image = False  # whether some step runs image by image (not batched)
         pending: list[Spec] = []
         device = torch.device(device)
         for spec in (s for s in specs if s["name"] not in PASSTHROUGH):
@@ -168,10 +172,14 @@ class BatchPipeline:
                 pending.append(spec)
         if pending:
             self.steps.append(_per_image(pending, where))
+        self.per_image = any(getattr(step, "per_image", False) for step in self.steps)
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        for step in self.steps:
-            x = step(x, gen)
+        # One thread on a CPU: these ops are small and memory-bound; with more threads a busy machine makes
+        # each one wait for a descheduled thread (measured 0.35 ms → 25 ms for a 256x3x32x32 pad under load).
+        with one_thread(x.device):
+            for step in self.steps:
+                x = step(x, gen)
         return x
 
 
@@ -189,15 +197,16 @@ def _per_image(specs: list[Spec], where: str) -> BatchOp:
 
     def op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
-        with _one_thread(x.device), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # torchvision draws from the global generator: seed it from ours
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)  # torchvision draws from the global CPU generator
             return torch.stack([transform(image) for image in x])
 
+    op.per_image = True  # type: ignore[attr-defined]
     return op
 
 
 @contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
+def one_thread(device: torch.device) -> Iterator[None]:
     """One intra-op thread while looping over small per-image tensors (restored afterwards)."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
@@ -210,4 +219,4 @@ def _one_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-__all__ = ["BATCHED", "BatchPipeline", "StackCrops"]
+__all__ = ["BATCHED", "BatchPipeline", "StackCrops", "one_thread"]

@@ -130,14 +130,15 @@ def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
         return ImageInfo(img.width, img.height, img.mode, img.format or "")
 
 
-def image_to_tensor(img: Image.Image) -> torch.Tensor:
-    """A contiguous uint8 tensor [C, H, W] (C=1 for 'L', 3 for 'RGB') that owns its memory."""
+def image_to_tensor(img: Image.Image, contiguous: bool = True) -> torch.Tensor:
+    """A uint8 tensor [C, H, W] (C=1 for 'L', 3 for 'RGB') that owns its memory; contiguous unless asked not
+    to be (then a CHW view of HWC memory, the layout torch's uint8 resize is fastest on)."""
     if img.mode not in ("L", "RGB"):
         raise ValueError(f"expected an 'L' or 'RGB' image (use open_image), got mode {img.mode!r}")
     # np.array copies into a writable buffer: torch.from_numpy warns on Pillow's read-only arrays.
     tensor = torch.from_numpy(np.array(img, dtype=np.uint8))
     tensor = tensor.unsqueeze(0) if img.mode == "L" else tensor.permute(2, 0, 1)
-    return tensor.contiguous()
+    return tensor.contiguous() if contiguous else tensor
 
 
 def item_to_tensor(image: object, channels: int, name: str) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from visiontrain.data.augment import BatchPipeline
+from visiontrain.data.augment import BatchPipeline, one_thread
 from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, item_to_tensor, open_image
 from visiontrain.data.sources import FileSplit, ItemSplit, TensorSplit
 from visiontrain.data.transforms import adapt_channels
@@ -104,6 +104,11 @@ class TensorLoader:
     def num_samples(self) -> int:
         return len(self.split)
 
+    @property
+    def images(self) -> torch.Tensor:
+        """The uint8 images [N, C, H, W] batches are cut from."""
+        return self.split.images
+
     def __iter__(self) -> Iterator[Batch]:
         if self._images is None:  # moved once: later epochs slice on the device
             self._images, self._labels = self.split.images.to(self.device), self.split.labels.to(self.device)
@@ -112,19 +117,26 @@ class TensorLoader:
         order = self.order(self.epoch).to(self.device) if self.shuffle else None
         first, self.start_batch = self.start_batch, 0  # a skip applies to one pass only
         for batch in range(first, len(self)):
-            start = batch * self.batch_size
-            if order is None:
-                images, labels = images_all[start:start + self.batch_size], labels_all[start:start + self.batch_size]
-            else:
-                idx = order[start:start + self.batch_size]
-                images, labels = images_all[idx], labels_all[idx]
-            if self.channels is not None:
-                images = adapt_channels(images, self.channels)
-            if self.transform is not None:
-                gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, self.epoch, batch))
-                images = self.transform(images, gen) if isinstance(self.transform, BatchPipeline) else self.transform(
-                    images)
+            with one_thread(self.device):  # see augment: small CPU ops on a busy machine
+                images, labels = self._batch(images_all, labels_all, order, batch)
             yield images, labels
+
+    def _batch(self, images_all: torch.Tensor, labels_all: torch.Tensor, order: torch.Tensor | None,
+               batch: int) -> Batch:
+        start = batch * self.batch_size
+        if order is None:
+            images, labels = images_all[start:start + self.batch_size], labels_all[start:start + self.batch_size]
+        else:
+            idx = order[start:start + self.batch_size]
+            images, labels = images_all[idx], labels_all[idx]
+        if self.channels is not None:
+            images = adapt_channels(images, self.channels)
+        if isinstance(self.transform, BatchPipeline):
+            gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, self.epoch, batch))
+            images = self.transform(images, gen)
+        elif self.transform is not None:
+            images = self.transform(images)
+        return images, labels
 
 
 class FileDataset(Dataset):
@@ -151,15 +163,19 @@ class FileDataset(Dataset):
         except VisiontrainError as exc:
             return torch.empty(0, dtype=torch.uint8), self.labels[i], i, str(exc)
         if self.transform is not None:
-            torch.manual_seed(mix_seed(self.seed, epoch, i))  # augmentation is a function of (seed, epoch, i)
-            image = self.transform(image)
-        return image, self.labels[i], i, ""
+            # Augmentation is a function of (seed, epoch, i). Only the CPU generator: torch.manual_seed also
+            # queues lazy CUDA/XPU seeding with a stack trace each call (measured ~1 ms per image).
+            torch.default_generator.manual_seed(mix_seed(self.seed, epoch, i))
+            with one_thread(image.device):  # workers have one thread already; the main process may not
+                image = self.transform(image)
+        return image.contiguous(), self.labels[i], i, ""
 
     def _read(self, i: int) -> torch.Tensor:
         if isinstance(self.split, ItemSplit):
             return _read_item(self.split, i, self.channels)
+        # A CHW view of Pillow's HWC pixels, not a copy: the resize that follows is faster on this layout.
         return image_to_tensor(open_image(self.paths[i], self.channels, max_pixels=self.max_pixels,
-                                          draft=self.draft))
+                                          draft=self.draft), contiguous=False)
 
     def name(self, i: int) -> str:
         if isinstance(self.split, ItemSplit):
@@ -187,6 +203,19 @@ def collate_marked(items: list[tuple[torch.Tensor, Any, int, str]]) -> tuple[tor
     images = torch.stack([item[0] for item in good])
     labels = torch.stack([torch.as_tensor(item[1]) for item in good])
     return images, labels, torch.tensor([item[2] for item in good], dtype=torch.int64), bad
+
+
+class InMemory:
+    """A decoded uint8 split as a map-style dataset (``[i]`` → image, label) for DataLoader workers."""
+
+    def __init__(self, split: TensorSplit) -> None:
+        self.images, self.labels = split.images.share_memory_(), split.labels  # workers read, never copy
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
 
 
 class _EpochSampler(Sampler):
@@ -229,6 +258,12 @@ class FileLoader:
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
+
+    @property
+    def images(self) -> torch.Tensor | None:
+        """The decoded uint8 images when this loader reads from memory (not files), else None."""
+        split = self.dataset.split
+        return split.dataset.images if isinstance(split, ItemSplit) and isinstance(split.dataset, InMemory) else None
 
     def __iter__(self) -> Iterator[Batch]:
         try:

@@ -21,7 +21,15 @@ from torchvision.transforms import v2
 
 from visiontrain.config import DataConfig
 from visiontrain.data.augment import BatchPipeline
-from visiontrain.data.loaders import BadImageLog, FileDataset, FileLoader, Loader, TensorLoader, decode_to_memory
+from visiontrain.data.loaders import (
+    BadImageLog,
+    FileDataset,
+    FileLoader,
+    InMemory,
+    Loader,
+    TensorLoader,
+    decode_to_memory,
+)
 from visiontrain.data.sources import FileSplit, ItemSplit, Split, TensorSplit, channel_stats
 from visiontrain.data.transforms import (
     DETERMINISTIC,
@@ -57,8 +65,12 @@ def make_loader(split: Split, plan: LoaderPlan, cfg: DataConfig, seed: int, bad_
         split, specs = _cache(split, plan, cfg, bad_log)
     if isinstance(split, TensorSplit):
         pipeline = BatchPipeline(specs, _where(plan), plan.device) if specs else None
-        return TensorLoader(split, batch_size, shuffle=plan.train, seed=seed, channels=plan.channels,
-                            transform=pipeline, device=plan.device)
+        if pipeline is None or not pipeline.per_image or plan.device.type != "cpu":
+            return TensorLoader(split, batch_size, shuffle=plan.train, seed=seed, channels=plan.channels,
+                                transform=pipeline, device=plan.device)
+        # Per-image random transforms on a CPU (RandomResizedCrop, ColorJitter…): run them in DataLoader
+        # workers reading from memory — no decoding, and every core busy.
+        split = ItemSplit(InMemory(split), torch.arange(len(split)), split.labels, "memory")
     draft = 2 * plan.size if plan.train else None  # eval decodes in full: identical to `predict` on a file
     dataset = FileDataset(split, plan.channels, build_transforms(specs, _where(plan)), seed=seed,
                           max_pixels=cfg.max_pixels, draft=draft)

@@ -5,7 +5,10 @@ records why (written to the run folder as ``bad_images.txt``).
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,6 +18,7 @@ from visiontrain.data.sources import FileSplit
 from visiontrain.errors import DataError, ImageError
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_PARALLEL_FROM = 20_000  # files: below this, starting processes costs more than it saves
 SKIP_HINT = "--bad-images skip trains without them and lists them in bad_images.txt"
 
 
@@ -28,18 +32,34 @@ def scan_files(paths: list[Path], labels: torch.Tensor, policy: str, max_pixels:
     infos: list[ImageInfo] = []
     keep: list[int] = []
     found: list[tuple[str, str]] = []
-    for i, path in enumerate(paths):
-        try:
-            infos.append(probe_image(path, max_pixels))
+    for i, (path, result) in enumerate(zip(paths, _probe_all(paths, max_pixels), strict=True)):
+        if isinstance(result, ImageInfo):
+            infos.append(result)
             keep.append(i)
-        except ImageError as exc:
-            found.append((str(path), reason_of(exc, str(path))))
+        else:
+            found.append((str(path), result))
     if found and policy == "error":
         more = f" (and {len(found) - 1:,} more bad images)" if len(found) > 1 else ""
         raise DataError(f"{found[0][0]}: {found[0][1]}{more}; {SKIP_HINT}")
     bad.extend(found)
     index = torch.tensor(keep, dtype=torch.int64)
     return FileSplit([paths[i] for i in keep], labels[index], infos)
+
+
+def _probe_one(path: Path, max_pixels: int) -> ImageInfo | str:
+    try:
+        return probe_image(path, max_pixels)
+    except ImageError as exc:
+        return reason_of(exc, str(path))
+
+
+def _probe_all(paths: list[Path], max_pixels: int) -> list[ImageInfo | str]:
+    """Header of every file: in worker processes for big folders (~0.1-0.3 ms a file: 1.3M files ≈ 4 min alone)."""
+    workers = min(8, os.cpu_count() or 1)
+    if len(paths) < _PARALLEL_FROM or workers < 2:
+        return [_probe_one(p, max_pixels) for p in paths]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(partial(_probe_one, max_pixels=max_pixels), paths, chunksize=256))
 
 
 def reason_of(exc: Exception | str, path: str) -> str:

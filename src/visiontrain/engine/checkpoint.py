@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from visiontrain.errors import CheckpointError
+from visiontrain.engine.validate import check_safetensors, check_sidecar
 from visiontrain.fileio import atomic_write_bytes, atomic_write_json
 from visiontrain.versions import library_versions
 
@@ -65,6 +66,7 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     if meta["format_version"] > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer visiontrain (format {meta['format_version']}); "
                               "upgrade visiontrain to read it")
+    check_sidecar(meta, path)
     return meta
 
 
@@ -79,6 +81,7 @@ def load_weights(sidecar_path: Path, meta: dict[str, Any]) -> dict[str, torch.Te
     if expected and hashlib.sha256(blob).hexdigest() != expected:
         raise CheckpointError(f"{weights}: weights do not match their sidecar {sidecar_path.name} (SHA-256 "
                               "differs); the pair was not written together — use the run's other checkpoint")
+    check_safetensors(blob, weights)  # offsets, sizes and dtypes, before the library touches the bytes
     try:
         return safetensors.torch.load(blob)
     except (safetensors.SafetensorError, ValueError, RuntimeError) as exc:
@@ -91,11 +94,15 @@ def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-    if missing or unexpected or wrong:
+    # a checkpoint holds the model's own dtypes; load_state_dict would silently cast anything else
+    typed = sorted(k for k in set(expected) & set(tensors) if k not in wrong and expected[k].dtype != tensors[k].dtype)
+    if missing or unexpected or wrong or typed:
         parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
                  f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
                  f"{len(wrong)} with another shape (e.g. {wrong[0]}: {tuple(tensors[wrong[0]].shape)} in the "
-                 f"file, {tuple(expected[wrong[0]].shape)} in the model)" if wrong else ""]
+                 f"file, {tuple(expected[wrong[0]].shape)} in the model)" if wrong else "",
+                 f"{len(typed)} with another dtype (e.g. {typed[0]}: {tensors[typed[0]].dtype} in the file, "
+                 f"{expected[typed[0]].dtype} in the model)" if typed else ""]
         raise CheckpointError(f"{where}: weights do not fit the model — " + "; ".join(p for p in parts if p)
                               + "; the sidecar's model name/arguments do not match these weights")
     _unwrap(model).load_state_dict(tensors, strict=True)

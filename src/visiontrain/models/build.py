@@ -55,15 +55,17 @@ class BuiltModel:
         return dataclasses.replace(prep, mean=(mean,) * prep.channels, std=(std,) * prep.channels)
 
     def report(self, run_dir: Path, quiet: bool = False) -> None:
-        """Print what was loaded and frozen; save ``init_report.json`` in the run folder."""
-        lines = []
+        """Print what was loaded and frozen; save ``init_report.json`` in the run folder. The init report
+        is printed even when ``quiet``: what a partial load left out is a result, not progress."""
+        lines: list[str] = []
         if self.pretrained is not None:
             what = f"replaced for {self._classes()} classes" if self.head_replaced else "kept"
             lines.append(f"pretrained: {self.pretrained.description}; head {self.head!r} {what}")
         if self.init_report is not None:
             path = run_dir / "init_report.json"
             path.write_text(json.dumps(self.init_report.to_dict(), indent=2) + "\n", encoding="utf-8")
-            lines += [*self.init_report.lines(), f"  full report: {path}"]
+            for line in [*self.init_report.lines(), f"  full report: {path}"]:
+                print(line, file=sys.stderr, flush=True)
         if self.frozen:
             lines.append(f"frozen: {len(self.frozen)} parameter tensors ({_count(self.model, self.frozen):,} "
                          f"values); training {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,}")

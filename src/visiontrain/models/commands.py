@@ -133,10 +133,13 @@ def _print_inspection(info: dict[str, Any], limit: int) -> None:
     print(f"tensors:   {info['tensors']} ({info['values']:,} values); dtypes: {dtypes}")
     for key, value in info["metadata"].items():
         print(f"metadata:  {key}: {json.dumps(value, default=str)[:160]}")
-    if "own_model" in info:
-        own = info["own_model"]
-        print(f"rebuilds:  {'yes, the sidecar model fits these weights' if own['fits'] else 'NO: ' + str(own)}")
-    print(f"fits:      {_fits_text(info.get('fits', []))}")
+    own = info.get("own_model")
+    if own and own["fits"]:
+        print(f"fits:      {own['name']} (the model its sidecar names; `visiontrain.load` rebuilds it exactly)")
+    else:
+        if own:
+            print(f"rebuilds:  NO, its sidecar model {own['name']} does not fit: {own.get('problem') or own}")
+        print(f"fits:      {_fits_text(info.get('fits', []))}")
     rows = info["table"] if limit == 0 else info["table"][:limit]
     print_table([{"tensor": r["name"], "shape": "x".join(map(str, r["shape"])) or "scalar", "dtype": r["dtype"]}
                  for r in rows], ["tensor", "shape", "dtype"])

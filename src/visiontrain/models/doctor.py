@@ -40,9 +40,9 @@ def inspect_weights(path: str | Path, find_models: bool = True) -> dict[str, Any
                   for k, t in w.tensors.items()],
         "metadata": _metadata(w),
     }
-    if w.format == "visiontrain":
+    if w.metadata.get("format") == "visiontrain.checkpoint":
         info["own_model"] = _own_model_fits(w)
-    if find_models:
+    if find_models and not info.get("own_model", {}).get("fits"):
         from visiontrain.models.zoo import fitting_models
 
         info["fits"] = fitting_models(w.tensors)
@@ -51,11 +51,11 @@ def inspect_weights(path: str | Path, find_models: bool = True) -> dict[str, Any
 
 def _metadata(w: WeightsFile) -> dict[str, Any]:
     meta = w.metadata
-    if w.format != "visiontrain":
-        return {k: v for k, v in meta.items() if isinstance(v, str | int | float)}
+    if meta.get("format") != "visiontrain.checkpoint":
+        return {k: v for k, v in meta.items() if isinstance(v, str | int | float) and k != "order"}
     out: dict[str, Any] = {"model": meta.get("model"), "classes": meta.get("classes")}
     out.update({k: meta[k] for k in _META_FIELDS if k in meta})
-    out["metrics"] = {k: v for k, v in (meta.get("metrics") or {}).items() if isinstance(v, int | float)}
+    out["metrics"] = {k: round(v, 4) for k, v in (meta.get("metrics") or {}).items() if isinstance(v, int | float)}
     return out
 
 
@@ -72,10 +72,11 @@ def _own_model_fits(w: WeightsFile) -> dict[str, Any]:
         with on_meta():
             sd = rebuild_model(meta["model"], inp).state_dict()
     except (VisiontrainError, KeyError, TypeError, ValueError) as exc:
-        return {"fits": False, "problem": str(exc)}
+        return {"fits": False, "name": str((meta.get("model") or {}).get("name")), "problem": str(exc)}
     differ = [k for k in sd if k not in w.tensors or tuple(sd[k].shape) != tuple(w.tensors[k].shape)]
     extra = [k for k in w.tensors if k not in sd]
-    return {"fits": not differ and not extra, "differ": differ[:5], "extra": extra[:5]}
+    return {"fits": not differ and not extra, "name": str(meta["model"]["name"]), "differ": differ[:5],
+            "extra": extra[:5]}
 
 
 def convert_to_safetensors(path: str | Path, out: str | Path | None = None, force: bool = False) -> dict[str, Any]:

@@ -34,7 +34,7 @@ class LoadReport:
     source: str
     match: str
     model_tensors: int  # tensors the model has (counters excluded)
-    file_tensors: int
+    file_tensors: int  # counters excluded here too
     loaded: list[tuple[str, str]] = field(default_factory=list)  # (model key, file key)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
@@ -126,7 +126,8 @@ def load_partial(model: nn.Module, tensors: dict[str, torch.Tensor], *, match: s
     tensors, renamed = rename(tensors, rules) if rules else (tensors, 0)
     target = model.state_dict()
     counted = [k for k in target if not k.endswith(_COUNTER)]
-    report = LoadReport(source, match, len(counted), len(tensors), renamed=renamed, rules=rules)
+    theirs = sum(not k.endswith(_COUNTER) for k in tensors)
+    report = LoadReport(source, match, len(counted), theirs, renamed=renamed, rules=rules)
     _MATCHERS[match](target, tensors, report)
     if strict and not report.complete:
         raise ModelError(f"{source} (--strict): {report.summary()}; drop --strict to load what fits and keep "

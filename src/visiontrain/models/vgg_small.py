@@ -7,6 +7,7 @@ same net runs on 8 px and on 64 px inputs. The head is ``classifier``: Dropout â
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from visiontrain.models.factory import ModelInput, register_model
@@ -36,7 +37,7 @@ class SmallVGG(nn.Module):
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, inp.num_classes))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))
 
 

@@ -36,9 +36,15 @@ class _MetaFactories(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+# In-place ops that only change values (weight init and its arithmetic), never shape or autograd flags.
+_VALUE_OPS = {"uniform_", "normal_", "zero_", "fill_", "copy_", "mul_", "add_", "sub_", "div_", "clamp_",
+              "erfinv_", "exponential_", "random_", "bernoulli_", "log_normal_", "kaiming_uniform_",
+              "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "trunc_normal_", "constant_", "ones_",
+              "zeros_", "orthogonal_", "eye_", "dirac_"}
+
+
 def _inplace_on_meta(func, args, kwargs) -> torch.Tensor | None:
-    name = getattr(func, "__name__", "")
-    if not name.endswith("_") or name.startswith("_"):
+    if getattr(func, "__name__", "") not in _VALUE_OPS:
         return None
     first = args[0] if args else kwargs.get("tensor")
     return first if isinstance(first, torch.Tensor) and first.is_meta else None

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
     ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "pt2"], help="[default: onnx]")
     ex.add_argument("--out", help="file or folder to write [default: RUN/exports/model.<ext>]")
     ex.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |logit difference| against "
-                    "PyTorch [default: 0.001]")
+                    "PyTorch, relative to the largest |logit| when that is above 1 [default: 0.001]")
     ex.add_argument("--opset", type=int, help="ONNX opset version [default: the exporter's]")
     ex.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -55,7 +55,7 @@ def _export_command(args: argparse.Namespace) -> int:
         return 0
     print(f"exported {r.format}: {r.path} ({r.path.stat().st_size / 2**20:.2f} MiB)")
     print(f"verified against PyTorch on batches of 1 and 5: max abs difference {r.max_abs_diff:.3g} "
-          f"(tolerance {r.tolerance:g})")
+          f"(allowed {r.tolerance:.3g})")
     print(f"classes and preprocessing are in its metadata; try: visiontrain predict {r.path} IMAGE.png")
     return 0
 

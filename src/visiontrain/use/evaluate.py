@@ -31,6 +31,7 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
     >>> round(r["accuracy"], 3), len(r["confusion"])  # doctest: +SKIP
     (0.991, 10)
     """
+    check_tta(tta)  # before any loading: a typo should cost nothing
     loaded = model if isinstance(model, LoadedModel) else load(model, device=device)
     cfg = _data_config(loaded, data, data_dir, batch_size, workers)
     seed = int(loaded.meta.get("config", {}).get("train", {}).get("seed", 0))
@@ -48,7 +49,6 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
         # (synthetic's are not) and may hold only some of the model's classes.
         remap = torch.tensor([loaded.classes.index(c) for c in bundle.classes])
         batches = ((images, remap[labels]) for images, labels in batches)
-    check_tta(tta)
     net = TTAModel(loaded.model, tta) if tta != "none" or loaded.prep.crops > 1 else loaded.model
     recorder = _Recorder(net) if outputs else net
     if outputs:

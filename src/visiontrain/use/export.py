@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from visiontrain.errors import ConfigError, VisiontrainError
-from visiontrain.use.exported import EXPORT_FORMAT, META_KEY, load_exported, require
+from visiontrain.use.exported import EXPORT_FORMAT, META_KEY, SUFFIXES, export_format, load_exported, require
 from visiontrain.use.loading import LoadedModel, load
 
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt2": "model.pt2"}
@@ -50,15 +50,19 @@ def export(model: LoadedModel | str | Path, format: str = "onnx", out: str | Pat
            tolerance: float = 1e-3, opset: int | None = None) -> ExportResult:
     """Export a checkpoint (run folder or sidecar) and verify it; returns where and how close it is.
 
-    ``out`` defaults to ``<run>/exports/model.<ext>``. Raises :class:`ExportError` (and removes the file)
-    when the export's logits differ from PyTorch's by more than ``tolerance``.
+    ``out`` (a file, or a folder) defaults to ``<run>/exports/model.<ext>``. Raises :class:`ExportError` (and
+    removes the file) when the export's logits differ from PyTorch's by more than
+    ``tolerance x max(1, largest |logit|)`` (``ExportResult.tolerance`` is that bound).
     """
     if format not in _WRITERS:
         raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(_WRITERS)}")
     loaded = model if isinstance(model, LoadedModel) else load(model, device="cpu")
     path = Path(out) if out is not None else _default_path(loaded, format)
-    if path.is_dir():
+    if path.is_dir() or export_format(path) is None:  # a folder, existing or to be made
         path = path / FILE_NAMES[format]
+    elif export_format(path) != format:
+        raise ConfigError(f"--out {path} names a {export_format(path)} file but the format is {format}; name it "
+                          f"*{_suffix(format)} or pass a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     reference = _plain_copy(loaded)
     meta = export_metadata(loaded, format)
@@ -71,12 +75,14 @@ def export(model: LoadedModel | str | Path, format: str = "onnx", out: str | Pat
         except Exception as exc:  # exporters raise many kinds; the model's code is what needs changing
             raise ExportError(f"exporting {loaded.meta['model']['name']} to {format} failed: "
                               f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from None
-    diff = verify(loaded, path)
-    if not diff <= tolerance:
+    diff, scale = verify(loaded, path)
+    bound = tolerance * max(1.0, scale)  # float error grows with the logits' size: deep nets reach 100s
+    if not diff <= bound:
         _remove(path)
-        raise ExportError(f"the {format} export differs from the PyTorch model by {diff:.3g} (> tolerance "
-                          f"{tolerance:g}); it was removed — try another --format or raise --tolerance")
-    return ExportResult(path, format, diff, tolerance, meta)
+        raise ExportError(f"the {format} export differs from the PyTorch model by {diff:.3g} (> {bound:.3g} = "
+                          f"tolerance {tolerance:g} x max(1, largest |logit| {scale:.3g})); it was removed — try "
+                          "another --format or raise --tolerance")
+    return ExportResult(path, format, diff, bound, meta)
 
 
 def export_metadata(loaded: LoadedModel, format: str) -> dict[str, Any]:
@@ -95,10 +101,11 @@ def export_metadata(loaded: LoadedModel, format: str) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def verify(loaded: LoadedModel, path: str | Path) -> float:
-    """Largest |logit difference| between the export (loaded as predict loads it) and PyTorch."""
+def verify(loaded: LoadedModel, path: str | Path) -> tuple[float, float]:
+    """Largest |logit difference| between the export (loaded as predict loads it) and PyTorch, and the
+    largest |logit| PyTorch gave (the scale the difference is judged against)."""
     exported = load_exported(path, device="cpu")
-    worst = 0.0
+    worst = scale = 0.0
     for i, batch in enumerate(_VERIFY_BATCHES):
         x = _samples(loaded, batch, seed=i + 1)
         expected = loaded.model(x.to(loaded.device)).float().cpu()
@@ -107,7 +114,8 @@ def verify(loaded: LoadedModel, path: str | Path) -> float:
             raise ExportError(f"{path}: batch of {batch} gave logits of shape {tuple(got.shape)}, expected "
                               f"{tuple(expected.shape)}; the batch size is not dynamic in this export")
         worst = max(worst, float((got - expected).abs().max()))
-    return worst
+        scale = max(scale, float(expected.abs().max()))
+    return worst, scale
 
 
 def _samples(loaded: LoadedModel, batch: int, seed: int) -> torch.Tensor:
@@ -124,6 +132,10 @@ def _plain_copy(loaded: LoadedModel) -> nn.Module:
 
     model = copy.deepcopy(loaded.model).cpu().to(memory_format=torch.contiguous_format)
     return model.eval()
+
+
+def _suffix(format: str) -> str:
+    return next(suffix for suffix, fmt in SUFFIXES.items() if fmt == format)
 
 
 def _default_path(loaded: LoadedModel, format: str) -> Path:

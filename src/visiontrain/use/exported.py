@@ -29,6 +29,8 @@ from visiontrain.data.transforms import build_transforms
 from visiontrain.errors import CheckpointError, VisiontrainError
 from visiontrain.use.loading import LoadedModel, load, resolve_device
 
+Forward = Callable[[torch.Tensor], torch.Tensor]
+_Loaded = tuple[Forward, str | None]  # what a format's loader returns: the forward and the metadata text
 META_KEY = "visiontrain.json"  # the metadata entry's name in every export format
 EXPORT_FORMAT = "visiontrain.export"
 # file name ending → export format; the longest ending is tried first ("x.torchscript.pt" before ".pt").
@@ -40,7 +42,7 @@ SUFFIXES: dict[str, str] = {".onnx": "onnx", ".torchscript.pt": "torchscript", "
 class ExportedModel:
     """An exported model with the class names and preprocessing read from its own metadata."""
 
-    forward: Callable[[torch.Tensor], torch.Tensor]  # normalized float [N, C, H, W] → logits
+    forward: Forward  # normalized float [N, C, H, W] → logits
     meta: dict[str, Any]
     prep: Preprocessing
     device: torch.device
@@ -67,15 +69,18 @@ def export_format(path: str | Path) -> str | None:
                  if name.endswith(suffix)), None)
 
 
-def load_model(path: str | Path, device: str = "auto") -> LoadedModel | ExportedModel:
+def load_model(path: str | Path, device: str = "auto", threads: int | None = None) -> LoadedModel | ExportedModel:
     """A checkpoint/run folder (:func:`visiontrain.load`) or an export file (by its name ending)."""
     if export_format(path) is not None and Path(path).is_file():
-        return load_exported(path, device)
+        return load_exported(path, device, threads)
     return load(path, device=device)
 
 
-def load_exported(path: str | Path, device: str = "auto") -> ExportedModel:
-    """Load an export written by ``visiontrain export``; the metadata must be visiontrain's."""
+def load_exported(path: str | Path, device: str = "auto", threads: int | None = None) -> ExportedModel:
+    """Load an export written by ``visiontrain export``; the metadata must be visiontrain's.
+
+    ``threads`` caps onnxruntime's threads per call (a server running calls side by side wants 1).
+    """
     p = Path(path)
     fmt = export_format(p)
     if fmt is None:
@@ -84,7 +89,7 @@ def load_exported(path: str | Path, device: str = "auto") -> ExportedModel:
     if not p.is_file():
         raise CheckpointError(f"{p} does not exist; export a run first: visiontrain export RUN --format {fmt}")
     dev = resolve_device(device)
-    forward, text = _LOADERS[fmt](p, dev)
+    forward, text = _LOADERS[fmt](p, dev, threads)
     meta = _parse_meta(text, p)
     try:
         prep = Preprocessing.from_dict(meta["preprocessing"])
@@ -107,12 +112,16 @@ def _parse_meta(text: str | None, path: Path) -> dict[str, Any]:
     return meta
 
 
-def _load_onnx(path: Path, device: torch.device) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+def _load_onnx(path: Path, device: torch.device,
+               threads: int | None = None) -> _Loaded:
     ort = require("onnxruntime", "onnx")
     wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
     providers = [p for p in wanted if p in ort.get_available_providers()]
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(str(path), providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors for damaged files
         raise CheckpointError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
     name = session.get_inputs()[0].name
@@ -125,7 +134,7 @@ def _load_onnx(path: Path, device: torch.device) -> tuple[Callable[[torch.Tensor
     return forward, session.get_modelmeta().custom_metadata_map.get(META_KEY)
 
 
-def _load_torchscript(path: Path, device: torch.device) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+def _load_torchscript(path: Path, device: torch.device, threads: int | None = None) -> _Loaded:
     extra = {META_KEY: ""}
     try:
         with warnings.catch_warnings():  # TorchScript is deprecated in favour of .pt2; it still loads fine
@@ -137,7 +146,7 @@ def _load_torchscript(path: Path, device: torch.device) -> tuple[Callable[[torch
     return _no_grad(module), extra[META_KEY] or None
 
 
-def _load_pt2(path: Path, device: torch.device) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+def _load_pt2(path: Path, device: torch.device, threads: int | None = None) -> _Loaded:
     extra = {META_KEY: ""}
     try:
         program = torch.export.load(str(path), extra_files=extra)
@@ -147,7 +156,7 @@ def _load_pt2(path: Path, device: torch.device) -> tuple[Callable[[torch.Tensor]
     return _no_grad(module), extra[META_KEY] or None
 
 
-def _no_grad(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+def _no_grad(module: Forward) -> Forward:
     def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return module(x.float())
@@ -155,7 +164,7 @@ def _no_grad(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.
     return forward
 
 
-_LOADERS: dict[str, Callable[[Path, torch.device], tuple[Callable[[torch.Tensor], torch.Tensor], str | None]]] = {
+_LOADERS: dict[str, Callable[[Path, torch.device, int | None], _Loaded]] = {
     "onnx": _load_onnx,
     "torchscript": _load_torchscript,
     "pt2": _load_pt2,

@@ -16,6 +16,7 @@ from torch import nn
 from visiontrain.data import Preprocessing
 from visiontrain.data.transforms import build_transforms
 from visiontrain.engine.checkpoint import load_into, load_weights, read_sidecar
+from visiontrain.engine.validate import check_head
 from visiontrain.errors import CheckpointError, VisiontrainError
 from visiontrain.models import ModelInput
 from visiontrain.models.build import rebuild_model
@@ -97,7 +98,9 @@ def load(path: str | Path, device: str = "auto", which: str = "best") -> LoadedM
         model = rebuild_model({**spec, "name": name, "args": args}, ModelInput(prep.channels, prep.size, len(classes)))
     except VisiontrainError as exc:
         raise CheckpointError(f"{sidecar}: cannot rebuild its model: {exc}") from None
-    load_into(model, load_weights(sidecar, meta), sidecar)
+    tensors = load_weights(sidecar, meta)
+    check_head(model, tensors, classes, sidecar)
+    load_into(model, tensors, sidecar)
     dev = resolve_device(device)
     # The memory format training used (runner.train): convolutions pick their kernels by it, and a
     # contiguous copy gives logits that differ in the last bits from the model that was trained and tested.

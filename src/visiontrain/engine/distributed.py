@@ -1,0 +1,116 @@
+"""Data-parallel training on PyTorch's own engine: torchrun + DistributedDataParallel.
+
+``torchrun --nproc_per_node N -m visiontrain train …`` sets RANK/WORLD_SIZE/LOCAL_RANK; :func:`setup`
+joins the process group (nccl on CUDA, gloo on the CPU) with a timeout, so a rank that dies ends the job
+instead of hanging it. Each global batch (the ``--batch-size`` the user set) is cut into one equal slice
+per rank; gradients are averaged by DDP with each rank's loss weighted by its share of the batch, so the
+update equals the single-process update on the same global batch, uneven last batch included.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from visiontrain.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = Dist()
+
+
+def setup(device: torch.device, timeout_s: float = 600.0) -> tuple[Dist, torch.device]:
+    """Join the process group when launched by torchrun; a no-op for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE, device
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"rank {rank} wants GPU {local} but this machine has {torch.cuda.device_count()}; "
+                              "use --nproc_per_node ≤ the GPU count")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return Dist(rank, world, local), device
+
+
+def teardown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, d: Dist, device: torch.device, sync_bn: bool) -> nn.Module:
+    if not d.enabled:
+        return model
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def all_sum(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum a tensor over ranks in place (exact for integer counts and float64 sums)."""
+    if d.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
+    """True on every rank when it is true on any: keeps stop decisions (Ctrl-C) in step."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast_text(text: str, d: Dist) -> str:
+    if not d.enabled:
+        return text
+    # As bytes in a tensor, not broadcast_object_list: nothing crosses processes as a pickle.
+    data = torch.tensor(list(text.encode("utf-8")) if d.main else [], dtype=torch.uint8)
+    size = torch.tensor([len(data)], dtype=torch.int64)
+    dist.broadcast(size, src=0)
+    buf = data if d.main else torch.zeros(int(size), dtype=torch.uint8)
+    dist.broadcast(buf, src=0)
+    return bytes(buf.tolist()).decode("utf-8")
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """``visiontrain train --gpus N …``: run the same command under torchrun on this machine."""
+    if nproc > 1 and torch.cuda.device_count() < nproc:
+        raise ConfigError(f"--gpus {nproc} but this machine has {torch.cuda.device_count()} CUDA devices; "
+                          "for CPU processes run torchrun yourself (see docs/distributed.md)")
+    from torch.distributed.run import main as torchrun
+
+    args = ["--standalone", f"--nproc_per_node={nproc}", "-m", "visiontrain", *argv]
+    print(f"launching: torchrun {' '.join(args)}", file=sys.stderr, flush=True)
+    torchrun(args)
+    return 0

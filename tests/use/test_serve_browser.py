@@ -1,0 +1,96 @@
+"""The web page in headless Chromium: choose an image of a known class, see that class on the page.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get install chromium chromium-driver``) and the
+``selenium`` package, which drives the system's browser through the system's driver (never a downloaded
+one). Skipped when any of them is missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from visiontrain.data.synthetic import SHAPES, make_shapes
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+if CHROMIUM is None or DRIVER is None:
+    pytest.skip("no chromium/chromedriver here (apt-get install chromium chromium-driver)", allow_module_level=True)
+webdriver = pytest.importorskip("selenium.webdriver")
+pytest.importorskip("fastapi")
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from visiontrain.use.serve import build_app, running_server  # noqa: E402
+
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage", "--disable-extensions"]
+
+
+@pytest.fixture(scope="module")
+def page_url(synthetic_run):
+    with running_server(build_app(synthetic_run.dir)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in [*ARGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _shape_files(folder: Path, seed: int) -> list[tuple[Path, str]]:
+    """One image of each class (make_shapes balances its labels), saved as PNG files."""
+    images, labels = make_shapes(len(SHAPES), 32, 3, seed=seed)
+    out = []
+    for i, (image, label) in enumerate(zip(images, labels.tolist(), strict=True)):
+        out.append((folder / f"shape-{i}.png", SHAPES[label]))
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(out[-1][0])
+    return out
+
+
+def _text(driver, element_id: str) -> str:
+    return driver.execute_script(f"return document.getElementById('{element_id}').textContent")
+
+
+def test_choosing_an_image_shows_its_class_with_bars(page_url: str, browser, tmp_path: Path) -> None:
+    wait = WebDriverWait(browser, 30)
+    browser.get(page_url + "/")
+    wait.until(lambda d: "4 classes" in _text(d, "model"))
+    seen = set()
+    for path, truth in _shape_files(tmp_path, seed=11):  # every class in turn: the page must follow
+        browser.find_element(By.ID, "file").send_keys(str(path))
+        wait.until(lambda d, name=path.name: _text(d, "status") == name
+                   and not d.execute_script("return document.getElementById('result').hidden"))
+        assert browser.find_element(By.ID, "top-label").text == truth
+        labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#bars .label")]
+        assert labels[0] == truth and sorted(labels) == sorted(SHAPES)
+        widths = wait.until(lambda d: d.execute_script(
+            "const w = [...document.querySelectorAll('#bars .bar')].map(b => parseFloat(b.style.width));"
+            "return w.every(x => x >= 0) ? w : null"))
+        assert widths == sorted(widths, reverse=True) and widths[0] > 25
+        seen.add(truth)
+    assert seen == set(SHAPES)
+
+
+def test_a_file_that_is_not_an_image_shows_the_error(page_url: str, browser, tmp_path: Path) -> None:
+    wait = WebDriverWait(browser, 30)
+    browser.get(page_url + "/")
+    note = tmp_path / "note.png"
+    note.write_text("just text")
+    browser.find_element(By.ID, "file").send_keys(str(note))
+    wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("class") == "error")
+    assert "looks like a text file" in _text(browser, "status")
+    assert not browser.find_element(By.ID, "result").is_displayed()
