@@ -9,7 +9,7 @@ import sys
 import traceback
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from visiontrain.config import RunConfig, load_config, parse_override, read_yaml
 from visiontrain.errors import ConfigError, VisiontrainError
@@ -48,7 +48,8 @@ TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
     ("--momentum", "optim.momentum", float, "SGD/RMSprop momentum [default: 0.9]"),
     ("--nesterov", "optim.nesterov", bool, "Nesterov momentum for SGD"),
     ("--warmup-epochs", "optim.warmup_epochs", float, "linear learning-rate warm-up, in epochs [default: 0]"),
-    ("--loss", "train.loss", str, "cross_entropy, bce (multi-label), mse, l1, smooth_l1 [default: cross_entropy]"),
+    ("--loss", "train.loss", str, "auto (cross_entropy for classes, mse for values), cross_entropy, bce, mse, l1, "
+     "smooth_l1 [default: auto]"),
     ("--label-smoothing", "train.label_smoothing", float, "cross-entropy label smoothing [default: 0]"),
     ("--class-weights", "train.class_weights", str, "'auto' weighs classes by inverse frequency"),
     ("--precision", "train.precision", str, "32, bf16 or fp16 mixed precision [default: 32]"),
@@ -80,14 +81,24 @@ TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
     ("--init-match", "model.init_match", str, "pair --init-from tensors by name or order [default: name]"),
     ("--rename", "model.rename", list[str], "--init-from key renames OLD=NEW (prefix) or re:PATTERN=REPL"),
     ("--strict", "model.strict", bool, "--init-from must fill and use every tensor"),
+    ("--trust-pickle", "model.trust_pickle", bool, "let --pretrained/--init-from unpickle a whole-model .pth "
+     "(torch.save(model)); this runs code from the file: only for files you made yourself [default: off]"),
     ("--out", "out", str, "runs root folder [default: runs]"),
     ("--name", "name", str, "run folder name under --out [default: <data>-<model>-<time>]; an existing "
      "name gets a -2, -3 … suffix"),
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (bad flag, bad value) as ONE line and exit code 2, like every other user error;
+    argparse would print the whole usage first, which for ``train`` is 30 lines."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"visiontrain: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visiontrain", description="Train, evaluate and use image "
+    parser = _Parser(prog="visiontrain", description="Train, evaluate and use image "
                                      "classifiers: the complete PyTorch training routine as one command.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -104,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
             train.add_argument(flag, default=None, help=text, **_value_kind(kind))
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set model.args.width=32 (repeatable)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same --name "
+                       "(only a visiontrain run; removed once the new run has started) [default: add a -2 suffix]")
     train.add_argument("--quiet", action="store_true", help="no progress output, only the final lines")
     train.add_argument("--lr-find", action="store_true", help="run the learning-rate range test first and train "
                        "with its suggested rate")
@@ -216,10 +229,12 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume and args.config:
         raise ConfigError("--resume uses the run's own config.yaml; drop --config (flags still override it)")
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in its own folder; drop --overwrite")
     cfg = config_from_args(args)
     if args.lr_find:
         cfg = cfg.override({"optim.lr": _suggested_lr(cfg, steps=100, start=1e-6, end=1.0)})
-    run = train(cfg, resume=args.resume, quiet=args.quiet)
+    run = train(cfg, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
     print_train_result(run)
     return 0
 

@@ -56,6 +56,7 @@ class ModelConfig:
     init_match: str = "name"  # how init_from pairs tensors: name | order
     rename: list[str] = field(default_factory=list)  # init_from key renames OLD=NEW (re:PATTERN=REPL)
     strict: bool = False  # init_from must fill every tensor and use every tensor of the file
+    trust_pickle: bool = False  # let pretrained/init_from unpickle a whole-model .pth: runs the file's code
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class TrainConfig:
     deterministic: bool = False  # torch deterministic algorithms (bit-identical reruns on the GPU too)
     log_every: int = 100  # log the training loss every N steps (the seeds' choice)
     threads: int | None = None  # torch CPU threads; None = torch's default
-    loss: str = "cross_entropy"  # cross_entropy | bce (multi-label) | mse | l1 | smooth_l1 (regression)
+    loss: str = "auto"  # auto (by task) | cross_entropy | bce (multi-label) | mse | l1 | smooth_l1 (regression)
     label_smoothing: float = 0.0
     class_weights: str | list[float] | None = None  # "auto" (inverse class frequency) or one weight per class
     precision: str = "32"  # 32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
@@ -150,7 +151,8 @@ ALIASES: dict[str, str] = {
     "warmup_epochs": "optim.warmup_epochs",
     "deterministic": "train.deterministic",
     **{k: f"model.{k}" for k in ("pretrained", "head", "in_channels", "freeze", "freeze_backbone", "unfreeze_at",
-                                 "backbone_lr_scale", "init_from", "init_match", "rename", "strict")},
+                                 "backbone_lr_scale", "init_from", "init_match", "rename", "strict",
+                                 "trust_pickle")},
 }
 
 

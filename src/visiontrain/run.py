@@ -9,7 +9,8 @@ from typing import Any
 
 from visiontrain.config import RunConfig
 from visiontrain.data import DataBundle
-from visiontrain.data.sources import TensorSplit
+from visiontrain.data.sources import FileSplit, TensorSplit
+from visiontrain.engine.metrics import HEADLINE
 from visiontrain.engine.state import TrainState
 from visiontrain.errors import VisiontrainError
 from visiontrain.fileio import atomic_write_bytes
@@ -42,9 +43,9 @@ class Run:
 def summarize(state: TrainState, data: DataBundle, wall_time: float) -> dict[str, Any]:
     split = state.monitor_split
     m = state.epoch_metrics
-    final = {k: m[f"{split}/{k}"] for k in ("accuracy", "loss", "top5") if f"{split}/{k}" in m}
+    final = {k: m[f"{split}/{k}"] for k in HEADLINE if f"{split}/{k}" in m}
     if not final:
-        final = {k: m[f"train/{k}"] for k in ("accuracy", "loss") if f"train/{k}" in m}
+        final = {k: m[f"train/{k}"] for k in HEADLINE if f"train/{k}" in m}
     ema = {k.split("/", 1)[1]: v for k, v in m.items() if "_ema/" in k}
     return {
         "run_dir": str(state.run_dir),
@@ -74,11 +75,15 @@ def write_samples(data: DataBundle, folder: Path, count: int = 4) -> None:
     split_name = next((s for s in ("test", "val") if s in data.source.splits), "train")
     split = data.source.splits[split_name]
     folder.mkdir(exist_ok=True)
+    if not isinstance(split, TensorSplit | FileSplit):  # a user Dataset's items have no files to show
+        return
     for i in range(min(count, len(split))):
-        label = re.sub(r"[^A-Za-z0-9_.]+", "_", data.classes[int(split.labels[i])]) or "x"
+        value = split.labels[i]
+        name = f"{float(value):.4g}" if value.is_floating_point() else data.classes[int(value)]
+        label = re.sub(r"[^A-Za-z0-9_.]+", "_", name) or "x"
         target = folder / f"{split_name}_{i}_{label}.png"
         if isinstance(split, TensorSplit):
-            array = split.images[i].permute(1, 2, 0).squeeze(-1).numpy()
+            array = split.images[i].permute(1, 2, 0).squeeze(-1).cpu().numpy()
             Image.fromarray(array).save(target)
         else:
             try:

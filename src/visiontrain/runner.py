@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -66,6 +68,28 @@ def make_run_dir(cfg: RunConfig) -> Path:
                                    "choose another --out") from None
 
 
+def set_aside(cfg: RunConfig) -> Path | None:
+    """For ``--overwrite``: move the existing run folder ``<out>/<name>`` aside (one atomic rename) so the new
+    run gets the name; returns where it went (deleted once the new run has started), or None if there was none.
+
+    Only a visiontrain run folder (with its ``config.yaml``) is ever replaced: a typo in ``--name`` or ``--out``
+    must not delete someone's data.
+    """
+    target = Path(cfg.out) / (cfg.name or "")
+    if not cfg.name or not target.exists():
+        return None
+    if not (target / "config.yaml").is_file():
+        raise ConfigError(f"--overwrite: {target} is not a visiontrain run folder (no config.yaml), so it is not "
+                          "replaced; choose another --name or --out")
+    aside = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+    try:
+        os.replace(target, aside)
+    except OSError as exc:
+        raise VisiontrainError(f"--overwrite: cannot move {target} aside ({exc.strerror or exc}); check the "
+                               "folder's permissions or choose another --name") from None
+    return aside
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", Path(text).name or text).strip("_") or "run"
 
@@ -79,8 +103,11 @@ def saved_config(run_dir: str | Path) -> RunConfig:
 
 
 def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | Path | None = None,
-          callbacks: list[Callback] | None = None, quiet: bool = False) -> Run:
+          callbacks: list[Callback] | None = None, quiet: bool = False, overwrite: bool = False) -> Run:
     """Train a model, or continue a stopped run with ``resume=<run folder>``; returns the :class:`Run`.
+
+    An existing run folder of the same name is never touched (the new one gets a -2, -3 … suffix) unless
+    ``overwrite``: then it is replaced once the new run has started (see :func:`set_aside`).
 
     >>> run = visiontrain.train({"data": "synthetic", "epochs": 1, "out": "/tmp/vt-doc"})  # doctest: +SKIP
     >>> run.summary["best"]["accuracy"] > 0.5  # doctest: +SKIP
@@ -90,8 +117,7 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
     cfg = as_config(config) if config is not None or resume is None else saved_config(resume)
     state, data, built = _build_state(cfg)
     if resume is None:
-        state.run_dir = make_run_dir(cfg)
-        atomic_write_yaml(state.run_dir / "config.yaml", cfg.to_dict())
+        _start_run_dir(state, cfg, overwrite)
     else:
         state.run_dir = Path(resume)
     chain = _callbacks(state, data, [*built.callbacks, *(callbacks or [])], quiet, started)
@@ -108,6 +134,20 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
         summary["test"] = _test_best(state, data)
     atomic_write_json(state.run_dir / "summary.json", summary)
     return Run(state.run_dir, cfg, summary)
+
+
+def _start_run_dir(state: TrainState, cfg: RunConfig, overwrite: bool) -> None:
+    """Create the run folder and its config.yaml; with ``overwrite``, the old folder goes only after that."""
+    aside = set_aside(cfg) if overwrite else None
+    try:
+        state.run_dir = make_run_dir(cfg)
+        atomic_write_yaml(state.run_dir / "config.yaml", cfg.to_dict())
+    except BaseException:
+        if aside is not None and not (Path(cfg.out) / str(cfg.name)).exists():
+            os.replace(aside, Path(cfg.out) / str(cfg.name))  # the new run never started: put the old one back
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def find_lr(config: RunConfig | dict | str | Path | None = None, *, steps: int = 100, start_lr: float = 1e-6,
@@ -147,7 +187,7 @@ def _build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     entry = get_entry(cfg.model.name)
     data = build_data(cfg.data, cfg.train.seed, channels=cfg.model.in_channels or entry.channels,
-                      size=entry.default_size, pin_memory=device.type == "cuda")
+                      size=entry.default_size, pin_memory=device.type == "cuda", device=device)
     classes = data.classes
     built = build_model(cfg.model, ModelInput(data.prep.channels, data.prep.size, len(classes)))
     prep = built.preprocessing(data.prep)  # pretrained weights bring their own normalization
@@ -155,14 +195,15 @@ def _build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
     optimizer = build_optimizer(model, cfg.optim, lr_scale=built.lr_scale)
     batches = len(data.loaders["train"])
     steps = -(-batches // cfg.train.accumulate)
-    key = cfg.train.monitor if cfg.train.monitor != "auto" else "val/accuracy"
+    task = data.source.task
+    auto_key = "val/loss" if task == "regression" else "val/accuracy"
+    key = cfg.train.monitor if cfg.train.monitor != "auto" else auto_key
     schedule = Schedule(optimizer, cfg.optim, steps, cfg.train.epochs, monitor_mode(key))
-    task = getattr(data.source, "task", "classification")
     train_labels = data.source.splits["train"].labels if task == "classification" else None
     weights = class_weights(cfg.train, train_labels, len(classes))
     loss_fn = build_loss(cfg.train, task, weights.to(device) if weights is not None else None)
     state = TrainState(cfg, model, optimizer, schedule, Precision(cfg.train.precision, device), loss_fn, device,
-                       prep, classes, Path(cfg.out), steps, batches,
+                       prep, classes, Path(cfg.out), steps, batches, task=task,
                        batch_transform=build_mixing(cfg.train, len(classes)),
                        ema=build_ema(_unwrap(model), cfg.train.ema_decay))
     return state, data, built
@@ -206,7 +247,7 @@ def _test_best(state: TrainState, data: DataBundle) -> dict[str, Any]:
     model = _unwrap(state.model)
     load_into(model, load_weights(sidecar, read_sidecar(sidecar)), sidecar)
     prepare = input_preparer(state.prep.normalizer(), state.config.train.channels_last)
-    full = evaluate_batches(model, data.loaders["test"], prepare, state.device, len(state.classes))
+    full = evaluate_batches(model, data.loaders["test"], prepare, state.device, len(state.classes), task=state.task)
     return {**headline(full), "epoch": state.best["epoch"] if state.best else None, "checkpoint": "best"}
 
 

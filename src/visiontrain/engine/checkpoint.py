@@ -19,8 +19,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from visiontrain.errors import CheckpointError
 from visiontrain.engine.validate import check_safetensors, check_sidecar
+from visiontrain.errors import CheckpointError
 from visiontrain.fileio import atomic_write_bytes, atomic_write_json
 from visiontrain.versions import library_versions
 

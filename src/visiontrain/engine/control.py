@@ -24,7 +24,8 @@ class EMAUpdate(Callback):
     def on_epoch_end(self, state: TrainState) -> None:
         if state.ema is None or state.eval_loader is None:
             return
-        full = evaluate_batches(state.ema.module, state.eval_loader, self.prepare, state.device, len(state.classes))
+        full = evaluate_batches(state.ema.module, state.eval_loader, self.prepare, state.device, len(state.classes),
+                                task=state.task)
         state.epoch_metrics.update({f"{state.eval_split}_ema/{k}": v for k, v in headline(full).items()})
 
 

@@ -36,7 +36,7 @@ def fit(state: TrainState, loaders: dict[str, Loader], callbacks: Callbacks) -> 
                                                                    callbacks).items()}
             if state.eval_loader is not None:
                 full = evaluate_batches(state.model, state.eval_loader, prepare, state.device, len(state.classes),
-                                        mistakes=MISTAKES_SHOWN)
+                                        mistakes=MISTAKES_SHOWN, task=state.task)
                 metrics.update({f"{state.eval_split}/{k}": v for k, v in headline(full).items()})
                 metrics[f"{state.eval_split}/_full"] = full
             state.epoch_metrics = metrics
@@ -94,8 +94,8 @@ def train_one_epoch(state: TrainState, loader: Loader, prepare: Callable[[torch.
         callbacks.fire("on_batch_end", state)
     elapsed = time.perf_counter() - start
     seen = int(state.sums["seen"])
-    return {"loss": float(state.sums["loss_sum"]) / max(seen, 1),
-            "accuracy": float(state.sums["correct"]) / max(seen, 1),
+    accuracy = {"accuracy": float(state.sums["correct"]) / max(seen, 1)} if state.task == "classification" else {}
+    return {"loss": float(state.sums["loss_sum"]) / max(seen, 1), **accuracy,
             "epoch_time_s": elapsed, "img_per_s": seen / elapsed if elapsed > 0 else 0.0, "lr": state.lr}
 
 

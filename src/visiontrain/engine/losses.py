@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -38,11 +39,30 @@ def class_weights(cfg: TrainConfig, train_labels: torch.Tensor | None, num_class
     raise ConfigError(f"class_weights must be 'auto' or a list of numbers, not {cfg.class_weights!r}")
 
 
+class _OneOutput(nn.Module):
+    """Regression losses on a one-output model: [B, 1] outputs against [B] targets. Without the squeeze,
+    broadcasting would silently compare every output with every target ([B, B])."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.inner(outputs.reshape(targets.shape).float(), targets.float())
+
+
+AUTO = {"classification": "cross_entropy", "regression": "mse", "multilabel": "bce"}
+
+
 def build_loss(cfg: TrainConfig, task: str, weights: torch.Tensor | None) -> nn.Module:
+    """The configured loss; ``auto`` picks cross-entropy for classes and MSE for regression values."""
+    if cfg.loss == "auto":
+        cfg = dataclasses.replace(cfg, loss=AUTO[task])
     if cfg.loss not in LOSSES:
         raise ConfigError(f"unknown loss {cfg.loss!r}; choose one of: {', '.join(LOSSES)}")
     loss_task, builder = LOSSES[cfg.loss]
     if loss_task != task:
         raise ConfigError(f"loss {cfg.loss!r} is for {loss_task} but the data is a {task} dataset; "
                           f"use one of: {', '.join(k for k, (t, _) in LOSSES.items() if t == task)}")
-    return builder(cfg, weights)
+    loss = builder(cfg, weights)
+    return _OneOutput(loss) if task == "regression" else loss

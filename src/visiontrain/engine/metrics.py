@@ -1,4 +1,4 @@
-"""Classification metrics summed over a whole split — never averaged per batch.
+"""Metrics summed over a whole split — never averaged per batch — for classification and regression.
 
 The notes' ``total_accuracy = (outputs.argmax(1) == targets).sum()`` overwrites instead of adding, and
 averaging per-batch accuracies weights a short last batch like a full one. Here every count is a sum of
@@ -48,15 +48,40 @@ class ClassificationMeter:
         }
 
 
+class RegressionMeter:
+    """Sums of squared and absolute errors of one-output models: loss (= MSE), MAE, RMSE."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.sq_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.abs_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor | None = None) -> None:
+        error = outputs.detach().double().reshape(len(targets)) - targets.double()
+        self.sq_sum += (error * error).sum()
+        self.abs_sum += error.abs().sum()
+        self.count += len(targets)
+
+    def compute(self) -> dict:
+        if self.count == 0:
+            raise ValueError("no samples were evaluated")
+        mse = float(self.sq_sum) / self.count
+        return {"loss": mse, "mse": mse, "mae": float(self.abs_sum) / self.count, "rmse": mse**0.5,
+                "count": self.count}
+
+
 @torch.no_grad()
 def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                      prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                     num_classes: int, mistakes: int = 0) -> dict:
+                     num_classes: int, mistakes: int = 0, task: str = "classification") -> dict:
     """Evaluate ``model`` in eval mode over all batches; restores the model's previous mode.
 
     With ``mistakes=k`` the result also holds the k most confident wrong predictions
     (``result["mistakes"]``: uint8 images, true and predicted indices, confidences).
+    A ``regression`` model is scored by MSE (its ``loss``), MAE and RMSE instead.
     """
+    if task == "regression":
+        return _evaluate_regression(model, batches, prepare, device)
     was_training = model.training
     model.eval()
     meter = ClassificationMeter(num_classes, device)
@@ -75,6 +100,20 @@ def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
     if mistakes:
         result["mistakes"] = worst.result()
     return result
+
+
+def _evaluate_regression(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                         prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> dict:
+    was_training = model.training
+    model.eval()
+    meter = RegressionMeter(device)
+    try:
+        for images, targets in batches:
+            outputs = model(prepare(images.to(device, non_blocking=True)))
+            meter.update(outputs, targets.to(device, non_blocking=True))
+    finally:
+        model.train(was_training)
+    return meter.compute()
 
 
 class _Mistakes:
@@ -103,4 +142,7 @@ class _Mistakes:
 
 def headline(metrics: dict) -> dict[str, float]:
     """The scalar part of a metrics dict (what summaries and logs show)."""
-    return {k: metrics[k] for k in ("accuracy", "loss", "top5") if k in metrics}
+    return {k: metrics[k] for k in HEADLINE if k in metrics}
+
+
+HEADLINE = ("accuracy", "loss", "top5", "mae", "rmse")

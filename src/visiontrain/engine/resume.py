@@ -27,6 +27,7 @@ import torch
 from visiontrain.data.loaders import Loader
 from visiontrain.engine.checkpoint import _unwrap
 from visiontrain.engine.state import TrainState
+from visiontrain.engine.validate import check_safetensors
 from visiontrain.errors import CheckpointError
 from visiontrain.fileio import atomic_write_bytes
 from visiontrain.logging.files import scalar_metrics
@@ -73,6 +74,7 @@ def read_resume(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the resume state ({exc.strerror or exc}); the run has no "
                               "resume point yet (it must finish a checkpoint first)") from None
+    check_safetensors(blob, path)  # offsets, sizes and dtypes, before the library touches the bytes
     try:
         with safetensors.safe_open(path, framework="pt") as fh:
             header = fh.metadata() or {}

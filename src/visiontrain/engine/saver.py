@@ -19,6 +19,7 @@ from typing import Any
 from visiontrain.engine.callbacks import Callback, Callbacks
 from visiontrain.engine.checkpoint import save_checkpoint
 from visiontrain.engine.resume import save_resume
+from visiontrain.engine.metrics import HEADLINE
 from visiontrain.engine.state import TrainState
 from visiontrain.faults import fault_point
 from visiontrain.logging.files import scalar_metrics
@@ -28,7 +29,7 @@ from visiontrain.models.build import model_spec
 def checkpoint_meta(state: TrainState) -> dict[str, Any]:
     """What a later command needs to rebuild and use the model without the user restating it."""
     return {
-        "task": "classification",
+        "task": state.task,
         "model": model_spec(state.config.model, state.prep.channels),  # name, args, head
         "classes": list(state.classes),
         "preprocessing": state.prep.to_dict(),
@@ -42,7 +43,9 @@ def checkpoint_meta(state: TrainState) -> dict[str, Any]:
 
 def monitor_key(state: TrainState) -> str:
     key = state.config.train.monitor
-    return f"{state.monitor_split}/accuracy" if key == "auto" else key
+    if key != "auto":
+        return key
+    return f"{state.monitor_split}/{'loss' if state.task == 'regression' else 'accuracy'}"
 
 
 def monitor_mode(key: str) -> str:
@@ -59,14 +62,15 @@ class BestSaver(Callback):
     def on_epoch_end(self, state: TrainState) -> None:
         key = monitor_key(state)
         value = state.epoch_metrics.get(key)
-        if value is None:  # no validation split: the best model is the latest one
-            key, value = "train/accuracy", state.epoch_metrics["train/accuracy"]
+        if value is None:  # no validation split: judge by the training figures
+            key = "train/loss" if state.task == "regression" else "train/accuracy"
+            value = state.epoch_metrics[key]
         better = state.best is None or (value < state.best["value"] if monitor_mode(key) == "min"
                                         else value > state.best["value"])
         if better:
             prefix = key.split("/")[0] + "/"
             state.best = {k.removeprefix(prefix): v for k, v in scalar_metrics(state.epoch_metrics).items()
-                          if k.startswith(prefix) and k.removeprefix(prefix) in ("accuracy", "loss", "top5")}
+                          if k.startswith(prefix) and k.removeprefix(prefix) in HEADLINE}
             state.best.update({"epoch": state.epoch, "split": prefix[:-1], "monitor": key, "value": value})
             save_checkpoint(self.folder / "best", state.model, checkpoint_meta(state))
         if state.config.train.keep_last:

@@ -32,6 +32,7 @@ class TrainState:
     run_dir: Path
     steps_per_epoch: int  # optimizer steps per epoch
     batches_per_epoch: int
+    task: str = "classification"  # or "regression" (one output, float targets)
     batch_transform: BatchTransform | None = None  # MixUp/CutMix on the normalized batch
     ema: torch.optim.swa_utils.AveragedModel | None = None
     epoch: int = 0  # the epoch being trained (0-based); equals epochs completed between epochs

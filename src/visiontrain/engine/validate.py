@@ -31,7 +31,7 @@ SIZE_RANGE = (8, 8192)  # input side in pixels (config: image_size >= 8)
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_DAMAGED = "the file is damaged or not a safetensors file — use the run's other checkpoint (last/best)"
+_DAMAGED = "the file is damaged or is not a safetensors file — use the run's other checkpoint (last/best)"
 
 
 def check_safetensors(data: bytes | memoryview, where: str | Path) -> dict[str, Any]:
@@ -54,14 +54,12 @@ def check_safetensors_file(path: Path) -> dict[str, Any]:
 
 def _header_length(first: bytes, size: int, where: str | Path) -> int:
     if size < 8 or len(first) < 8:
-        raise CheckpointError(f"{where}: only {size} bytes, too short for a safetensors file; {_DAMAGED}")
+        raise _bad(where, f"only {size} bytes, too short for one")
     (length,) = struct.unpack("<Q", first)
     if length > MAX_HEADER_BYTES:
-        raise CheckpointError(f"{where}: safetensors header declares {length:,} bytes, over the "
-                              f"{MAX_HEADER_BYTES:,}-byte limit; {_DAMAGED}")
+        raise _bad(where, f"its header declares {length:,} bytes, over the {MAX_HEADER_BYTES:,}-byte limit")
     if 8 + length > size:
-        raise CheckpointError(f"{where}: safetensors header ({length:,} bytes) runs past the end of the "
-                              f"{size:,}-byte file (cut short?); {_DAMAGED}")
+        raise _bad(where, f"its {length:,}-byte header runs past the end of the {size:,}-byte file: cut short?")
     return length
 
 
@@ -69,45 +67,47 @@ def _check_header(raw: bytes, data_bytes: int, where: str | Path) -> dict[str, A
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise CheckpointError(f"{where}: the safetensors header is not JSON; {_DAMAGED}") from None
+        raise _bad(where, "its header is not JSON") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{where}: the safetensors header is not a JSON object; {_DAMAGED}")
+        raise _bad(where, "its header is not a JSON object")
     spans = []
     for name, entry in header.items():
         if name == "__metadata__":
             if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
-                raise CheckpointError(f"{where}: safetensors metadata must map names to strings; {_DAMAGED}")
+                raise _bad(where, "its metadata must map names to strings")
             continue
         spans.append((*_span(name, entry, where), name))
     end = 0
     for begin, stop, name in sorted(spans):
         if begin != end:  # in order, no overlap, no gap: the layout every writer produces
             problem = "overlaps another tensor" if begin < end else "leaves a gap before it"
-            raise CheckpointError(f"{where}: tensor {name!r} {problem} (offset {begin}, expected {end}); {_DAMAGED}")
+            raise _bad(where, f"tensor {name!r} {problem} (offset {begin}, expected {end})")
         end = stop
     if end != data_bytes:
-        raise CheckpointError(f"{where}: the tensors cover {end:,} bytes but the file holds {data_bytes:,} after its "
-                              f"header (cut short or padded); {_DAMAGED}")
+        raise _bad(where, f"the tensors cover {end:,} bytes but {data_bytes:,} follow the header: cut short or padded")
     return header
 
 
 def _span(name: str, entry: Any, where: str | Path) -> tuple[int, int]:
     """(begin, end) of one tensor's bytes, after checking its dtype, shape and offsets agree."""
-    bad = f"{where}: tensor {name[:80]!r}"
+    bad = f"tensor {name[:80]!r}"
     if not isinstance(entry, dict):
-        raise CheckpointError(f"{bad} has no dtype/shape/offsets entry; {_DAMAGED}")
+        raise _bad(where, f"{bad} has no dtype/shape/offsets entry")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in DTYPE_BYTES:
-        raise CheckpointError(f"{bad} has an unsupported dtype {str(dtype)[:20]!r}; {_DAMAGED}")
+        raise _bad(where, f"{bad} has an unsupported dtype {str(dtype)[:20]!r}")
     if not isinstance(shape, list) or not all(_count(d) for d in shape):
-        raise CheckpointError(f"{bad} has an invalid shape {str(shape)[:60]}; {_DAMAGED}")
+        raise _bad(where, f"{bad} has an invalid shape {str(shape)[:60]}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)
             and offsets[0] <= offsets[1]):
-        raise CheckpointError(f"{bad} has invalid data offsets {str(offsets)[:60]}; {_DAMAGED}")
+        raise _bad(where, f"{bad} has invalid data offsets {str(offsets)[:60]}")
     if math.prod(shape) * DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
-        raise CheckpointError(f"{bad}: shape {shape} of {dtype} does not match its {offsets[1] - offsets[0]:,} "
-                              f"bytes; {_DAMAGED}")
+        raise _bad(where, f"{bad}: shape {shape} of {dtype} does not match its {offsets[1] - offsets[0]:,} bytes")
     return offsets[0], offsets[1]
+
+
+def _bad(where: str | Path, detail: str) -> CheckpointError:
+    return CheckpointError(f"{where}: not a valid safetensors file ({detail}); {_DAMAGED}")
 
 
 def _count(value: Any) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -13,6 +13,20 @@ from visiontrain.engine.state import TrainState
 
 def percent(x: float) -> str:
     return f"{100 * x:.2f}%"
+
+
+_SHOWN = ("accuracy", "top5", "loss", "mae", "rmse")  # display order; fractions are shown as percentages
+
+
+def describe(metrics: dict[str, Any], prefix: str = "", sep: str = ", ", short: bool = False) -> str:
+    """``accuracy 99.12%, top5 100.00%, loss 0.0273`` (or ``loss …, mae …, rmse …`` for regression)."""
+    parts = []
+    for name in _SHOWN:
+        value = metrics.get(prefix + name)
+        if isinstance(value, int | float):
+            label = "acc" if short and name == "accuracy" else name
+            parts.append(f"{label} {percent(value) if name in ('accuracy', 'top5') else f'{value:.4f}'}")
+    return sep.join(parts)
 
 
 class ConsoleLogger(Callback):
@@ -48,11 +62,9 @@ class ConsoleLogger(Callback):
             self._bar.close()
             self._bar = None
         m, split = state.epoch_metrics, state.monitor_split
-        line = (f"epoch {state.epoch}/{state.config.train.epochs}: train loss {m['train/loss']:.4f} "
-                f"acc {percent(m['train/accuracy'])}")
-        if f"{split}/accuracy" in m:
-            line += (f" | {split} loss {m[f'{split}/loss']:.4f} acc {percent(m[f'{split}/accuracy'])} "
-                     f"top5 {percent(m[f'{split}/top5'])}")
+        line = f"epoch {state.epoch}/{state.config.train.epochs}: train {describe(m, 'train/', ' ', short=True)}"
+        if f"{split}/loss" in m and split != "train":
+            line += f" | {split} {describe(m, f'{split}/', ' ', short=True)}"
         line += f" | {m['train/epoch_time_s']:.1f} s, {m['train/img_per_s']:,.0f} img/s"
         self._print(line)
 

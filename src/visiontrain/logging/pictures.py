@@ -24,7 +24,7 @@ class Pictures(Callback):
         m = state.epoch_metrics
         self.history.append({"epoch": state.epoch, **{k: v for k, v in m.items() if isinstance(v, float)}})
         full = m.get(f"{state.eval_split}/_full") if state.eval_split else None
-        if full is None or self.tb.writer is None:
+        if full is None or "confusion" not in full or self.tb.writer is None:
             return
         self.last_full = full
         self.tb.writer.add_figure(f"{state.eval_split}/confusion_matrix",
@@ -45,9 +45,11 @@ class Pictures(Callback):
         self.folder.mkdir(exist_ok=True)
         epochs = [h["epoch"] for h in self.history]
         split = state.eval_split or "train"
-        for name in ("loss", "accuracy"):
+        for name in ("loss", "accuracy", "mae"):
             ys = {f"{s}/{name}": [h.get(f"{s}/{name}", float("nan")) for h in self.history]
-                  for s in ("train", split)}
+                  for s in ("train", split) if any(f"{s}/{name}" in h for h in self.history)}
+            if not ys:
+                continue
             plots.save_png(plots.curve_figure(epochs, ys, "epoch", name, f"{name} per epoch"),
                            self.folder / f"{name}.png")
         if self.last_full is not None:

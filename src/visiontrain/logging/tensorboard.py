@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from visiontrain.engine.callbacks import Callback
+from visiontrain.engine.metrics import HEADLINE
 from visiontrain.engine.state import TrainState
 
 EPOCH_TAGS = {
@@ -61,7 +62,7 @@ class TensorBoardLogger(Callback):
                 self.writer.add_scalar(tag, m[key], step)
         for key, value in m.items():
             split, _, name = key.partition("/")
-            if split != "train" and name in ("loss", "accuracy", "top5"):
+            if split != "train" and name in HEADLINE:
                 self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
@@ -80,7 +81,7 @@ class TensorBoardLogger(Callback):
                   "schedule": cfg.optim.schedule, "batch_size": cfg.data.batch_size, "epochs": cfg.train.epochs,
                   "weight_decay": cfg.optim.weight_decay, "precision": cfg.train.precision, "seed": cfg.train.seed}
         metrics = {f"hparams/{k}": v for k, v in state.epoch_metrics.items()
-                   if isinstance(v, float) and k.split("/")[-1] in ("accuracy", "loss", "top5")}
+                   if isinstance(v, float) and k.split("/")[-1] in HEADLINE}
         if state.best is not None:
             metrics["hparams/best_value"] = float(state.best["value"])
         if not metrics:

@@ -44,6 +44,10 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
         raise DataError(f"dataset {cfg.name!r} has classes the model was not trained on ({', '.join(unknown[:5])}); "
                         f"the model knows {', '.join(loaded.classes[:10])} — evaluate on data with those classes")
     batches = bundle.loaders[split]
+    task = str(loaded.meta.get("task", "classification"))
+    if task == "regression":
+        result = evaluate_batches(loaded.model, batches, loaded.prep.normalizer(), loaded.device, 1, task=task)
+        return {"checkpoint": str(loaded.path), "data": cfg.name, "split": split, "task": task, **result}
     if bundle.classes != loaded.classes:
         # Match labels by class name, not position: a folder tree lists its classes alphabetically
         # (synthetic's are not) and may hold only some of the model's classes.

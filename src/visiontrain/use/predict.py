@@ -111,6 +111,9 @@ def classify(model: Model, images: torch.Tensor, top_k: int = 5, tta: str = "non
     k = max(1, min(top_k, len(model.classes)))
     forward = model.model if isinstance(model, LoadedModel) else model.forward
     x = model.prep.normalizer()(images.to(model.device))
+    if (getattr(model, "meta", None) or {}).get("task") == "regression":  # one output: the predicted value
+        values = tta_logits(forward, x, tta).float().reshape(len(x)).cpu()
+        return [[{"label": "value", "index": 0, "value": round(float(v), 6)}] for v in values]
     probs = torch.softmax(tta_logits(forward, x, tta).float(), dim=1).cpu()
     top = probs.topk(k, dim=1)
     return [[{"label": model.classes[i], "index": int(i), "probability": round(float(v), 6)}

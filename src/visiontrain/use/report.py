@@ -6,7 +6,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from visiontrain.logging.console import percent
+from visiontrain.logging.console import describe, percent
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -27,13 +27,9 @@ def print_train_result(run: Any) -> None:
         if "interrupted" in s["stop_reason"]:
             lines.append(f"resume with: visiontrain train --resume {shlex.quote(str(run_dir))}")
     if best:
-        lines.append(f"best {best.get('split', 'val')}: accuracy {percent(best['accuracy'])}"
-                     + (f", top5 {percent(best['top5'])}" if "top5" in best else "")
-                     + f", loss {best['loss']:.4f} (epoch {best['epoch']})")
+        lines.append(f"best {best.get('split', 'val')}: {describe(best)} (epoch {best['epoch']})")
     if "test" in s:
-        t = s["test"]
-        lines.append(f"test:     accuracy {percent(t['accuracy'])}, top5 {percent(t['top5'])}, loss {t['loss']:.4f} "
-                     "(best checkpoint)")
+        lines.append(f"test:     {describe(s['test'])} (best checkpoint)")
     lines += [
         f"run folder:   {run_dir}",
         f"checkpoints:  {run_dir / 'checkpoints'}/best.safetensors (+ .json), last.safetensors",
@@ -70,6 +66,9 @@ def print_predictions(results: list[dict[str, Any]]) -> None:
             print(f"{r['path']}: unreadable ({r['error']})")
             continue
         top = r["predictions"]
+        if "value" in top[0]:
+            print(f"{r['path']}: {top[0]['value']:.6g}")
+            continue
         rest = ", ".join(f"{p['label']} {percent(p['probability'])}" for p in top[1:])
         print(f"{r['path']}: {top[0]['label']} ({percent(top[0]['probability'])})" + (f"  [{rest}]" if rest else ""))
 
