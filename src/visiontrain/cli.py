@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import traceback
 import typing
@@ -83,6 +84,10 @@ TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
     ("--strict", "model.strict", bool, "--init-from must fill and use every tensor"),
     ("--trust-pickle", "model.trust_pickle", bool, "let --pretrained/--init-from unpickle a whole-model .pth "
      "(torch.save(model)); this runs code from the file: only for files you made yourself [default: off]"),
+    ("--batch-size-per-device", "train.batch_size_per_device", int, "with several processes (torchrun): images "
+     "per process per step; the global batch is this x processes [default: --batch-size is global]"),
+    ("--scale-lr", "train.scale_lr", bool, "with several processes: multiply --lr by the process count"),
+    ("--sync-bn", "train.sync_bn", bool, "with several processes: BatchNorm statistics over the global batch"),
     ("--out", "out", str, "runs root folder [default: runs]"),
     ("--name", "name", str, "run folder name under --out [default: <data>-<model>-<time>]; an existing "
      "name gets a -2, -3 … suffix"),
@@ -118,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same --name "
                        "(only a visiontrain run; removed once the new run has started) [default: add a -2 suffix]")
     train.add_argument("--quiet", action="store_true", help="no progress output, only the final lines")
+    train.add_argument("--gpus", type=int, default=None, metavar="N",
+                       help="train on N GPUs of this machine: relaunches the command under torchrun (DDP)")
     train.add_argument("--lr-find", action="store_true", help="run the learning-rate range test first and train "
                        "with its suggested rate")
 
@@ -231,12 +238,29 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError("--resume uses the run's own config.yaml; drop --config (flags still override it)")
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in its own folder; drop --overwrite")
+    if args.gpus:  # relaunch this very command under torchrun, one process per GPU
+        from visiontrain.engine.distributed import launch
+
+        return launch(args.gpus, _without_gpus(sys.argv[1:]))
     cfg = config_from_args(args)
     if args.lr_find:
         cfg = cfg.override({"optim.lr": _suggested_lr(cfg, steps=100, start=1e-6, end=1.0)})
     run = train(cfg, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
-    print_train_result(run)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun the first process speaks for the job
+        print_train_result(run)
     return 0
+
+
+def _without_gpus(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            out.append(arg)
+    return out
 
 
 def _suggested_lr(cfg: RunConfig, steps: int, start: float, end: float) -> float:

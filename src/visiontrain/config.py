@@ -38,6 +38,7 @@ class DataConfig:
     cache: str = "auto"  # auto | memory | off: decode an image folder once into memory (uint8) and train from there
     cache_mb: int = 2048  # the in-memory budget for `cache: auto`, in MiB
     split_file: str | None = None  # a split.json from an earlier run: reuse its train/val split
+    item_timeout_s: float = 300.0  # seconds one file/item may take to read before it counts as bad; 0 = no limit
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ class TrainConfig:
     early_stop_patience: int | None = None  # stop after N epochs without improvement of `monitor`
     keep_last: int = 0  # also keep this many per-epoch checkpoints (epoch-0003.*) besides last/best
     checkpoint_every: int = 0  # also checkpoint (for resume) every N optimizer steps; 0 = per epoch only
+    batch_size_per_device: int | None = None  # with several processes: global batch = this x processes
+    scale_lr: bool = False  # with several processes: multiply the learning rate by the process count
+    sync_bn: bool = False  # with several processes: BatchNorm statistics over the global batch
+    dist_timeout_s: float = 600.0  # a rank that stops answering for this long ends the job (no hang)
 
 
 @dataclass(frozen=True)
@@ -205,6 +210,7 @@ def _check_ranges(cfg: RunConfig, where: str) -> None:
         (cfg.data.max_pixels >= 1, "data.max_pixels must be at least 1"),
         (cfg.data.cache in ("auto", "memory", "off"), "data.cache must be auto, memory or off"),
         (cfg.data.cache_mb >= 0, "data.cache_mb must be 0 or more"),
+        (0 <= cfg.data.item_timeout_s <= 604_800, "data.item_timeout_s must be 0 (no limit) to 604800 seconds"),
         (cfg.optim.lr > 0, "optim.lr must be positive"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be 0 or more"),
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),

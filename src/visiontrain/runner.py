@@ -14,6 +14,7 @@ import torch
 
 from visiontrain.config import RunConfig, load_config, read_yaml
 from visiontrain.data import DataBundle, build_data
+from visiontrain.engine import distributed
 from visiontrain.engine.build import build_ema, build_mixing, prepare_model, resolve_device, seed_everything
 from visiontrain.engine.callbacks import Callback, Callbacks
 from visiontrain.engine.checkpoint import _unwrap, load_into, load_weights, read_sidecar
@@ -116,23 +117,32 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
     started = time.perf_counter()
     cfg = as_config(config) if config is not None or resume is None else saved_config(resume)
     state, data, built = _build_state(cfg)
-    if resume is None:
-        _start_run_dir(state, cfg, overwrite)
-    else:
-        state.run_dir = Path(resume)
-    chain = _callbacks(state, data, [*built.callbacks, *(callbacks or [])], quiet, started)
-    if resume is not None:
-        _resume(state, data, chain)  # first: a refused resume must leave the run folder untouched
-    data.write_artifacts(state.run_dir)  # split.json, bad_images.txt (kept up to date if more turn up)
-    built.report(state.run_dir, quiet)  # what --pretrained/--init-from loaded and what is frozen
-    if not quiet:
-        _print_header(cfg, data, state)
-    fit(state, data.loaders, chain)
-    write_samples(data, state.run_dir / "samples")
-    summary = summarize(state, data, state.elapsed_before + time.perf_counter() - started)
-    if "test" in data.loaders and state.best is not None:
-        summary["test"] = _test_best(state, data)
-    atomic_write_json(state.run_dir / "summary.json", summary)
+    cfg, d = state.config, state.dist  # (under torchrun: the global batch and lr this job runs with)
+    try:
+        if resume is None:
+            if d.main:  # one process owns the run folder; the others learn its name
+                _start_run_dir(state, cfg, overwrite)
+            state.run_dir = Path(distributed.broadcast_text(str(state.run_dir), d, state.device))
+        else:
+            state.run_dir = Path(resume)
+        chain = _callbacks(state, data, [*built.callbacks, *(callbacks or [])], quiet or not d.main, started)
+        if resume is not None:
+            _resume(state, data, chain)  # first: a refused resume must leave the run folder untouched
+        if d.main:
+            data.write_artifacts(state.run_dir)  # split.json, bad_images.txt (kept up to date if more turn up)
+            built.report(state.run_dir, quiet)  # what --pretrained/--init-from loaded and what is frozen
+            if not quiet:
+                _print_header(cfg, data, state)
+        fit(state, data.loaders, chain)
+        distributed.barrier(d)  # best.json is written by rank 0 and read back by every rank
+        summary = summarize(state, data, state.elapsed_before + time.perf_counter() - started)
+        if "test" in data.loaders and state.best is not None:
+            summary["test"] = _test_best(state, data)
+        if d.main:
+            write_samples(data, state.run_dir / "samples")
+            atomic_write_json(state.run_dir / "summary.json", summary)
+    finally:
+        distributed.teardown(d)
     return Run(state.run_dir, cfg, summary)
 
 
@@ -183,16 +193,21 @@ def find_lr(config: RunConfig | dict | str | Path | None = None, *, steps: int =
 def _build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    d, device = distributed.setup(resolve_device(cfg.train.device), cfg.train.dist_timeout_s)
+    cfg = distributed.effective_config(cfg, d)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     entry = get_entry(cfg.model.name)
     data = build_data(cfg.data, cfg.train.seed, channels=cfg.model.in_channels or entry.channels,
                       size=entry.default_size, pin_memory=device.type == "cuda", device=device)
+    if d.enabled:  # each process takes its part of every global batch
+        for name, loader in data.loaders.items():
+            loader.shard(d.rank, d.world, drop_tail=name == "train")
     classes = data.classes
     built = build_model(cfg.model, ModelInput(data.prep.channels, data.prep.size, len(classes)))
     prep = built.preprocessing(data.prep)  # pretrained weights bring their own normalization
     model = prepare_model(built.model, device, cfg.train)
     optimizer = build_optimizer(model, cfg.optim, lr_scale=built.lr_scale)
+    model = distributed.wrap(model, d, device, cfg.train.sync_bn)
     batches = len(data.loaders["train"])
     steps = -(-batches // cfg.train.accumulate)
     task = data.source.task
@@ -203,7 +218,7 @@ def _build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
     weights = class_weights(cfg.train, train_labels, len(classes))
     loss_fn = build_loss(cfg.train, task, weights.to(device) if weights is not None else None)
     state = TrainState(cfg, model, optimizer, schedule, Precision(cfg.train.precision, device), loss_fn, device,
-                       prep, classes, Path(cfg.out), steps, batches, task=task,
+                       prep, classes, Path(cfg.out), steps, batches, task=task, dist=d,
                        batch_transform=build_mixing(cfg.train, len(classes)),
                        ema=build_ema(_unwrap(model), cfg.train.ema_decay))
     return state, data, built
@@ -214,15 +229,16 @@ def _callbacks(state: TrainState, data: DataBundle, extra: list[Callback], quiet
     prepare = input_preparer(state.prep.normalizer(), cfg.channels_last)
     chain = Callbacks()
     chain.items += [EMAUpdate(prepare)] if state.ema is not None else []
+    main = state.dist.main  # under torchrun only rank 0 writes logs, event files and checkpoints
     chain.items += [] if quiet else [ConsoleLogger()]
     tensorboard = TensorBoardLogger(state.run_dir)
     chain.items += [MetricsFile(state.run_dir / "metrics.jsonl"), tensorboard,
-                    Pictures(state.run_dir / "plots", tensorboard)]
-    chain.items += [BestSaver(state.run_dir / "checkpoints")]
+                    Pictures(state.run_dir / "plots", tensorboard)] if main else []
+    chain.items += [BestSaver(state.run_dir / "checkpoints", write=main)]
     chain.items += [EarlyStopping(cfg.early_stop_patience)] if cfg.early_stop_patience else []
     chain.items += [GracefulInterrupt(), *extra]
     # last: its resume point must hold every other callback's state after the event
-    chain.items += [CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started)]
+    chain.items += [CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started)] if main else []
     return chain
 
 
@@ -247,7 +263,8 @@ def _test_best(state: TrainState, data: DataBundle) -> dict[str, Any]:
     model = _unwrap(state.model)
     load_into(model, load_weights(sidecar, read_sidecar(sidecar)), sidecar)
     prepare = input_preparer(state.prep.normalizer(), state.config.train.channels_last)
-    full = evaluate_batches(model, data.loaders["test"], prepare, state.device, len(state.classes), task=state.task)
+    full = evaluate_batches(model, data.loaders["test"], prepare, state.device, len(state.classes), task=state.task,
+                            reduce=state.dist.reducer())
     return {**headline(full), "epoch": state.best["epoch"] if state.best else None, "checkpoint": "best"}
 
 

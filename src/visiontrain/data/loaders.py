@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from visiontrain.data.augment import BatchPipeline, one_thread
+from visiontrain.data.guard import DEFAULT_ITEM_TIMEOUT_S, batch_timeout, item_deadline, loader_errors
 from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, item_to_tensor, open_image
 from visiontrain.data.sources import FileSplit, ItemSplit, TensorSplit
 from visiontrain.data.transforms import adapt_channels
@@ -39,6 +40,21 @@ def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
     if not shuffle:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def shard_part(n: int, rank: int, world: int) -> slice:
+    """This rank's contiguous part of a global batch of ``n`` (as even as possible; every rank's parts
+    together are the whole batch, each sample exactly once)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def usable_samples(n: int, batch_size: int, world: int) -> int:
+    """Samples used per epoch: with several processes a final global batch smaller than the process
+    count is dropped, since a process with nothing to train on would stall the others."""
+    tail = n % batch_size
+    return n - tail if world > 1 and 0 < tail < world else n
 
 
 class BadImageLog:
@@ -87,6 +103,7 @@ class TensorLoader:
         self.channels, self.transform = channels, transform
         self.device = torch.device(device) if device is not None else split.images.device
         self.epoch, self.start_batch = 0, 0
+        self.rank, self.world, self.drop_tail = 0, 1, False
         self._images: torch.Tensor | None = None
         self._labels: torch.Tensor | None = None
 
@@ -97,12 +114,17 @@ class TensorLoader:
     def order(self, epoch: int) -> torch.Tensor:
         return epoch_order(len(self.split), self.shuffle, self.seed, epoch)
 
+    def shard(self, rank: int, world: int, drop_tail: bool = True) -> None:
+        """Yield only this rank's part of every global batch (distributed data parallel). ``drop_tail``:
+        drop a final global batch smaller than the process count (training); evaluation keeps it."""
+        self.rank, self.world, self.drop_tail = rank, world, drop_tail
+
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        return -(-self.num_samples // self.batch_size)
 
     @property
     def num_samples(self) -> int:
-        return len(self.split)
+        return usable_samples(len(self.split), self.batch_size, self.world if self.drop_tail else 1)
 
     @property
     def images(self) -> torch.Tensor:
@@ -119,6 +141,9 @@ class TensorLoader:
         for batch in range(first, len(self)):
             with one_thread(self.device):  # see augment: small CPU ops on a busy machine
                 images, labels = self._batch(images_all, labels_all, order, batch)
+            if self.world > 1:  # the whole global batch is cut and augmented, then sliced: same pixels as 1 process
+                part = shard_part(len(labels), self.rank, self.world)
+                images, labels = images[part], labels[part]
             yield images, labels
 
     def _batch(self, images_all: torch.Tensor, labels_all: torch.Tensor, order: torch.Tensor | None,
@@ -147,11 +172,12 @@ class FileDataset(Dataset):
     """
 
     def __init__(self, split: FileSplit | ItemSplit, channels: int, transform: Callable | None, *,
-                 seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None) -> None:
+                 seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None,
+                 timeout_s: float = DEFAULT_ITEM_TIMEOUT_S) -> None:
         self.split, self.labels = split, split.labels
         self.paths: list[Path] = split.paths if isinstance(split, FileSplit) else []
         self.channels, self.transform, self.seed = channels, transform, seed
-        self.max_pixels, self.draft = max_pixels, draft
+        self.max_pixels, self.draft, self.timeout_s = max_pixels, draft, timeout_s
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -159,7 +185,8 @@ class FileDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any, int, str]:
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         try:
-            image = self._read(i)
+            with item_deadline(self.timeout_s, self.name(i)):  # a hung read becomes a bad file, named
+                image = self._read(i)
         except VisiontrainError as exc:
             return torch.empty(0, dtype=torch.uint8), self.labels[i], i, str(exc)
         if self.transform is not None:
@@ -223,13 +250,22 @@ class _EpochSampler(Sampler):
 
     def __init__(self, n: int, shuffle: bool, seed: int) -> None:
         self.n, self.shuffle, self.seed, self.epoch, self.start = n, shuffle, seed, 0, 0
+        self.rank, self.world, self.global_batch = 0, 1, 1  # sharded: this rank's part of each global batch
+        self.drop_tail = False
+
+    def _indices(self) -> torch.Tensor:
+        usable = usable_samples(self.n, self.global_batch, self.world if self.drop_tail else 1)
+        order = epoch_order(self.n, self.shuffle, self.seed, self.epoch)[self.start:usable]
+        if self.world == 1:
+            return order
+        parts = [b[shard_part(len(b), self.rank, self.world)] for b in order.split(self.global_batch)]
+        return torch.cat(parts) if parts else order
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = epoch_order(self.n, self.shuffle, self.seed, self.epoch)[self.start:]
-        return iter([(int(i), self.epoch) for i in order])
+        return iter([(int(i), self.epoch) for i in self._indices()])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return len(self._indices())
 
 
 class FileLoader:
@@ -240,10 +276,25 @@ class FileLoader:
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
         self.epoch = 0
         self.bad_log = bad_log or BadImageLog()
+        self.workers, self.pin_memory = workers, pin_memory
         self._sampler = _EpochSampler(len(dataset), shuffle, seed)
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self._sampler, num_workers=workers,
-                                 collate_fn=collate_marked, pin_memory=pin_memory, persistent_workers=workers > 0,
-                                 prefetch_factor=4 if workers > 0 else None)
+        self.loader = self._data_loader(batch_size)
+
+    def _data_loader(self, batch_size: int) -> DataLoader:
+        workers = self.workers
+        return DataLoader(self.dataset, batch_size=batch_size, sampler=self._sampler, num_workers=workers,
+                          collate_fn=collate_marked, pin_memory=self.pin_memory, persistent_workers=workers > 0,
+                          prefetch_factor=4 if workers > 0 else None,
+                          timeout=batch_timeout(self.dataset.timeout_s, batch_size, workers))
+
+    def shard(self, rank: int, world: int, drop_tail: bool = True) -> None:
+        """Decode only this rank's part of every global batch; the DataLoader batches by the per-rank size."""
+        if self.batch_size % world and drop_tail:  # training batches must split evenly; evaluation needn't
+            raise DataError(f"batch size {self.batch_size} is not divisible by {world} processes; use a multiple "
+                            "of the process count, or --batch-size-per-device")
+        self._sampler.rank, self._sampler.world, self._sampler.global_batch = rank, world, self.batch_size
+        self._sampler.drop_tail = drop_tail
+        self.loader = self._data_loader(-(-self.batch_size // world))
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch = epoch
@@ -253,11 +304,12 @@ class FileLoader:
         return epoch_order(len(self.dataset), self.shuffle, self.seed, epoch)
 
     def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
+        return -(-self.num_samples // self.batch_size)
 
     @property
     def num_samples(self) -> int:
-        return len(self.dataset)
+        return usable_samples(len(self.dataset), self.batch_size,
+                              self._sampler.world if self._sampler.drop_tail else 1)
 
     @property
     def images(self) -> torch.Tensor | None:
@@ -267,11 +319,12 @@ class FileLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         try:
-            for images, labels, _index, bad in self.loader:
-                for i, message in bad:
-                    self.bad_log.add(self.dataset.name(i), message)
-                if len(images):
-                    yield images, labels
+            with loader_errors():  # a worker killed (out of memory?) or stuck: one line, not a traceback
+                for images, labels, _index, bad in self.loader:
+                    for i, message in bad:
+                        self.bad_log.add(self.dataset.name(i), message)
+                    if len(images):
+                        yield images, labels
         finally:
             self._sampler.start = 0
 
@@ -281,20 +334,23 @@ Loader = TensorLoader | FileLoader
 
 def decode_to_memory(split: FileSplit | ItemSplit, channels: int, transform: Callable, *, workers: int,
                      bad_log: BadImageLog, max_pixels: int, draft: int | None,
-                     log: Callable[[str], None] | None = None) -> TensorSplit:
+                     log: Callable[[str], None] | None = None,
+                     timeout_s: float = DEFAULT_ITEM_TIMEOUT_S) -> TensorSplit:
     """Decode every image once through ``transform`` (deterministic, fixed size) into one uint8 tensor."""
-    dataset = FileDataset(split, channels, transform, max_pixels=max_pixels, draft=draft)
-    loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=collate_marked)
+    dataset = FileDataset(split, channels, transform, max_pixels=max_pixels, draft=draft, timeout_s=timeout_s)
+    loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=collate_marked,
+                        timeout=batch_timeout(timeout_s, 64, workers))
     if log is not None:
         log(f"decoding {len(dataset):,} images once into memory ({workers or 'no'} worker processes)")
     chunks: list[torch.Tensor] = []
     kept: list[torch.Tensor] = []
-    for images, _labels, index, bad in loader:
-        for i, message in bad:
-            bad_log.add(dataset.name(i), message)
-        if len(images):
-            chunks.append(images)
-            kept.append(index)
+    with loader_errors():
+        for images, _labels, index, bad in loader:
+            for i, message in bad:
+                bad_log.add(dataset.name(i), message)
+            if len(images):
+                chunks.append(images)
+                kept.append(index)
     if not chunks:
         raise DataError(f"none of the {len(dataset):,} images could be decoded (see bad_images.txt)")
     index = torch.cat(kept)

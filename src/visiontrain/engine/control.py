@@ -6,6 +6,7 @@ import signal
 from typing import Any
 
 from visiontrain.engine.callbacks import Callback, StopTraining
+from visiontrain.engine.distributed import any_rank
 from visiontrain.engine.metrics import evaluate_batches, headline
 from visiontrain.engine.state import TrainState
 from visiontrain.faults import fault_point
@@ -25,7 +26,7 @@ class EMAUpdate(Callback):
         if state.ema is None or state.eval_loader is None:
             return
         full = evaluate_batches(state.ema.module, state.eval_loader, self.prepare, state.device, len(state.classes),
-                                task=state.task)
+                                task=state.task, reduce=state.dist.reducer())
         state.epoch_metrics.update({f"{state.eval_split}_ema/{k}": v for k, v in headline(full).items()})
 
 
@@ -71,7 +72,8 @@ class GracefulInterrupt(Callback):
 
     def on_batch_end(self, state: TrainState) -> None:
         fault_point("step")
-        if self.requested:
+        # With several processes every rank stops at the same step, whichever got the Ctrl-C.
+        if any_rank(self.requested, state.dist, state.device):
             raise StopTraining("interrupted (Ctrl-C)")
 
     def on_fit_end(self, state: TrainState) -> None:

@@ -9,15 +9,18 @@ update equals the single-process update on the same global batch, uneven last ba
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from visiontrain.config import RunConfig
 from visiontrain.errors import ConfigError
 
 
@@ -34,6 +37,16 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def reducer(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Sums a tensor over ranks (identity for one process): exact for counts and float64 sums."""
+        return (lambda t: all_sum(t, self)) if self.enabled else (lambda t: t)
+
+    def sync_gradients(self, model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+        """DDP's ``no_sync`` on accumulation steps that do not end a cycle: one all-reduce per update."""
+        if self.enabled and not sync and hasattr(model, "no_sync"):
+            return model.no_sync()
+        return contextlib.nullcontext()
 
 
 SINGLE = Dist()
@@ -86,21 +99,37 @@ def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def broadcast_text(text: str, d: Dist) -> str:
+def broadcast_text(text: str, d: Dist, device: torch.device) -> str:
+    """Rank 0's string on every rank (e.g. the run folder it created)."""
     if not d.enabled:
         return text
     # As bytes in a tensor, not broadcast_object_list: nothing crosses processes as a pickle.
-    data = torch.tensor(list(text.encode("utf-8")) if d.main else [], dtype=torch.uint8)
-    size = torch.tensor([len(data)], dtype=torch.int64)
+    data = torch.tensor(list(text.encode("utf-8")) if d.main else [], dtype=torch.uint8, device=device)
+    size = torch.tensor([len(data)], dtype=torch.int64, device=device)
     dist.broadcast(size, src=0)
-    buf = data if d.main else torch.zeros(int(size), dtype=torch.uint8)
+    buf = data if d.main else torch.zeros(int(size), dtype=torch.uint8, device=device)
     dist.broadcast(buf, src=0)
-    return bytes(buf.tolist()).decode("utf-8")
+    return bytes(buf.cpu().tolist()).decode("utf-8")
 
 
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()
+
+
+def effective_config(cfg: RunConfig, d: Dist) -> RunConfig:
+    """The config as this job runs it: the global batch and learning rate for ``d.world`` processes.
+
+    Saved as the run's config.yaml, so a resume (with any process count) reads the same global batch."""
+    if not d.enabled and not cfg.train.batch_size_per_device:
+        return cfg
+    batch = (cfg.train.batch_size_per_device or 0) * d.world or cfg.data.batch_size
+    if d.enabled and batch % d.world:
+        raise ConfigError(f"--batch-size {batch} is not divisible by {d.world} processes; use a multiple of the "
+                          "process count, or --batch-size-per-device")
+    lr = cfg.optim.lr * d.world if cfg.train.scale_lr else cfg.optim.lr
+    return cfg.override({"data.batch_size": batch, "train.batch_size_per_device": None, "optim.lr": lr,
+                         "train.scale_lr": False})
 
 
 def launch(nproc: int, argv: list[str]) -> int:

@@ -16,6 +16,7 @@ import torch
 from visiontrain.data import Normalizer
 from visiontrain.data.loaders import Loader
 from visiontrain.engine.callbacks import Callbacks, StopTraining
+from visiontrain.engine.checkpoint import _unwrap
 from visiontrain.engine.metrics import evaluate_batches, headline
 from visiontrain.engine.saver import monitor_key
 from visiontrain.engine.state import TrainState
@@ -35,8 +36,8 @@ def fit(state: TrainState, loaders: dict[str, Loader], callbacks: Callbacks) -> 
             metrics = {f"train/{k}": v for k, v in train_one_epoch(state, loaders["train"], prepare,
                                                                    callbacks).items()}
             if state.eval_loader is not None:
-                full = evaluate_batches(state.model, state.eval_loader, prepare, state.device, len(state.classes),
-                                        mistakes=MISTAKES_SHOWN, task=state.task)
+                full = evaluate_batches(_unwrap(state.model), state.eval_loader, prepare, state.device, len(state.classes),
+                                        mistakes=MISTAKES_SHOWN, task=state.task, reduce=state.dist.reducer())
                 metrics.update({f"{state.eval_split}/{k}": v for k, v in headline(full).items()})
                 metrics[f"{state.eval_split}/_full"] = full
             state.epoch_metrics = metrics
@@ -77,14 +78,15 @@ def train_one_epoch(state: TrainState, loader: Loader, prepare: Callable[[torch.
             inputs, targets = state.batch_transform(inputs, labels)
         if index % accumulate == 0:
             optimizer.zero_grad(set_to_none=True)  # grads live on until the next cycle, for grad-norm logs
-        with state.precision.autocast():
-            logits = model(inputs)
-            loss = state.loss_fn(logits, targets)
+        boundary = (index + 1) % accumulate == 0 or index + 1 == total
         # The last cycle of an epoch may be short: scale by its real length so every step is a mean.
         cycle = min(accumulate, total - (index - index % accumulate))
-        state.precision.backward(loss / cycle)
+        with state.dist.sync_gradients(model, boundary), state.precision.autocast():
+            logits = model(inputs)
+            loss = state.loss_fn(logits, targets)
+        state.precision.backward(loss * _shard_weight(state, loader, index, len(labels)) / cycle)
         _accumulate_sums(state, loss, logits, labels)
-        if (index + 1) % accumulate and index + 1 != total:
+        if not boundary:
             continue
         state.grad_norm = state.precision.step(optimizer, params, cfg.clip_grad_norm)
         state.schedule.step_batch()
@@ -93,10 +95,20 @@ def train_one_epoch(state: TrainState, loader: Loader, prepare: Callable[[torch.
         state.images, state.labels, state.loss = images, labels, loss
         callbacks.fire("on_batch_end", state)
     elapsed = time.perf_counter() - start
-    seen = int(state.sums["seen"])
-    accuracy = {"accuracy": float(state.sums["correct"]) / max(seen, 1)} if state.task == "classification" else {}
-    return {"loss": float(state.sums["loss_sum"]) / max(seen, 1), **accuracy,
+    sums = {k: state.dist.reducer()(v.clone()) for k, v in state.sums.items()}  # every rank's share
+    seen = int(sums["seen"])
+    accuracy = {"accuracy": float(sums["correct"]) / max(seen, 1)} if state.task == "classification" else {}
+    return {"loss": float(sums["loss_sum"]) / max(seen, 1), **accuracy,
             "epoch_time_s": elapsed, "img_per_s": seen / elapsed if elapsed > 0 else 0.0, "lr": state.lr}
+
+
+def _shard_weight(state: TrainState, loader: Loader, index: int, local: int) -> float:
+    """With several processes DDP averages the ranks' gradients; weighting each rank's mean loss by its share
+    of the global batch makes that average the global batch's mean, even for an uneven last batch."""
+    if not state.dist.enabled:
+        return 1.0
+    global_n = min(loader.batch_size, loader.num_samples - index * loader.batch_size)
+    return local * state.dist.world / global_n
 
 
 def _accumulate_sums(state: TrainState, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:

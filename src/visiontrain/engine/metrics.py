@@ -54,7 +54,7 @@ class RegressionMeter:
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.sq_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.abs_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.count = 0
+        self.count = torch.zeros((), dtype=torch.int64, device=device)
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor | None = None) -> None:
         error = outputs.detach().double().reshape(len(targets)) - targets.double()
@@ -63,25 +63,27 @@ class RegressionMeter:
         self.count += len(targets)
 
     def compute(self) -> dict:
-        if self.count == 0:
+        count = int(self.count)
+        if count == 0:
             raise ValueError("no samples were evaluated")
-        mse = float(self.sq_sum) / self.count
-        return {"loss": mse, "mse": mse, "mae": float(self.abs_sum) / self.count, "rmse": mse**0.5,
-                "count": self.count}
+        mse = float(self.sq_sum) / count
+        return {"loss": mse, "mse": mse, "mae": float(self.abs_sum) / count, "rmse": mse**0.5, "count": count}
 
 
 @torch.no_grad()
 def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                      prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                     num_classes: int, mistakes: int = 0, task: str = "classification") -> dict:
+                     num_classes: int, mistakes: int = 0, task: str = "classification",
+                     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
     """Evaluate ``model`` in eval mode over all batches; restores the model's previous mode.
 
     With ``mistakes=k`` the result also holds the k most confident wrong predictions
     (``result["mistakes"]``: uint8 images, true and predicted indices, confidences).
-    A ``regression`` model is scored by MSE (its ``loss``), MAE and RMSE instead.
+    A ``regression`` model is scored by MSE (its ``loss``), MAE and RMSE instead. ``reduce`` sums the
+    counts over processes when each evaluates its shard of the split (the figures stay exact).
     """
     if task == "regression":
-        return _evaluate_regression(model, batches, prepare, device)
+        return _evaluate_regression(model, batches, prepare, device, reduce)
     was_training = model.training
     model.eval()
     meter = ClassificationMeter(num_classes, device)
@@ -89,6 +91,8 @@ def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
     worst = _Mistakes(mistakes)
     try:
         for images, labels in batches:
+            if len(labels) == 0:  # a process's share of a tiny last batch
+                continue
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             logits = model(prepare(images))
@@ -96,6 +100,9 @@ def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
             worst.add(images, labels, logits)
     finally:
         model.train(was_training)
+    if reduce is not None:
+        for t in (meter.confusion, meter.loss_sum, meter.top5_correct):
+            reduce(t)
     result = meter.compute()
     if mistakes:
         result["mistakes"] = worst.result()
@@ -103,16 +110,22 @@ def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
 
 
 def _evaluate_regression(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                         prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> dict:
+                         prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                         reduce: Callable[[torch.Tensor], torch.Tensor] | None) -> dict:
     was_training = model.training
     model.eval()
     meter = RegressionMeter(device)
     try:
         for images, targets in batches:
+            if len(targets) == 0:
+                continue
             outputs = model(prepare(images.to(device, non_blocking=True)))
             meter.update(outputs, targets.to(device, non_blocking=True))
     finally:
         model.train(was_training)
+    if reduce is not None:
+        for t in (meter.sq_sum, meter.abs_sum, meter.count):
+            reduce(t)
     return meter.compute()
 
 

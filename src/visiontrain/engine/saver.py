@@ -18,8 +18,8 @@ from typing import Any
 
 from visiontrain.engine.callbacks import Callback, Callbacks
 from visiontrain.engine.checkpoint import save_checkpoint
-from visiontrain.engine.resume import save_resume
 from visiontrain.engine.metrics import HEADLINE
+from visiontrain.engine.resume import save_resume
 from visiontrain.engine.state import TrainState
 from visiontrain.faults import fault_point
 from visiontrain.logging.files import scalar_metrics
@@ -56,8 +56,9 @@ def monitor_mode(key: str) -> str:
 class BestSaver(Callback):
     """``best`` when the monitored metric improves (updating ``state.best``), ``epoch-NNNN`` for keep-last."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, write: bool = True) -> None:
         self.folder = folder
+        self.write = write  # every process tracks the best (early stopping needs it); one writes the files
 
     def on_epoch_end(self, state: TrainState) -> None:
         key = monitor_key(state)
@@ -72,8 +73,9 @@ class BestSaver(Callback):
             state.best = {k.removeprefix(prefix): v for k, v in scalar_metrics(state.epoch_metrics).items()
                           if k.startswith(prefix) and k.removeprefix(prefix) in HEADLINE}
             state.best.update({"epoch": state.epoch, "split": prefix[:-1], "monitor": key, "value": value})
-            save_checkpoint(self.folder / "best", state.model, checkpoint_meta(state))
-        if state.config.train.keep_last:
+            if self.write:
+                save_checkpoint(self.folder / "best", state.model, checkpoint_meta(state))
+        if state.config.train.keep_last and self.write:
             self._keep_epoch_copy(state)
 
     def _keep_epoch_copy(self, state: TrainState) -> None:

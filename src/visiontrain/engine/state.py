@@ -12,6 +12,7 @@ from torch import nn
 
 from visiontrain.config import RunConfig
 from visiontrain.data import Preprocessing
+from visiontrain.engine.distributed import SINGLE, Dist
 from visiontrain.engine.optim import Schedule
 from visiontrain.engine.precision import Precision
 
@@ -33,6 +34,7 @@ class TrainState:
     steps_per_epoch: int  # optimizer steps per epoch
     batches_per_epoch: int
     task: str = "classification"  # or "regression" (one output, float targets)
+    dist: Dist = SINGLE  # rank and world size under torchrun
     batch_transform: BatchTransform | None = None  # MixUp/CutMix on the normalized batch
     ema: torch.optim.swa_utils.AveragedModel | None = None
     epoch: int = 0  # the epoch being trained (0-based); equals epochs completed between epochs

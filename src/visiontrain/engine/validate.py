@@ -124,6 +124,8 @@ def check_sidecar(meta: dict[str, Any], path: Path) -> None:
         ("classes", _names(meta.get("classes")), f"a list of 1 to {MAX_CLASSES:,} class names (strings)"),
         ("preprocessing", isinstance(meta.get("preprocessing"), dict), "an object"),
         ("weights", isinstance(meta.get("weights"), dict), "an object"),
+        ("metrics", meta.get("metrics") is None or isinstance(meta["metrics"], dict), "an object"),
+        ("config", meta.get("config") is None or isinstance(meta["config"], dict), "an object"),
     ]
     _raise_first(checks, path)
     model, prep, weights = meta["model"], meta["preprocessing"], meta["weights"]
