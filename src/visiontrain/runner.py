@@ -238,7 +238,8 @@ def _callbacks(state: TrainState, data: DataBundle, extra: list[Callback], quiet
     chain.items += [EarlyStopping(cfg.early_stop_patience)] if cfg.early_stop_patience else []
     chain.items += [GracefulInterrupt(), *extra]
     # last: its resume point must hold every other callback's state after the event
-    chain.items += [CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started)] if main else []
+    saver = CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started)
+    chain.items += [saver] if main else []
     return chain
 
 

@@ -36,8 +36,9 @@ def fit(state: TrainState, loaders: dict[str, Loader], callbacks: Callbacks) -> 
             metrics = {f"train/{k}": v for k, v in train_one_epoch(state, loaders["train"], prepare,
                                                                    callbacks).items()}
             if state.eval_loader is not None:
-                full = evaluate_batches(_unwrap(state.model), state.eval_loader, prepare, state.device, len(state.classes),
-                                        mistakes=MISTAKES_SHOWN, task=state.task, reduce=state.dist.reducer())
+                full = evaluate_batches(_unwrap(state.model), state.eval_loader, prepare, state.device,
+                                        len(state.classes), mistakes=MISTAKES_SHOWN, task=state.task,
+                                        reduce=state.dist.reducer())
                 metrics.update({f"{state.eval_split}/{k}": v for k, v in headline(full).items()})
                 metrics[f"{state.eval_split}/_full"] = full
             state.epoch_metrics = metrics
