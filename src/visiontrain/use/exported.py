@@ -16,6 +16,7 @@ returns logits; the normalization constants are in the metadata for anyone calli
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +26,8 @@ from typing import Any
 import torch
 
 from visiontrain.data import Preprocessing
-from visiontrain.data.transforms import build_transforms
 from visiontrain.errors import CheckpointError, VisiontrainError
-from visiontrain.use.loading import LoadedModel, load, resolve_device
+from visiontrain.use.loading import LoadedModel, UsableModel, load, resolve_device
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 _Loaded = tuple[Forward, str | None]  # what a format's loader returns: the forward and the metadata text
@@ -39,7 +39,7 @@ SUFFIXES: dict[str, str] = {".onnx": "onnx", ".torchscript.pt": "torchscript", "
 
 
 @dataclass
-class ExportedModel:
+class ExportedModel(UsableModel):
     """An exported model with the class names and preprocessing read from its own metadata."""
 
     forward: Forward  # normalized float [N, C, H, W] → logits
@@ -49,17 +49,8 @@ class ExportedModel:
     path: Path
     format: str
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self.meta["classes"])
-
-    def transform(self):
-        return build_transforms(self.prep.eval_transforms)
-
-    @torch.no_grad()
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for a uint8 batch [B,C,H,W] already at the model's input size."""
-        return self.forward(self.prep.normalizer()(images.to(self.device)))
+    def net(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
 
 
 def export_format(path: str | Path) -> str | None:
@@ -148,10 +139,15 @@ def _load_torchscript(path: Path, device: torch.device, threads: int | None = No
 
 def _load_pt2(path: Path, device: torch.device, threads: int | None = None) -> _Loaded:
     extra = {META_KEY: ""}
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # it logs a traceback for a damaged file before raising: one line is ours
     try:
         program = torch.export.load(str(path), extra_files=extra)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: not a torch.export .pt2 file ({str(exc).splitlines()[0]})") from None
+    finally:
+        logger.setLevel(level)
     module = program.module().to(device)
     return _no_grad(module), extra[META_KEY] or None
 

@@ -24,15 +24,17 @@ from visiontrain.models.build import rebuild_model
 _PICKLE_SUFFIXES = {".pth", ".pt", ".pkl", ".pickle", ".tar", ".ckpt", ".bin"}
 
 
-@dataclass
-class LoadedModel:
-    """A model in eval mode with its class names and preprocessing."""
+class UsableModel:
+    """What predict, evaluate and serve need of a model, a checkpoint's or an export's: class names, the
+    evaluation transforms and logits for a uint8 batch. Subclasses give ``meta``, ``prep``, ``device``
+    and :meth:`net` (normalized float input → logits)."""
 
-    model: nn.Module
     meta: dict[str, Any]
     prep: Preprocessing
     device: torch.device
-    path: Path
+
+    def net(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     @property
     def classes(self) -> list[str]:
@@ -44,7 +46,20 @@ class LoadedModel:
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a uint8 batch [B,C,H,W] already at the model's input size."""
-        x = self.prep.normalizer()(images.to(self.device))
+        return self.net(self.prep.normalizer()(images.to(self.device)))
+
+
+@dataclass
+class LoadedModel(UsableModel):
+    """A checkpoint's model in eval mode with its class names and preprocessing."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    prep: Preprocessing
+    device: torch.device
+    path: Path
+
+    def net(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
 

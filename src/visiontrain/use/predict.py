@@ -109,7 +109,7 @@ def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path
 def classify(model: Model, images: torch.Tensor, top_k: int = 5, tta: str = "none") -> list[list[dict[str, Any]]]:
     """Top-k ``{"label", "index", "probability"}`` per image of a uint8 batch at the model's input size."""
     k = max(1, min(top_k, len(model.classes)))
-    forward = model.model if isinstance(model, LoadedModel) else model.forward
+    forward = model.net
     x = model.prep.normalizer()(images.to(model.device))
     if (getattr(model, "meta", None) or {}).get("task") == "regression":  # one output: the predicted value
         values = tta_logits(forward, x, tta).float().reshape(len(x)).cpu()
