@@ -221,6 +221,7 @@ def _build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
                        prep, classes, Path(cfg.out), steps, batches, task=task, dist=d,
                        batch_transform=build_mixing(cfg.train, len(classes)),
                        ema=build_ema(_unwrap(model), cfg.train.ema_decay))
+    state.eval_split = next((s for s in ("val", "test") if s in data.loaders), None)
     return state, data, built
 
 
@@ -254,8 +255,12 @@ def _resume(state: TrainState, data: DataBundle, chain: Callbacks) -> None:
     restore(state, meta, tensors, before_optimizer=lambda: chain.fire("on_resume", state))
     remove_stale_temps(state.run_dir)  # what the killed process was writing: never read, only in the way
     state.resumed_from = {"epoch": state.epoch, "batch": state.batch_in_epoch, "step": state.step}
-    print(f"resuming {state.run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step}); "
-          f"sample stream verified (fingerprint {now[:12]})", file=sys.stderr, flush=True)
+    where = (f"after its last epoch ({state.epoch}; training is complete, finishing the run)"
+             if state.epoch >= state.config.train.epochs else
+             f"at epoch {state.epoch + 1}, batch {state.batch_in_epoch} (step {state.step})")
+    if state.dist.main:
+        print(f"resuming {state.run_dir} {where}; sample stream verified (fingerprint {now[:12]})",
+              file=sys.stderr, flush=True)
 
 
 def _test_best(state: TrainState, data: DataBundle) -> dict[str, Any]:

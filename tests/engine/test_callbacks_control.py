@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ import torch
 import visiontrain
 from visiontrain.engine.callbacks import Callback, Callbacks, StopTraining
 from visiontrain.engine.control import EarlyStopping, GracefulInterrupt
+from visiontrain.engine.distributed import SINGLE
 from visiontrain.engine.resume import read_resume
 
 # The real CLI (visiontrain.cli.main) with the per-epoch matplotlib pictures replaced by a no-op: they cost
@@ -101,19 +103,19 @@ def test_ctrl_c_checkpoints_mid_epoch_prints_the_resume_command_and_the_resume_f
 
 
 def test_graceful_interrupt_first_ctrl_c_requests_a_stop_the_second_interrupts() -> None:
-    guard = GracefulInterrupt()
+    guard, state = GracefulInterrupt(), SimpleNamespace(dist=SINGLE, device=torch.device("cpu"))
     previous = signal.getsignal(signal.SIGINT)
-    guard.on_fit_start(None)  # type: ignore[arg-type]
+    guard.on_fit_start(state)  # type: ignore[arg-type]
     try:
         assert signal.getsignal(signal.SIGINT) == guard._handler
-        guard.on_batch_end(None)  # type: ignore[arg-type]  # nothing requested: trains on
+        guard.on_batch_end(state)  # type: ignore[arg-type]  # nothing requested: trains on
         guard._handler(signal.SIGINT, None)
         with pytest.raises(StopTraining, match="interrupted"):
-            guard.on_batch_end(None)  # type: ignore[arg-type]
+            guard.on_batch_end(state)  # type: ignore[arg-type]
         with pytest.raises(KeyboardInterrupt):
             guard._handler(signal.SIGINT, None)
     finally:
-        guard.on_fit_end(None)  # type: ignore[arg-type]
+        guard.on_fit_end(state)  # type: ignore[arg-type]
     assert signal.getsignal(signal.SIGINT) == previous
 
 

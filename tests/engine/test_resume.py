@@ -277,9 +277,6 @@ def test_tensorboard_of_runs_killed_mid_write_equals_the_uninterrupted_run(runs:
         tensorboard_scalars(_ok(runs["A"]).dir))
 
 
-@pytest.mark.xfail(strict=True, reason="known: resuming a run whose training had finished (killed while writing "
-                   "summary.json) logs the hparams/* scalars a second time at the last step; the TensorBoard "
-                   "logger purges from step+1, so the first copy stays")
 def test_tensorboard_hparams_are_logged_once_after_a_kill_at_the_very_end(runs: dict[str, Chain]) -> None:
     scalars = tensorboard_scalars(_ok(runs["W"]).dir)
     hparams = {tag: points for tag, points in scalars.items() if tag.startswith("hparams/")}

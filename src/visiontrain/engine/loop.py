@@ -89,6 +89,7 @@ def train_one_epoch(state: TrainState, loader: Loader, prepare: Callable[[torch.
         _accumulate_sums(state, loss, logits, labels)
         if not boundary:
             continue
+        state.step_lr = state.lr
         state.grad_norm = state.precision.step(optimizer, params, cfg.clip_grad_norm)
         state.schedule.step_batch()
         state.step += 1

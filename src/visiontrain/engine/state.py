@@ -46,6 +46,7 @@ class TrainState:
     labels: torch.Tensor | None = None
     loss: torch.Tensor | None = None  # the current batch's loss (on the device; .item() syncs)
     grad_norm: torch.Tensor | None = None  # set when clipping computed it
+    step_lr: float = 0.0  # the learning rate the last optimizer step used (before the schedule moved it)
     epoch_metrics: dict[str, Any] = field(default_factory=dict)  # filled at the end of each epoch
     eval_split: str | None = None  # "val", else "test", else None
     eval_loader: Any = None

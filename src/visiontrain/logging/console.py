@@ -21,7 +21,7 @@ _SHOWN = ("accuracy", "top5", "loss", "mae", "rmse")  # display order; fractions
 def describe(metrics: dict[str, Any], prefix: str = "", sep: str = ", ", short: bool = False) -> str:
     """``accuracy 99.12%, top5 100.00%, loss 0.0273`` (or ``loss …, mae …, rmse …`` for regression)."""
     parts = []
-    for name in _SHOWN:
+    for name in (("loss", "accuracy", "top5", "mae", "rmse") if short else _SHOWN):
         value = metrics.get(prefix + name)
         if isinstance(value, int | float):
             label = "acc" if short and name == "accuracy" else name
@@ -51,11 +51,11 @@ class ConsoleLogger(Callback):
         if self._bar is not None:
             self._bar.update(1)
             if state.step % every == 0:
-                self._bar.set_postfix(loss=f"{state.loss_value():.4f}", lr=f"{state.lr:.2e}", refresh=False)
+                self._bar.set_postfix(loss=f"{state.loss_value():.4f}", lr=f"{state.step_lr:.2e}", refresh=False)
         elif state.step % every == 0:
             self._print(f"epoch {state.epoch + 1}/{state.config.train.epochs} "
                         f"step {state.batch_in_epoch + 1}/{state.steps_per_epoch} "
-                        f"loss {state.loss_value():.4f} lr {state.lr:.2e}")
+                        f"loss {state.loss_value():.4f} lr {state.step_lr:.2e}")
 
     def on_epoch_end(self, state: TrainState) -> None:
         if self._bar is not None:

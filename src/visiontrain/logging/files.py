@@ -48,7 +48,7 @@ class MetricsFile(Callback):
     def on_batch_end(self, state: TrainState) -> None:
         if state.step % state.config.train.log_every == 0:
             self._write({"kind": "step", "epoch": state.epoch + 1, "step": state.step,
-                         "train/loss": state.loss_value(), "lr": state.lr})
+                         "train/loss": state.loss_value(), "lr": state.step_lr})
 
     def on_epoch_end(self, state: TrainState) -> None:
         self._write({"kind": "epoch", "epoch": state.epoch, "step": state.step,

@@ -37,6 +37,12 @@ class Pictures(Callback):
             captions = [f"{i}: true {names[t]}, predicted {names[p]} ({c:.2f})" for i, (t, p, c) in enumerate(triples)]
             self.tb.writer.add_text(f"{state.eval_split}/mistakes", "  \n".join(captions), state.step)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}  # the curves span the whole run, resumes included
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state.get("history", []))
+
     def on_fit_end(self, state: TrainState) -> None:
         from visiontrain import plots
 

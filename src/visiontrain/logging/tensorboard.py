@@ -51,7 +51,7 @@ class TensorBoardLogger(Callback):
             self._shown_batch = True
         if state.step % state.config.train.log_every == 0:
             self.writer.add_scalar("train/loss", state.loss_value(), state.step)
-            self.writer.add_scalar("train/lr", state.lr, state.step)
+            self.writer.add_scalar("train/lr", state.step_lr, state.step)
             self.writer.add_scalar("train/grad_norm", state.grad_norm_value(), state.step)
 
     def on_epoch_end(self, state: TrainState) -> None:
@@ -88,8 +88,10 @@ class TensorBoardLogger(Callback):
             return
         for part in hparams(params, metrics):
             self.writer.file_writer.add_summary(part)
+        # One step past the last: a resume's purge (which starts at step + 1) clears them before they are
+        # written again, so a run resumed after it finished training never shows them twice.
         for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, state.step)
+            self.writer.add_scalar(tag, value, state.step + 1)
 
     def _add_graph(self, state: TrainState) -> None:
         prep = state.prep
