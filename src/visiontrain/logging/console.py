@@ -54,7 +54,7 @@ class ConsoleLogger(Callback):
                 self._bar.set_postfix(loss=f"{state.loss_value():.4f}", lr=f"{state.step_lr:.2e}", refresh=False)
         elif state.step % every == 0:
             self._print(f"epoch {state.epoch + 1}/{state.config.train.epochs} "
-                        f"step {state.batch_in_epoch + 1}/{state.steps_per_epoch} "
+                        f"step {state.batch_in_epoch}/{state.batches_per_epoch} "
                         f"loss {state.loss_value():.4f} lr {state.step_lr:.2e}")
 
     def on_epoch_end(self, state: TrainState) -> None:
