@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ def make_cifar(root: Path, seed: int = 0) -> None:
 class LocalCIFAR10(datasets.CIFAR10):
     """torchvision's CIFAR10 without its md5 check (the files here are generated, not the published ones)."""
 
-    meta = {**datasets.CIFAR10.meta, "md5": None}
+    meta: ClassVar[dict] = {**datasets.CIFAR10.meta, "md5": None}
 
     def _check_integrity(self) -> bool:
         return True

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+# First, and for its side effect: refuses a torch < 2.10, whose weights-only loader is unsafe (versions.py).
+from visiontrain import versions as _versions  # noqa: F401
 from visiontrain.config import RunConfig
 from visiontrain.errors import VisiontrainError
 from visiontrain.runner import Run, find_lr, train

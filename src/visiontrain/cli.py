@@ -7,16 +7,22 @@ import importlib
 import json
 import os
 import sys
+import threading
 import traceback
 import typing
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from visiontrain.config import RunConfig, load_config, parse_override, read_yaml
+from visiontrain.data.guard import worker_error
 from visiontrain.errors import ConfigError, VisiontrainError
+from visiontrain.fileio import storage_error
 
 # flag → (config key, type, help). The YAML file takes the same names (with _ or -).
 TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--recipe", "recipe", str, "a preset of model, schedule, batch size, precision and epochs (see `visiontrain "
+     "recipes`, e.g. fast); every other flag and config key overrides it"),
     ("--data", "data.name", str, "dataset name (mnist, cifar10, …; see `visiontrain data list`), a folder with "
      "one sub-folder per class, a .csv/.jsonl manifest, or module:Class for your own Dataset [default: mnist]"),
     ("--data-dir", "data.dir", str, "where datasets are cached/downloaded [default: data]"),
@@ -99,7 +105,17 @@ class _Parser(argparse.ArgumentParser):
     argparse would print the whole usage first, which for ``train`` is 30 lines."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"visiontrain: error: {message}; see `{self.prog} --help`\n")
+        self.exit(2, f"visiontrain: error: {printable(message)}; see `{self.prog} --help`\n")
+
+
+def printable(text: str) -> str:
+    """``text`` as one line that is safe on a terminal: control characters (a newline in a file name, an escape
+    sequence in a flag value) are shown escaped, as ``\\x1b``, instead of acting."""
+    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in _CONTROL else ch
+                   for ch in text)
+
+
+_CONTROL = frozenset({"Cc", "Zl", "Zp"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +214,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cfg = saved_config(args.resume)
     else:
         raw = read_yaml(args.config) if args.config else {}
+        if getattr(args, "recipe", None):  # under the YAML's keys and the flags, not over them (config._with_recipe)
+            raw = {**raw, "recipe": args.recipe}
         cfg = load_config(raw, where=args.config or "config")
     overrides: dict[str, Any] = {}
     for flag, key, kind, _text in TRAIN_FLAGS:
@@ -218,16 +236,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    threading.excepthook = _thread_errors
     try:
         return COMMANDS[args.command](args)
     except VisiontrainError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"visiontrain: error: {exc}", file=sys.stderr)
+        print(f"visiontrain: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except (OSError, RuntimeError) as exc:  # a full disk met outside visiontrain's own writes, a worker killed
+        problem = storage_error(exc) or worker_error(exc)
+        if problem is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"visiontrain: error: {printable(str(problem))}", file=sys.stderr)
+        return problem.exit_code
     except KeyboardInterrupt:
         print("visiontrain: interrupted", file=sys.stderr)
         return 130
+
+
+def _thread_errors(args: threading.ExceptHookArgs) -> None:
+    """A writer thread's full disk (TensorBoard's) is re-raised in the main thread and reported there, once."""
+    if storage_error(args.exc_value) is None:
+        threading.__excepthook__(args)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -309,8 +342,8 @@ def _datasets(args: argparse.Namespace) -> int:
 
 # Command groups that live beside their code. Each module has ``register(subparsers) -> {name: handler}``
 # where a handler takes the parsed args and returns the exit code.
-COMMAND_GROUPS: list[str] = ["visiontrain.use.runs", "visiontrain.models.commands", "visiontrain.data.commands",
-                             "visiontrain.use.commands"]
+COMMAND_GROUPS: list[str] = ["visiontrain.recipes", "visiontrain.use.runs", "visiontrain.models.commands",
+                             "visiontrain.data.commands", "visiontrain.use.commands"]
 
 COMMANDS = {"train": _train, "lr-find": _lr_find, "evaluate": _evaluate, "predict": _predict,
             "datasets": _datasets}

@@ -112,6 +112,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str = "runs"  # the runs root
     name: str | None = None  # run folder name; None = <data>-<model>-<time>
+    recipe: str | None = None  # a preset (`visiontrain recipes`) filled in under every key set explicitly
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,8 +122,16 @@ class RunConfig:
         return load_config(raw or {}, where=where)
 
     def override(self, overrides: dict[str, Any], where: str = "override") -> RunConfig:
-        """A new config with dotted keys replaced, e.g. ``{"train.epochs": 3}``."""
+        """A new config with dotted keys replaced, e.g. ``{"train.epochs": 3}``.
+
+        A new ``recipe`` sets its values first, then the other overrides apply on top of them.
+        """
         merged = self.to_dict()
+        recipe = next((v for k, v in overrides.items() if _canonical(k, where) == "recipe"), None)
+        if recipe is not None and recipe != self.recipe:
+            model = next((v for k, v in overrides.items() if _canonical(k, where) == "model.name"), None)
+            for dotted, value in _recipe_settings(recipe, model, where).items():
+                _set_dotted(merged, dotted, value, where)
         for dotted, value in overrides.items():
             _set_dotted(merged, _canonical(dotted, where), value, where)
         return load_config(merged, where=where)
@@ -171,7 +180,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config file {p} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        detail = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line, whatever PyYAML wrote
+        raise ConfigError(f"config file {p} is not valid YAML{at}: {detail}") from None
+    except (ValueError, RecursionError) as exc:  # a date like 2024-13-01, or nesting deeper than Python's stack
+        raise ConfigError(f"config file {p} has a value YAML cannot build ({type(exc).__name__}: "
+                          f"{str(exc)[:100]}); quote it to make it a string") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {p} cannot be read: {exc}") from None
     if raw is None:
@@ -192,9 +205,42 @@ def load_config(raw: dict[str, Any], where: str = "config") -> RunConfig:
                 _set_dotted(nested, f"{key}.{sub}", sub_value, where)
         else:
             _set_dotted(nested, _canonical(key, where), value, where)
-    cfg = _build(RunConfig, nested, where, prefix="")
+    cfg = _build(RunConfig, _with_recipe(nested, where), where, prefix="")
     _check_ranges(cfg, where)
     return cfg
+
+
+def _with_recipe(nested: dict[str, Any], where: str) -> dict[str, Any]:
+    """``nested`` with the recipe it names filled in underneath its explicit keys (see visiontrain.recipes)."""
+    name = nested.get("recipe")
+    if name is None:
+        return nested
+    model = nested.get("model", {}).get("name")
+    base: dict[str, Any] = {}
+    for dotted, value in _recipe_settings(name, model, where).items():
+        _set_dotted(base, dotted, value, where)
+    return _merge_under(base, nested)
+
+
+def _recipe_settings(name: Any, model: Any, where: str) -> dict[str, Any]:
+    from visiontrain.recipes import resolve  # (recipes imports nothing from here; lazy keeps the import cheap)
+
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: recipe must be a recipe name such as fast, got {name!r}")
+    settings = resolve(name)
+    if model is not None and model != settings.get("model.name"):  # its model arguments fit its own model only
+        settings = {k: v for k, v in settings.items() if not k.startswith("model.args")}
+    return settings
+
+
+def _merge_under(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, section by section: a key set in ``top`` replaces ``base``'s value whole (a mapping
+    such as ``model.args`` too, so a saved config.yaml always rebuilds exactly what it says)."""
+    out = dict(base)
+    for key, value in top.items():
+        section = key in _SECTIONS and isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = {**out[key], **value} if section else value
+    return out
 
 
 def _check_ranges(cfg: RunConfig, where: str) -> None:
@@ -334,6 +380,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, _, raw = text.partition("=")
     try:
         value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or a date like 2024-13-01): the text itself
         value = raw
     return key.strip(), value

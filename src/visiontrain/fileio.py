@@ -7,6 +7,7 @@ reports) goes through :func:`atomic_write_bytes`: temp file in the same folder, 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -60,6 +61,25 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def atomic_write_yaml(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
+
+
+# A write refused by the storage itself, not by one file's content: full disk or quota, a file-size limit, a
+# read-only mount, missing permissions. Any writer can meet these (TensorBoard's thread, a log, a plot).
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def storage_error(exc: BaseException) -> VisiontrainError | None:
+    """The one-line error for an ``OSError`` of the storage (see above), or None for any other exception.
+
+    >>> str(storage_error(OSError(errno.ENOSPC, "No space left on device", "runs/a/metrics.jsonl")))[:53]
+    'cannot write runs/a/metrics.jsonl: No space left on d'
+    """
+    if not isinstance(exc, OSError) or exc.errno not in _STORAGE_ERRNOS:
+        return None
+    where = f"write {os.fsdecode(exc.filename)}" if exc.filename else "write to disk"
+    return VisiontrainError(f"cannot {where}: {exc.strerror or exc}; visiontrain replaces its files atomically, so "
+                            "the last good checkpoint is intact — free disk space or fix the folder's permissions, "
+                            "then run again (a training continues with --resume RUN)")
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:

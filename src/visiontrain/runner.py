@@ -14,6 +14,7 @@ import torch
 
 from visiontrain.config import RunConfig, load_config, read_yaml
 from visiontrain.data import DataBundle, build_data
+from visiontrain.data.guard import loader_errors
 from visiontrain.engine import distributed
 from visiontrain.engine.build import build_ema, build_mixing, prepare_model, resolve_device, seed_everything
 from visiontrain.engine.callbacks import Callback, Callbacks
@@ -27,6 +28,7 @@ from visiontrain.engine.precision import Precision
 from visiontrain.engine.resume import read_resume, restore, stream_fingerprint
 from visiontrain.engine.saver import BestSaver, CheckpointSaver, monitor_key, monitor_mode
 from visiontrain.engine.state import TrainState
+from visiontrain.engine.timing import LoaderBound, TimeTotals
 from visiontrain.errors import CheckpointError, ConfigError, VisiontrainError
 from visiontrain.fileio import atomic_write_json, atomic_write_yaml, remove_stale_temps
 from visiontrain.logging.console import ConsoleLogger
@@ -133,9 +135,11 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
             built.report(state.run_dir, quiet)  # what --pretrained/--init-from loaded and what is frozen
             if not quiet:
                 _print_header(cfg, data, state)
-        fit(state, data.loaders, chain)
+        with loader_errors(transfer=False):  # a worker killed mid-step (out of memory?): one line, no traceback
+            fit(state, data.loaders, chain)
         distributed.barrier(d)  # best.json is written by rank 0 and read back by every rank
         summary = summarize(state, data, state.elapsed_before + time.perf_counter() - started)
+        summary["time"] = next(cb for cb in chain.items if isinstance(cb, TimeTotals)).summary()
         if "test" in data.loaders and state.best is not None:
             summary["test"] = _test_best(state, data)
         if d.main:
@@ -237,7 +241,8 @@ def _callbacks(state: TrainState, data: DataBundle, extra: list[Callback], quiet
                     Pictures(state.run_dir / "plots", tensorboard)] if main else []
     chain.items += [BestSaver(state.run_dir / "checkpoints", write=main)]
     chain.items += [EarlyStopping(cfg.early_stop_patience)] if cfg.early_stop_patience else []
-    chain.items += [GracefulInterrupt(), *extra]
+    chain.items += [GracefulInterrupt(), TimeTotals(), *extra]
+    chain.items += [LoaderBound(data.loaders["train"])] if main else []  # one line when the data starves the model
     # last: its resume point must hold every other callback's state after the event
     saver = CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started)
     chain.items += [saver] if main else []

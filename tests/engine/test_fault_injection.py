@@ -29,6 +29,7 @@ import torch
 from visiontrain import faults
 from visiontrain.engine.checkpoint import load_weights, read_sidecar
 from visiontrain.engine.resume import read_resume
+from visiontrain.engine.timing import is_timing
 from visiontrain.errors import CheckpointError
 from visiontrain.fileio import atomic_write_bytes, atomic_write_text, remove_stale_temps
 
@@ -104,7 +105,6 @@ ARGS = ["--data", "synthetic", "--set", "data.args.train=320", "--set", "data.ar
 POINTS = [("step", 20), ("after-resume-write", 9), ("before-rename", 30), ("before-rename/resume.safetensors", 9),
           ("before-rename/last.safetensors", 9), ("before-rename/last.json", 9), ("before-rename/best.json", 2),
           ("before-rename/summary.json", 1), ("before-rename/metrics.jsonl", 1)]
-TIMING = ("time", "epoch_time_s", "img_per_s", "wall_time_s")
 
 
 def _cli(args: list[str], cwd: Path, fault: str | None = None) -> subprocess.CompletedProcess:
@@ -183,7 +183,7 @@ def _trial(index: int, cwd: Path, rng: random.Random) -> Trial:
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:
     lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return [{k: v for k, v in json.loads(line).items() if not k.endswith(TIMING)} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if not is_timing(k)} for line in lines]
 
 
 def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -34,6 +34,7 @@ import visiontrain
 from visiontrain.engine.callbacks import Callback
 from visiontrain.engine.checkpoint import load_weights, read_sidecar
 from visiontrain.engine.resume import read_resume
+from visiontrain.engine.timing import is_timing
 from visiontrain.errors import CheckpointError
 
 LAUNCH = """
@@ -73,7 +74,6 @@ MID_WRITE = [
     ("before-rename/metrics.jsonl:1", (0, 16, 8)),  # while a resume trims metrics.jsonl
     ("before-rename/summary.json:1", (3, 0, STEPS)),  # training done, writing summary.json
 ]
-TIMING = ("time", "epoch_time_s", "img_per_s", "wall_time_s")
 
 
 def vt(args: list[str], cwd: Path, fault: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -170,7 +170,7 @@ def assert_bit_identical(a: Path, b: Path, which: str = "last") -> None:
 def records(run_dir: Path) -> list[dict[str, Any]]:
     """metrics.jsonl without its timings."""
     lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return [{k: v for k, v in json.loads(line).items() if not k.endswith(TIMING)} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if not is_timing(k)} for line in lines]
 
 
 def summary(run_dir: Path) -> dict[str, Any]:
@@ -212,8 +212,8 @@ def test_resumed_run_is_bit_identical_to_the_uninterrupted_one(runs: dict[str, C
     for key in ("final", "final_ema", "best", "test", "steps", "epochs_completed", "stop_reason"):
         assert sa[key] == sb[key], key
     assert sa["steps"] == STEPS
-    assert {k: v for k, v in sb["train"].items() if not k.endswith(TIMING)} == {
-        k: v for k, v in sa["train"].items() if not k.endswith(TIMING)}
+    assert {k: v for k, v in sb["train"].items() if not is_timing(k)} == {
+        k: v for k, v in sa["train"].items() if not is_timing(k)}
     assert sb["resumed_from"] == {"epoch": 2, "batch": 8, "step": 24}
     assert sa["resumed_from"] is None
 
@@ -260,8 +260,8 @@ def test_runs_killed_mid_write_resume_bit_identical(runs: dict[str, Chain]) -> N
     sa, sw = summary(a), summary(w)
     for key in ("final", "final_ema", "best", "test", "steps", "epochs_completed"):
         assert sa[key] == sw[key], key  # also when only summary.json was left to write
-    assert {k: v for k, v in sw["train"].items() if not k.endswith(TIMING)} == {
-        k: v for k, v in sa["train"].items() if not k.endswith(TIMING)}
+    assert {k: v for k, v in sw["train"].items() if not is_timing(k)} == {
+        k: v for k, v in sa["train"].items() if not is_timing(k)}
     assert records(a) == records(w)
     assert not list(w.rglob(".*.tmp"))  # the last resume removed the killed writes' temp files
     for sidecar in (w / "checkpoints").glob("*.json"):

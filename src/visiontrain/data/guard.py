@@ -8,12 +8,14 @@ bad-image error naming the file, under the ``bad_images`` policy like any other 
 
 Limits: the timer is a signal, so it fires only in a process's main thread (always true in DataLoader
 workers; with ``workers=0`` only when training runs in the main thread), and it interrupts Python code
-and blocking system calls but not a C extension that never returns to the interpreter. For workers,
-DataLoader's own ``timeout`` is the backstop for that case (:func:`batch_timeout`).
+and blocking system calls but not a C extension that never returns to the interpreter. DataLoader's own
+``timeout`` is deliberately NOT used as a backstop: while it is set, the loader waits that long for a batch
+in one call, instead of checking every 5 s whether a worker died — a killed worker would hang the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Iterator
@@ -55,36 +57,30 @@ def item_deadline(seconds: float, name: str) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def batch_timeout(item_timeout_s: float, batch_size: int, workers: int) -> float:
-    """DataLoader's ``timeout`` (seconds to wait for one batch from the workers; 0 = forever): long enough
-    for a whole batch of items each just under the per-item limit, so it only fires where that limit cannot."""
-    if workers == 0 or item_timeout_s <= 0:
-        return 0.0
-    return item_timeout_s * (batch_size + 1)
-
-
 def worker_error(exc: BaseException) -> DataError | None:
-    """The one-line error for torch's "DataLoader worker ... killed by signal / exited unexpectedly" or its
-    "DataLoader timed out"; None for anything else."""
+    """The one-line error for torch's "DataLoader worker ... killed by signal / exited unexpectedly"; None for
+    anything else. A dead worker also silences torch's SIGCHLD handler, if it is installed (see
+    :func:`_stop_worker_alarms`), since the error ends the run."""
     text = str(exc) if isinstance(exc, RuntimeError) else ""
     first = text.strip().splitlines()[0][:160] if text.strip() else ""
     if "DataLoader worker" in text and ("exited unexpectedly" in text or "killed by signal" in text):
+        _stop_worker_alarms()
         return DataError(f"a data loading worker process died ({first}); the system may have run out of memory — "
                          "rerun with --workers 0 (or fewer --workers, a smaller --batch-size)")
-    if "DataLoader timed out" in text:
-        return DataError(f"no batch arrived from the data loading workers in time ({first}): a worker is stuck "
-                         "where the per-item timeout cannot interrupt it; rerun with --workers 0 to see which file")
     return None
 
 
 @contextmanager
 def loader_errors(transfer: bool = True) -> Iterator[None]:
-    """Turn torch's errors about dead or silent DataLoader workers into one-line :class:`DataError` s.
+    """Turn torch's errors about dead DataLoader workers into one-line :class:`DataError` s.
 
-    torch reports a dead worker from its SIGCHLD handler, so the error can surface anywhere in the main thread —
-    around a whole training too, not only the loop over batches. ``transfer``: the block reads batches, where a
-    worker dying mid-transfer shows up as a reset connection or an early end of the stream.
+    ``transfer``: the block reads batches — there torch's asynchronous SIGCHLD reporting is switched off (see
+    :func:`_no_async_worker_errors`), and a worker dying mid-transfer can also show up as a reset connection or
+    an early end of the stream. Without it (around a whole training) only torch's own message is translated,
+    for the case where torch's handler was installed before visiontrain could keep it out.
     """
+    if transfer:
+        _no_async_worker_errors()
     try:
         yield
     except RuntimeError as exc:
@@ -95,6 +91,29 @@ def loader_errors(transfer: bool = True) -> Iterator[None]:
     except (ConnectionError, EOFError) as exc:
         if not transfer:
             raise
+        _stop_worker_alarms()
         raise DataError(f"a data loading worker process died while sending a batch ({type(exc).__name__}); the "
                         "system may have run out of memory — rerun with --workers 0 (or fewer --workers, a smaller "
                         "--batch-size)") from None
+
+
+def _stop_worker_alarms() -> None:
+    """torch's SIGCHLD handler raises "worker killed" again whenever any child exits — including the other
+    workers being shut down while the error is printed or the interpreter exits, where it becomes a traceback.
+    Once a dead worker is reported, the default handling is restored (later DataLoaders in this process still
+    notice dead workers, through their own periodic checks)."""
+    with contextlib.suppress(ValueError, AttributeError, OSError):  # not the main thread / no SIGCHLD here
+        if getattr(signal.getsignal(signal.SIGCHLD), "__module__", "") == "torch.utils.data._utils.signal_handling":
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def _no_async_worker_errors() -> None:
+    """Keep torch from installing its SIGCHLD handler, which raises "worker killed" asynchronously at whatever
+    line the main thread is on: inside a finalizer it is printed as a traceback and lost, and the run then
+    waits for the dead worker. Without it the loader's own check, every 5 s while it waits for a batch, raises
+    the same error synchronously, inside the loop over batches, where :func:`loader_errors` turns it into one
+    line. (A private flag of torch: if it is ever renamed, this does nothing and torch's handler stays.)"""
+    from torch.utils.data._utils import signal_handling
+
+    if hasattr(signal_handling, "_SIGCHLD_handler_set"):
+        signal_handling._SIGCHLD_handler_set = True

@@ -183,6 +183,8 @@ def _open_file(path: Path, label: str) -> io.BufferedReader:
         raise ImageError(label, "file not found", "check the path and the working directory") from None
     except PermissionError:
         raise ImageError(label, "permission denied", "check the file's read permissions") from None
+    except ValueError:  # os.stat refuses a NUL byte in a path (from a manifest, a list file)
+        raise ImageError(label.replace("\0", "\\0"), "the path contains a NUL byte", "fix the path") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ImageError(label, "symlink loop", "fix or remove the symbolic link") from None
@@ -196,6 +198,7 @@ def _decode(fp: io.IOBase, label: str, max_pixels: int, draft: int | None = None
     ``header_only`` returns the opened, not yet decoded image (for :func:`probe_image`).
     """
     with _PILLOW_STATE_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on damaged TIFF tags: stray stderr lines
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         pillow_limit = Image.MAX_IMAGE_PIXELS
         # Pillow's own guard must not refuse what the caller explicitly allowed; restored right after.

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from visiontrain.data.augment import BatchPipeline, one_thread
-from visiontrain.data.guard import DEFAULT_ITEM_TIMEOUT_S, batch_timeout, item_deadline, loader_errors
+from visiontrain.data.guard import DEFAULT_ITEM_TIMEOUT_S, item_deadline, loader_errors
 from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, item_to_tensor, open_image
 from visiontrain.data.sources import FileSplit, ItemSplit, TensorSplit
 from visiontrain.data.transforms import adapt_channels
@@ -284,8 +284,7 @@ class FileLoader:
         workers = self.workers
         return DataLoader(self.dataset, batch_size=batch_size, sampler=self._sampler, num_workers=workers,
                           collate_fn=collate_marked, pin_memory=self.pin_memory, persistent_workers=workers > 0,
-                          prefetch_factor=4 if workers > 0 else None,
-                          timeout=batch_timeout(self.dataset.timeout_s, batch_size, workers))
+                          prefetch_factor=4 if workers > 0 else None)
 
     def shard(self, rank: int, world: int, drop_tail: bool = True) -> None:
         """Decode only this rank's part of every global batch; the DataLoader batches by the per-rank size."""
@@ -338,8 +337,7 @@ def decode_to_memory(split: FileSplit | ItemSplit, channels: int, transform: Cal
                      timeout_s: float = DEFAULT_ITEM_TIMEOUT_S) -> TensorSplit:
     """Decode every image once through ``transform`` (deterministic, fixed size) into one uint8 tensor."""
     dataset = FileDataset(split, channels, transform, max_pixels=max_pixels, draft=draft, timeout_s=timeout_s)
-    loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=collate_marked,
-                        timeout=batch_timeout(timeout_s, 64, workers))
+    loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=collate_marked)
     if log is not None:
         log(f"decoding {len(dataset):,} images once into memory ({workers or 'no'} worker processes)")
     chunks: list[torch.Tensor] = []

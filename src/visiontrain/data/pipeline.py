@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 
 from visiontrain.config import DataConfig
 from visiontrain.data.augment import BatchPipeline
+from visiontrain.data.guard import loader_errors
 from visiontrain.data.loaders import (
     BadImageLog,
     FileDataset,
@@ -73,7 +74,7 @@ def make_loader(split: Split, plan: LoaderPlan, cfg: DataConfig, seed: int, bad_
         split = ItemSplit(InMemory(split), torch.arange(len(split)), split.labels, "memory")
     draft = 2 * plan.size if plan.train else None  # eval decodes in full: identical to `predict` on a file
     dataset = FileDataset(split, plan.channels, build_transforms(specs, _where(plan)), seed=seed,
-                          max_pixels=cfg.max_pixels, draft=draft)
+                          max_pixels=cfg.max_pixels, draft=draft, timeout_s=cfg.item_timeout_s)
     return FileLoader(dataset, batch_size, shuffle=plan.train, seed=seed, workers=cfg.workers,
                       pin_memory=plan.pin_memory, bad_log=bad_log)
 
@@ -89,7 +90,8 @@ def _cache(split: FileSplit | ItemSplit, plan: LoaderPlan, cfg: DataConfig,
     workers = max(cfg.workers, min(os.cpu_count() or 1, 8)) if len(split) >= _CACHE_WORKERS_FROM else cfg.workers
     log = (lambda line: print(f"note: {line}", file=sys.stderr, flush=True)) if len(split) >= 5000 else None
     cached = decode_to_memory(split, plan.channels, build_transforms(head), workers=workers, bad_log=bad_log,
-                              max_pixels=cfg.max_pixels, draft=side if plan.train else None, log=log)
+                              max_pixels=cfg.max_pixels, draft=side if plan.train else None, log=log,
+                              timeout_s=cfg.item_timeout_s)
     return cached, rest
 
 
@@ -176,14 +178,15 @@ def sample_stats(split: Split, channels: int, limit: int = 500, seed: int = 0, m
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros_like(total)
     pixels, used = 0, 0
-    for images, _labels, _index, _bad in DataLoader(dataset, batch_size=1, num_workers=workers,
-                                                   collate_fn=collate_marked):
-        if len(images):
-            x = images[0].double() / 255
-            total += x.sum(dim=(1, 2))
-            squares += x.square().sum(dim=(1, 2))
-            pixels += x.shape[1] * x.shape[2]
-            used += 1
+    with loader_errors():  # a worker killed (out of memory?): one line pointing at --workers 0
+        for images, _labels, _index, _bad in DataLoader(dataset, batch_size=1, num_workers=workers,
+                                                       collate_fn=collate_marked):
+            if len(images):
+                x = images[0].double() / 255
+                total += x.sum(dim=(1, 2))
+                squares += x.square().sum(dim=(1, 2))
+                pixels += x.shape[1] * x.shape[2]
+                used += 1
     if not used:
         return (0.5,) * channels, (0.25,) * channels, 0
     mean = total / pixels

@@ -20,6 +20,7 @@ from visiontrain.engine.checkpoint import _unwrap
 from visiontrain.engine.metrics import evaluate_batches, headline
 from visiontrain.engine.saver import monitor_key
 from visiontrain.engine.state import TrainState
+from visiontrain.engine.timing import DataTimer
 
 MISTAKES_SHOWN = 16  # most confident validation mistakes kept per epoch for TensorBoard and plots
 
@@ -70,8 +71,9 @@ def train_one_epoch(state: TrainState, loader: Loader, prepare: Callable[[torch.
         state.reset_sums()
     loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
     accumulate, total = cfg.accumulate, state.batches_per_epoch
+    timer = DataTimer(loader)  # seconds inside the loader's next(): the epoch's data wait (engine/timing.py)
     start = time.perf_counter()
-    for index, (images, labels) in enumerate(loader, start=state.batch_in_epoch):
+    for index, (images, labels) in enumerate(timer, start=state.batch_in_epoch):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         inputs, targets = prepare(images), labels
@@ -101,7 +103,8 @@ def train_one_epoch(state: TrainState, loader: Loader, prepare: Callable[[torch.
     seen = int(sums["seen"])
     accuracy = {"accuracy": float(sums["correct"]) / max(seen, 1)} if state.task == "classification" else {}
     return {"loss": float(sums["loss_sum"]) / max(seen, 1), **accuracy,
-            "epoch_time_s": elapsed, "img_per_s": seen / elapsed if elapsed > 0 else 0.0, "lr": state.lr}
+            "epoch_time_s": elapsed, "img_per_s": seen / elapsed if elapsed > 0 else 0.0, "lr": state.lr,
+            **timer.split(elapsed)}
 
 
 def _shard_weight(state: TrainState, loader: Loader, index: int, local: int) -> float:

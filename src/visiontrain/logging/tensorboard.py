@@ -4,7 +4,8 @@ Every point's x is the global optimizer step, so a resumed run can purge what a 
 after its last checkpoint (``purge_step``) and the curves never hold duplicate steps.
 Tags: ``train/loss``, ``train/lr`` and ``train/grad_norm`` every ``log_every`` steps; per epoch ``epoch``,
 ``train/accuracy``, ``train/epoch_loss``, ``<split>/loss``, ``<split>/accuracy``, ``<split>/top5`` (and
-``<split>_ema/*`` with an EMA), ``time/epoch_s`` and ``time/img_per_s``; images ``train/batch``; the
+``<split>_ema/*`` with an EMA), ``time/epoch_s``, ``time/img_per_s``, ``time/data_wait_s``,
+``time/compute_s`` and ``time/data_wait_frac``; images ``train/batch``; the
 graph of the model trained.
 """
 
@@ -26,6 +27,9 @@ EPOCH_TAGS = {
     "train/loss": "train/epoch_loss",
     "train/epoch_time_s": "time/epoch_s",
     "train/img_per_s": "time/img_per_s",
+    "train/data_wait_s": "time/data_wait_s",  # seconds waiting for the loader (engine/timing.py)
+    "train/compute_s": "time/compute_s",
+    "train/data_wait_frac": "time/data_wait_frac",
 }
 
 

@@ -86,7 +86,8 @@ def build_model(cfg: ModelConfig, inp: ModelInput) -> BuiltModel:
     ('fc', 4, 1)
     """
     args = dict(cfg.args)
-    pretrained = load_pretrained(cfg.name, args, inp, cfg.pretrained) if cfg.pretrained else None
+    pretrained = (load_pretrained(cfg.name, args, inp, cfg.pretrained, trust_pickle=cfg.trust_pickle)
+                  if cfg.pretrained else None)
     model = pretrained.model if pretrained else create_model(cfg.name, inp, args)
     head = find_head(model, pretrained.num_classes if pretrained else inp.num_classes)
     # pretrained weights for another class count get a fresh head; the same count keeps the trained one
@@ -95,7 +96,7 @@ def build_model(cfg: ModelConfig, inp: ModelInput) -> BuiltModel:
         replace_head(model, inp.num_classes, cfg.head, path=head)
     built = BuiltModel(model, model_spec(cfg, inp.channels), head, pretrained=pretrained, head_replaced=replaced)
     if cfg.init_from:
-        weights = read_weights(cfg.init_from)
+        weights = read_weights(cfg.init_from, trust_pickle=cfg.trust_pickle)
         if cfg.init_match == "order" and not weights.ordered:
             raise ModelError(f"--init-match order needs the tensor order of {cfg.init_from}, which a plain "
                              "safetensors file does not keep; use the original .pth (or a file written by "

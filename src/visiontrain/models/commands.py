@@ -11,6 +11,9 @@ from typing import Any
 from visiontrain.config import ModelConfig, parse_override
 from visiontrain.errors import ConfigError
 
+_TRUST_HELP = ("unpickle a whole-model .pth (torch.save(model)) in full; this runs code from the file: only for "
+               "files you made yourself")
+
 
 def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
     models = sub.add_parser("models", help="list the models; `models show NAME` for its layers",
@@ -37,11 +40,13 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     ins.add_argument("file", metavar="FILE_OR_RUN")
     ins.add_argument("--tensors", type=int, default=20, metavar="N", help="tensors to list (0 = all) [default: 20]")
     ins.add_argument("--json", action="store_true", help="print as JSON")
+    ins.add_argument("--trust-pickle", action="store_true", help=_TRUST_HELP)
     conv = csub.add_parser("convert", help="state_dict .pth → .safetensors + JSON sidecar (no unpickling)")
     conv.add_argument("file", metavar="FILE")
     conv.add_argument("--to", choices=["safetensors"], required=True, help="target format")
     conv.add_argument("--out", help="output file [default: beside FILE, .safetensors]")
     conv.add_argument("--force", action="store_true", help="overwrite an existing output")
+    conv.add_argument("--trust-pickle", action="store_true", help=_TRUST_HELP)
     return {"models": _models, "checkpoint": _checkpoint}
 
 
@@ -97,7 +102,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
     from visiontrain.models.doctor import convert_to_safetensors, inspect_weights
 
     if args.checkpoint_command == "convert":
-        result = convert_to_safetensors(args.file, args.out, args.force)
+        result = convert_to_safetensors(args.file, args.out, args.force, trust_pickle=args.trust_pickle)
         stripped = ", ".join(f"{p!r} from {n} keys" for p, n in result["stripped_prefixes"].items())
         print(f"wrote {result['weights']} ({result['tensors']} tensors, {result['values']:,} values) and "
               f"{result['sidecar']}" + (f"; stripped {stripped}" if stripped else ""))
@@ -107,7 +112,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
         return 0
     if args.tensors < 0:
         raise ConfigError("--tensors must be 0 (all) or more")
-    info = inspect_weights(args.file)
+    info = inspect_weights(args.file, trust_pickle=args.trust_pickle)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:

@@ -25,13 +25,13 @@ WEIGHTS_FORMAT = "visiontrain.weights"
 _META_FIELDS = ("epoch", "step", "monitor", "created")
 
 
-def inspect_weights(path: str | Path, find_models: bool = True) -> dict[str, Any]:
-    """A JSON-able description of a weights file or run.
+def inspect_weights(path: str | Path, find_models: bool = True, trust_pickle: bool = False) -> dict[str, Any]:
+    """A JSON-able description of a weights file or run (``trust_pickle``: see :func:`read_weights`).
 
     >>> inspect_weights("resnet18.pth")["fits"][0]  # doctest: +SKIP
     {'name': 'resnet18', 'exact': True, 'classes': 1000, 'channels': 3, 'shapes_differ': 0}
     """
-    w = read_weights(path)
+    w = read_weights(path, trust_pickle=trust_pickle)
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in w.tensors.values())
     info: dict[str, Any] = {
         "file": str(w.path), "format": w.format, "nested_in": w.nested_in, "stripped_prefixes": w.stripped,
@@ -79,14 +79,15 @@ def _own_model_fits(w: WeightsFile) -> dict[str, Any]:
             "extra": extra[:5]}
 
 
-def convert_to_safetensors(path: str | Path, out: str | Path | None = None, force: bool = False) -> dict[str, Any]:
+def convert_to_safetensors(path: str | Path, out: str | Path | None = None, force: bool = False,
+                           trust_pickle: bool = False) -> dict[str, Any]:
     """Write ``out`` (default: beside the input, ``.safetensors``) and its ``.json`` sidecar.
 
     >>> convert_to_safetensors("ddp_model.pth")["weights"]  # doctest: +SKIP
     'ddp_model.safetensors'
     """
     src = Path(path)
-    w = read_weights(src)
+    w = read_weights(src, trust_pickle=trust_pickle)
     if w.format != "pytorch":
         raise CheckpointError(f"{src} is already {w.format}; only PyTorch state_dict files (.pth/.pt) need "
                               "converting")

@@ -53,7 +53,7 @@ def is_file_value(value: str) -> bool:
     return os.sep in value or "/" in value or Path(value).suffix.lower() in _FILE_SUFFIXES or Path(value).exists()
 
 
-def load_pretrained(name: str, args: dict, inp: ModelInput, value: str) -> Pretrained:
+def load_pretrained(name: str, args: dict, inp: ModelInput, value: str, trust_pickle: bool = False) -> Pretrained:
     """Build ``name`` as the weights ``value`` need it, load them strictly, adapt the stem to ``inp``.
 
     >>> p = load_pretrained("resnet18", {}, ModelInput(3, 224, 10), "DEFAULT")  # doctest: +SKIP
@@ -61,7 +61,7 @@ def load_pretrained(name: str, args: dict, inp: ModelInput, value: str) -> Pretr
     1000
     """
     if is_file_value(value):
-        return _from_file(name, args, inp, Path(value))
+        return _from_file(name, args, inp, Path(value), trust_pickle)
     return _from_enum(name, args, inp, value)
 
 
@@ -112,8 +112,8 @@ def _from_enum(name: str, args: dict, inp: ModelInput, value: str) -> Pretrained
                       tuple(mean) if mean else None, tuple(std) if std else None, described)
 
 
-def _from_file(name: str, args: dict, inp: ModelInput, path: Path) -> Pretrained:
-    weights = read_weights(path)
+def _from_file(name: str, args: dict, inp: ModelInput, path: Path, trust_pickle: bool = False) -> Pretrained:
+    weights = read_weights(path, trust_pickle=trust_pickle)
     tensors = weights.tensors
     probe = _probe(name, args, inp)
     head_key = find_head(probe, inp.num_classes) + ".weight"

@@ -2,7 +2,9 @@
 
 Nothing here unpickles Python objects: ``.pth``/``.pt``/``.tar`` files go through
 ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers. A file that needs
-more (a whole model saved with ``torch.save(model)``) is refused with a line saying how to re-save it.
+more (a whole model saved with ``torch.save(model)``) is refused with a line saying how to re-save it,
+unless the caller passes ``trust_pickle=True`` (``--trust-pickle``): then it is unpickled in full, which
+runs whatever code the file carries, after a warning on stderr.
 Keys wrapped by DDP (``module.``) or ``torch.compile`` (``_orig_mod.``) are unwrapped.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,8 +60,11 @@ def sniff(path: Path) -> str:
                           "give a .safetensors, .pth/.pt or a run folder")
 
 
-def read_weights(path: str | Path) -> WeightsFile:
+def read_weights(path: str | Path, trust_pickle: bool = False) -> WeightsFile:
     """Tensors of a weights file or run folder, keys unwrapped from ``module.``/``_orig_mod.``.
+
+    ``trust_pickle`` lets a ``.pth`` that pickles Python objects (a whole model) be unpickled in full —
+    which runs any code inside it; without it such a file is a :class:`CheckpointError`.
 
     >>> w = read_weights("runs/mnist-demo")  # doctest: +SKIP
     >>> w.format, len(w.tensors)  # doctest: +SKIP
@@ -68,7 +74,7 @@ def read_weights(path: str | Path) -> WeightsFile:
     if not p.exists():
         raise CheckpointError(f"{p} does not exist; give a weights file (.safetensors, .pth) or a run folder")
     kind = sniff(p)
-    result = _READERS[kind](p)
+    result = _READERS[kind](p, trust_pickle)
     if kind != "pytorch":
         _restore_order(result)
     result.tensors, result.stripped = strip_wrappers(result.tensors)
@@ -77,7 +83,11 @@ def read_weights(path: str | Path) -> WeightsFile:
     return result
 
 
-def _read_safetensors(path: Path) -> WeightsFile:
+def _read_safetensors(path: Path, _trust_pickle: bool = False) -> WeightsFile:
+    from visiontrain.engine.checkpoint import read_sidecar  # lazy: engine/ imports models/
+    from visiontrain.engine.validate import check_safetensors_file
+
+    check_safetensors_file(path)  # offsets, sizes and dtypes, before the library touches the bytes
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
@@ -88,25 +98,52 @@ def _read_safetensors(path: Path) -> WeightsFile:
     if sidecar.is_file():
         try:
             side = json.loads(sidecar.read_text(encoding="utf-8"))
+            if isinstance(side, dict) and side.get("format") == "visiontrain.checkpoint":
+                read_sidecar(sidecar)  # only a sidecar that passes its schema describes the tensors
             metadata.update(side if isinstance(side, dict) else {})
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError, CheckpointError):
             pass  # a broken sidecar does not make the tensors unreadable
     return WeightsFile(path, "safetensors", tensors, metadata)
 
 
-def _read_pytorch(path: Path) -> WeightsFile:
+def _read_pytorch(path: Path, trust_pickle: bool = False) -> WeightsFile:
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing what is unsafe
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise CheckpointError(f"{path} is not a plain state_dict: it pickles Python objects (e.g. a whole model "
-                              "saved with torch.save(model)), which visiontrain will not unpickle because that "
-                              "can run code; re-save it with torch.save(model.state_dict(), path)") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch file ({str(exc).splitlines()[0][:200]})") from None
+        if not trust_pickle:
+            raise CheckpointError(f"{path} is not a plain state_dict: it pickles Python objects (e.g. a whole model "
+                                  "saved with torch.save(model)), which visiontrain will not unpickle because that "
+                                  "can run code; re-save it with torch.save(model.state_dict(), path), or pass "
+                                  "--trust-pickle if you made this file yourself") from None
+        obj = _unpickle_trusted(path)
+    except Exception as exc:  # a damaged file fails in many ways (zip, pickle, even torch's safetensors sniffing)
+        raise CheckpointError(f"{path}: not a readable PyTorch file ({_first_line(exc)})") from None
+    if isinstance(obj, torch.nn.Module):  # the seeds' "method 1": the whole model; its weights are what we need
+        obj = obj.state_dict()
     tensors, nested = _find_state_dict(obj, path)
     return WeightsFile(path, "pytorch", tensors, nested_in=nested)
+
+
+def _unpickle_trusted(path: Path) -> Any:
+    """Full unpickling, asked for with ``--trust-pickle``: the file's code runs here, so say so first."""
+    print(f"warning: --trust-pickle: unpickling {path} in full, which runs any code the file carries; do this only "
+          "for files you made yourself, and convert it once: torch.save(model.state_dict(), path)",
+          file=sys.stderr, flush=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # the pickle's own classes and code: anything can fail in there
+        raise CheckpointError(f"{path}: cannot unpickle it even with --trust-pickle ({type(exc).__name__}: "
+                              f"{_first_line(exc)}); the classes it pickles must be importable here — run from "
+                              "the project that defined the model") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _find_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
@@ -123,7 +160,7 @@ def _find_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str
                           "torch.save(model.state_dict(), path)")
 
 
-def _read_visiontrain(path: Path) -> WeightsFile:
+def _read_visiontrain(path: Path, _trust_pickle: bool = False) -> WeightsFile:
     from visiontrain.engine.checkpoint import load_weights, read_sidecar
     from visiontrain.use.loading import resolve_checkpoint  # lazy: use/ imports models/
 

@@ -155,4 +155,4 @@ def write_csv(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
 def _progress(total: int):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="predict", unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc="predict", unit="img", file=sys.stderr, dynamic_ncols=True, leave=True)

@@ -1,0 +1,112 @@
+"""Recipes: named presets of model + schedule + batch size + precision + epochs, picked with ``--recipe NAME``.
+
+A recipe fills config keys *underneath* everything the user says: defaults ← recipe ← YAML file ← flags ←
+``--set``. So ``--recipe fast --epochs 3`` is the fast recipe for three epochs, and a recipe never hides an
+explicit choice. The resolved values are saved in the run's ``config.yaml`` with the recipe's name, so a
+resumed run keeps them even if the recipe changes later. ``visiontrain recipes`` lists them.
+
+Each recipe says what it was tuned for and what it measured there (docs/recipes.md, docs/benchmarks.md);
+hyperparameters were tuned on the validation split, never on the test split.
+
+>>> resolve("fast")["model.name"]
+'fast_cnn'
+>>> resolve("nope")
+Traceback (most recent call last):
+...
+visiontrain.errors.ConfigError: unknown recipe 'nope'; choose one of: fast, fast_long, seeds (see `visiontrain recipes`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from visiontrain.errors import ConfigError
+from visiontrain.registry import Registry
+
+
+@dataclass(frozen=True)
+class Recipe:
+    description: str
+    settings: dict[str, Any]  # dotted config keys → values, applied under the user's own
+    measured: str = ""  # what it reached where it was tuned (the numbers live in docs/benchmarks.md)
+
+
+RECIPES: Registry[Recipe] = Registry("recipe", ConfigError)
+
+# Shared by the fast recipes. Units: batch in images, lr is Adam's peak of the one-cycle, epochs are passes over
+# the training split (54,000 MNIST images with the default 10% validation hold-out).
+_FAST: dict[str, Any] = {
+    "model.name": "fast_cnn",
+    "data.batch_size": 256,
+    "data.eval_batch_size": 2000,
+    "data.transforms.train": "none",
+    "optim.name": "adam",
+    "optim.lr": 0.01,
+    "optim.weight_decay": 0.0,
+    "optim.schedule": "onecycle",
+    "optim.warmup_epochs": 0.0,
+    "train.epochs": 1,
+    "train.precision": "32",
+    "train.channels_last": True,
+    "train.label_smoothing": 0.0,
+}
+
+RECIPES.register("fast", Recipe(
+    "time to 99% on MNIST-sized digits on a CPU: fast_cnn, Adam one-cycle, batch 256, 1 epoch",
+    _FAST, measured="MNIST test accuracy; see docs/benchmarks.md"))
+RECIPES.register("fast_long", Recipe(
+    "the fast recipe trained longer, for 99.5% on MNIST: wider fast_cnn, light random crops, more epochs",
+    {**_FAST, "train.epochs": 8, "data.transforms.train": "digits"},
+    measured="MNIST test accuracy; see docs/benchmarks.md"))
+RECIPES.register("seeds", Recipe(
+    "the study notes' routine (seed 002): seed_net, plain SGD lr 0.01, batch 64, constant rate, no augmentation",
+    {"model.name": "seed_net", "data.batch_size": 64, "data.transforms.train": "none", "optim.name": "sgd",
+     "optim.lr": 0.01, "optim.momentum": 0.0, "optim.nesterov": False, "optim.weight_decay": 0.0,
+     "optim.schedule": "none", "optim.warmup_epochs": 0.0, "train.precision": "32", "train.label_smoothing": 0.0},
+    measured="the baseline of benchmarks/bench_engine.py"))
+
+
+def resolve(name: str) -> dict[str, Any]:
+    """The dotted settings of recipe ``name`` (a copy); an unknown name is a :class:`ConfigError`."""
+    if name not in RECIPES:
+        raise ConfigError(f"{RECIPES.unknown_message(name)} (see `visiontrain recipes`)")
+    return copy.deepcopy(RECIPES.get(name).settings)
+
+
+def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """The ``visiontrain recipes [NAME]`` command."""
+    cmd = sub.add_parser("recipes", help="list the training recipes (--recipe NAME); `recipes NAME` for its "
+                         "settings", description="Recipes are presets of model, schedule, batch size, precision "
+                         "and epochs; flags given with --recipe override them.")
+    cmd.add_argument("name", nargs="?", metavar="NAME", help="show this recipe's settings")
+    cmd.add_argument("--json", action="store_true", help="print as JSON")
+    return {"recipes": _recipes_command}
+
+
+def _recipes_command(args: argparse.Namespace) -> int:
+    from visiontrain.use.report import print_table
+
+    if args.name:
+        settings = resolve(args.name)
+        if args.json:
+            print(json.dumps({"name": args.name, **_row(args.name), "settings": settings}, indent=2))
+        else:
+            print(f"{args.name}: {RECIPES.get(args.name).description}")
+            print_table([{"key": k, "value": json.dumps(v)} for k, v in settings.items()], ["key", "value"])
+        return 0
+    rows = [{"name": name, **_row(name)} for name in RECIPES]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, ["name", "description"])
+    return 0
+
+
+def _row(name: str) -> dict[str, str]:
+    recipe = RECIPES.get(name)
+    return {"description": recipe.description, "measured": recipe.measured}
