@@ -20,7 +20,6 @@ import argparse
 import datetime
 import os
 import platform
-import struct
 import sys
 import tempfile
 import time
@@ -38,39 +37,14 @@ from torchvision import datasets, transforms
 from visiontrain.config import DataConfig
 from visiontrain.data import build_data
 from visiontrain.data.loaders import Normalizer
+from visiontrain.testing import write_cifar
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-def _py2_array(arr: np.ndarray) -> bytes:
-    """A uint8 ndarray pickled as Python 2 + numpy 1 did in the real CIFAR files."""
-    data = arr.tobytes()
-    return b"".join([
-        b"cnumpy.core.multiarray\n_reconstruct\n", b"cnumpy\nndarray\n", b"K\x00\x85", b"U\x01b", b"\x87R",
-        b"(K\x01(", *(b"J" + struct.pack("<i", d) for d in arr.shape), b"t",
-        b"cnumpy\ndtype\n", b"U\x02u1K\x00K\x01\x87R", b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb",
-        b"\x89T", struct.pack("<I", len(data)), data, b"tb",
-    ])  # fmt: skip
-
-
-def _py2_str(text: str) -> bytes:
-    return b"U" + bytes([len(text)]) + text.encode()
-
-
 def make_cifar(root: Path, seed: int = 0) -> None:
     """50k/10k random images written as cifar-10-batches-py (the format torchvision reads)."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = [name for name, _ in datasets.CIFAR10.train_list + datasets.CIFAR10.test_list]
-    for name in names:
-        data = rng.integers(0, 256, (10000, 3072), dtype=np.uint8)
-        labels = b"".join(b"K" + bytes([int(v)]) for v in rng.integers(0, 10, 10000))
-        (folder / name).write_bytes(b"\x80\x02}(" + _py2_str("data") + _py2_array(data) + _py2_str("labels")
-                                    + b"](" + labels + b"eu.")
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    classes = b"".join(_py2_str(c) for c in names)
-    (folder / "batches.meta").write_bytes(b"\x80\x02}(" + _py2_str("label_names") + b"](" + classes + b"eu.")
+    write_cifar(root, per_file=10000, seed=seed)
 
 
 class LocalCIFAR10(datasets.CIFAR10):

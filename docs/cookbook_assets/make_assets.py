@@ -18,15 +18,13 @@ tests/test_cookbook.py runs this in an empty folder before it runs the cookbook'
 
 from __future__ import annotations
 
-import gzip
-import struct
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+from visiontrain.testing import write_cifar, write_idx_set
 
 
 def _blob(h: int, w: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
@@ -73,54 +71,9 @@ def make_hymenoptera(root: Path, train: int = 16, val: int = 6, seed: int = 0) -
     Image.fromarray(triangle, "RGBA").save(root / "img" / "triangle.png")
 
 
-# CIFAR's files are Python 2 cPickle output (protocol 2, byte-string keys, numpy 1 arrays); written byte
-# for byte here so that visiontrain reads exactly what torchvision's download leaves on disk.
-def _s(text: str) -> bytes:
-    raw = text.encode("latin1")
-    return (b"U" + bytes([len(raw)]) if len(raw) < 256 else b"T" + struct.pack("<I", len(raw))) + raw
-
-
-def _int(v: int) -> bytes:
-    return b"K" + bytes([v]) if v < 256 else b"M" + struct.pack("<H", v) if v < 65536 else b"J" + struct.pack("<i", v)
-
-
-def _list(items: list[bytes]) -> bytes:
-    return b"](" + b"".join(items) + b"e"
-
-
-def _uint8_array(arr: np.ndarray) -> bytes:
-    data = np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
-    as_str = b"U" + bytes([len(data)]) if len(data) < 256 else b"T" + struct.pack("<I", len(data))
-    return b"".join([
-        b"cnumpy.core.multiarray\n_reconstruct\n", b"cnumpy\nndarray\n", b"K\x00\x85", b"U\x01b", b"\x87R",
-        b"(K\x01(", *(b"J" + struct.pack("<i", d) for d in arr.shape), b"t",
-        b"cnumpy\ndtype\n", b"U\x02u1K\x00K\x01\x87R",
-        b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb",
-        b"\x89", as_str, data, b"tb",
-    ])  # fmt: skip
-
-
-def _py2_dict(pairs: list[tuple[str, bytes]]) -> bytes:
-    return b"\x80\x02}(" + b"".join(_s(k) + v for k, v in pairs) + b"u."
-
-
 def make_cifar10(root: Path, per_batch: int = 10, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    folder = root / "data" / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
-        images = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        labels = [i % 10 for i in range(per_batch)]
-        (folder / name).write_bytes(_py2_dict([
-            ("batch_label", _s(f"tiny {name}")), ("labels", _list([_int(v) for v in labels])),
-            ("data", _uint8_array(images)), ("filenames", _list([_s(f"img_{i}.png") for i in range(per_batch)]))]))
-    (folder / "batches.meta").write_bytes(_py2_dict([
-        ("num_cases_per_batch", _int(per_batch)), ("label_names", _list([_s(c) for c in CIFAR_CLASSES])),
-        ("num_vis", _int(3072))]))
-
-
-def _idx(magic: int, array: np.ndarray) -> bytes:
-    return struct.pack(f">{1 + array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+    """CIFAR-10 in torchvision's exact on-disk format (Python 2 pickles), random pixels: visiontrain.testing."""
+    write_cifar(root / "data", per_file=per_batch, seed=seed)
 
 
 def make_fashion_mnist(root: Path, train: int = 200, test: int = 50, seed: int = 0) -> None:
@@ -133,8 +86,7 @@ def make_fashion_mnist(root: Path, train: int = 200, test: int = 50, seed: int =
         images = rng.integers(0, 60, (n, 28, 28))
         for i, k in enumerate(labels):
             images[i, 2 * k + 4: 2 * k + 7, 4:24] = 230
-        for kind, magic, array in (("images-idx3", 0x803, images), ("labels-idx1", 0x801, labels)):
-            (raw / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(_idx(magic, array), mtime=0))
+        write_idx_set(raw, {prefix: (images, labels)})
 
 
 def make_regression(root: Path, n: int = 120, seed: int = 0) -> None:

@@ -59,7 +59,8 @@ TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
      "smooth_l1 [default: auto]"),
     ("--label-smoothing", "train.label_smoothing", float, "cross-entropy label smoothing [default: 0]"),
     ("--class-weights", "train.class_weights", str, "'auto' weighs classes by inverse frequency"),
-    ("--precision", "train.precision", str, "32, bf16 or fp16 mixed precision [default: 32]"),
+    ("--precision", "train.precision", str, "32, bf16 or fp16 mixed precision"
+     ", or auto (bf16 where the GPU or CPU computes in it natively, else 32) [default: 32]"),
     ("--accumulate", "train.accumulate", int, "batches per optimizer step (gradient accumulation) [default: 1]"),
     ("--clip-grad-norm", "train.clip_grad_norm", float, "clip the global gradient norm to this value"),
     ("--ema-decay", "train.ema_decay", float, "keep an EMA of the weights with this decay (e.g. 0.999)"),

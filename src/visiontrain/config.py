@@ -86,7 +86,7 @@ class TrainConfig:
     loss: str = "auto"  # auto (by task) | cross_entropy | bce (multi-label) | mse | l1 | smooth_l1 (regression)
     label_smoothing: float = 0.0
     class_weights: str | list[float] | None = None  # "auto" (inverse class frequency) or one weight per class
-    precision: str = "32"  # 32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
+    precision: str = "32"  # 32 | bf16 | fp16 (autocast; fp16 adds a GradScaler) | auto (engine/precision.py)
     channels_last: bool = True  # NHWC memory format (faster convolutions on CPUs and tensor cores)
     compile: bool = False  # torch.compile the model
     accumulate: int = 1  # batches per optimizer step (gradient accumulation)

@@ -279,12 +279,17 @@ def _test_best(state: TrainState, data: DataBundle) -> dict[str, Any]:
     return {**headline(full), "epoch": state.best["epoch"] if state.best else None, "checkpoint": "best"}
 
 
+def _precision_note(state: TrainState) -> str:
+    mode = state.precision.mode
+    return "" if mode == "32" else f" in {mode} mixed precision"
+
+
 def _print_header(cfg: RunConfig, data: DataBundle, state: TrainState) -> None:
     counts = ", ".join(f"{len(v):,} {k}" for k, v in data.source.splits.items())
     p = data.prep
     print(f"visiontrain: {cfg.model.name} ({count_parameters(state.model):,} parameters) on {cfg.data.name} "
           f"[{counts}; {len(data.classes)} classes, {p.channels}x{p.size}x{p.size}], "
-          f"{cfg.train.epochs} epochs on {state.device}", file=sys.stderr, flush=True)
+          f"{cfg.train.epochs} epochs on {state.device}{_precision_note(state)}", file=sys.stderr, flush=True)
     for note in data.source.notes:
         print(f"note: {note}", file=sys.stderr, flush=True)
     print(f"run folder: {state.run_dir} (monitor: {monitor_key(state)})", file=sys.stderr, flush=True)

@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import os
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -24,70 +23,17 @@ from visiontrain.data import build_data
 from visiontrain.data.sources import load_source, registered_name
 from visiontrain.data.torchvision_sets import load_cifar, load_idx_set
 from visiontrain.errors import DataError
-
-
-def _s(text: str) -> bytes:
-    raw = text.encode("latin1")
-    return (b"U" + bytes([len(raw)]) if len(raw) < 256 else b"T" + struct.pack("<I", len(raw))) + raw
-
-
-def _int(v: int) -> bytes:
-    return b"K" + bytes([v]) if v < 256 else b"M" + struct.pack("<H", v) if v < 65536 else b"J" + struct.pack("<i", v)
-
-
-def _list(items: list[bytes]) -> bytes:
-    return b"](" + b"".join(items) + b"e"
-
-
-def _uint8_array(arr: np.ndarray) -> bytes:
-    """An ndarray as Python 2 + numpy 1 pickled it (protocol 2): _reconstruct, then __setstate__."""
-    data = np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
-    as_str = b"U" + bytes([len(data)]) if len(data) < 256 else b"T" + struct.pack("<I", len(data))
-    return b"".join([
-        b"cnumpy.core.multiarray\n_reconstruct\n", b"cnumpy\nndarray\n", b"K\x00\x85", b"U\x01b", b"\x87R",
-        b"(K\x01(", *(b"J" + struct.pack("<i", d) for d in arr.shape), b"t",
-        b"cnumpy\ndtype\n", b"U\x02u1K\x00K\x01\x87R",
-        b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb",
-        b"\x89", as_str, data, b"tb",
-    ])  # fmt: skip
-
-
-def _py2_dict(pairs: list[tuple[str, bytes]]) -> bytes:
-    return b"\x80\x02}(" + b"".join(_s(k) + v for k, v in pairs) + b"u."
-
-
-def _cifar_batch(images: np.ndarray, labels: list[int], label_key: str, extra: list[tuple[str, bytes]]) -> bytes:
-    return _py2_dict([("data", _uint8_array(images.reshape(len(images), 3072))),
-                      (label_key, _list([_int(v) for v in labels])), *extra,
-                      ("filenames", _list([_s(f"img_{i}.png") for i in range(len(labels))]))])
+from visiontrain.testing import CIFAR10_CLASSES, idx_bytes, write_cifar
 
 
 def make_cifar(root: Path, cls: type = tvd.CIFAR10, n: int = 4, seed: int = 0) -> dict[str, tuple]:
     """Tiny copies of every file ``cls`` reads; returns {file: (images NCHW, labels)} and the class names."""
-    rng = np.random.default_rng(seed)
-    folder = root / cls.base_folder
-    folder.mkdir(parents=True)
-    ten = cls is tvd.CIFAR10
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"] if ten else [
-        f"c{i}" for i in range(100)]
-    out = {}
-    for name, _md5 in [*cls.train_list, *cls.test_list]:
-        images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
-        labels = rng.integers(0, len(names), n).tolist()
-        key, extra = ("labels", [("batch_label", _s(f"batch {name}"))]) if ten else (
-            "fine_labels", [("coarse_labels", _list([_int(v // 5) for v in labels])),
-                            ("batch_label", _s(name))])
-        (folder / name).write_bytes(_cifar_batch(images, labels, key, extra))
-        out[name] = (images, labels)
-    if ten:
-        meta = _py2_dict([("num_cases_per_batch", _int(10000)), ("label_names", _list([_s(c) for c in names])),
-                          ("num_vis", _int(3072))])
-    else:
-        meta = _py2_dict([("fine_label_names", _list([_s(c) for c in names])),
-                          ("coarse_label_names", _list([_s(f"s{i}") for i in range(20)]))])
-    (folder / cls.meta["filename"]).write_bytes(meta)
-    out["classes"] = names  # type: ignore[assignment]
+    cifar100 = cls is tvd.CIFAR100
+    classes = [f"c{i}" for i in range(100)] if cifar100 else CIFAR10_CLASSES
+    out: dict = write_cifar(root, cifar100=cifar100, per_file=n, seed=seed, classes=classes)
+    out["classes"] = classes
     return out
+
 
 
 def _bless(monkeypatch: pytest.MonkeyPatch, cls: type, root: Path) -> None:
@@ -175,11 +121,6 @@ def test_missing_cifar_with_download_off_or_failing(tmp_path: Path, monkeypatch:
     assert "\n" not in message and "no network" in message and "machine with internet" in message
 
 
-def _idx(array: np.ndarray) -> bytes:
-    magic = 0x0800 | array.ndim
-    return struct.pack(f">{array.ndim + 1}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
-
-
 def make_idx_set(root: Path, cls: type, gz: bool, seed: int = 0) -> dict[bool, tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
     raw = root / cls.__name__ / "raw"
@@ -189,7 +130,7 @@ def make_idx_set(root: Path, cls: type, gz: bool, seed: int = 0) -> dict[bool, t
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, n).astype(np.uint8)
         for kind, array in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
-            data = _idx(array)
+            data = idx_bytes(array)
             name = f"{prefix}-{kind}"
             (raw / (name + ".gz" if gz else name)).write_bytes(gzip.compress(data) if gz else data)
         out[train] = (images, labels)
