@@ -48,6 +48,8 @@ TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
      "rest and list them in bad_images.txt [default: error]"),
     ("--max-pixels", "data.max_pixels", int, "refuse images declaring more pixels (decompression bombs) "
      "[default: 67108864]"),
+    ("--follow-symlinks", "data.follow_symlinks", bool, "follow folder symlinks in a data folder, never out of it, "
+     "in a loop or into another class's folder; file symlinks inside it are always used [default: off]"),
     ("--download", "data.download", bool, "download a registered dataset whose files are missing [default: on]"),
     ("--cache", "data.cache", str, "auto, memory or off: decode an image folder once into memory [default: auto]"),
     ("--split-file", "data.split_file", str, "reuse the train/val split of an earlier run (its split.json)"),

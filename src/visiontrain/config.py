@@ -39,6 +39,7 @@ class DataConfig:
     cache_mb: int = 2048  # the in-memory budget for `cache: auto`, in MiB
     split_file: str | None = None  # a split.json from an earlier run: reuse its train/val split
     item_timeout_s: float = 300.0  # seconds one file/item may take to read before it counts as bad; 0 = no limit
+    follow_symlinks: bool = False  # follow folder symlinks in a data folder (never out of it, nor into another class)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ ALIASES: dict[str, str] = {
     "normalize": "data.normalize",
     "bad_images": "data.bad_images",
     "max_pixels": "data.max_pixels",
+    "follow_symlinks": "data.follow_symlinks",
     "data_args": "data.args",
     "model": "model.name",
     "optimizer": "optim.name",

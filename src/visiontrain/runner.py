@@ -14,6 +14,7 @@ import torch
 
 from visiontrain.config import RunConfig, load_config, read_yaml
 from visiontrain.data import DataBundle, build_data
+from visiontrain.data.audit import start_lines
 from visiontrain.data.guard import loader_errors
 from visiontrain.engine import distributed
 from visiontrain.engine.build import build_ema, build_mixing, prepare_model, resolve_device, seed_everything
@@ -30,6 +31,7 @@ from visiontrain.engine.saver import BestSaver, CheckpointSaver, monitor_key, mo
 from visiontrain.engine.state import TrainState
 from visiontrain.engine.timing import LoaderBound, TimeTotals
 from visiontrain.errors import CheckpointError, ConfigError, VisiontrainError
+from visiontrain.faults import fault_point
 from visiontrain.fileio import atomic_write_json, atomic_write_yaml, remove_stale_temps
 from visiontrain.logging.console import ConsoleLogger
 from visiontrain.logging.files import MetricsFile
@@ -156,6 +158,7 @@ def _start_run_dir(state: TrainState, cfg: RunConfig, overwrite: bool) -> None:
     try:
         state.run_dir = make_run_dir(cfg)
         atomic_write_yaml(state.run_dir / "config.yaml", cfg.to_dict())
+        fault_point("after-config")  # the earliest moment `--resume` can pick the run up again
     except BaseException:
         if aside is not None and not (Path(cfg.out) / str(cfg.name)).exists():
             os.replace(aside, Path(cfg.out) / str(cfg.name))  # the new run never started: put the old one back
@@ -250,8 +253,13 @@ def _callbacks(state: TrainState, data: DataBundle, extra: list[Callback], quiet
 
 
 def _resume(state: TrainState, data: DataBundle, chain: Callbacks) -> None:
-    """Load the run's resume point and prove the data stream is the one it was trained on."""
-    meta, tensors = read_resume(state.run_dir / "checkpoints" / "resume.safetensors")
+    """Load the run's resume point and prove the data stream is the one it was trained on; a run stopped
+    before its first resume point starts again from the beginning (see :func:`_restart`)."""
+    path = state.run_dir / "checkpoints" / "resume.safetensors"
+    if not path.exists():
+        _restart(state)
+        return
+    meta, tensors = read_resume(path)
     now = stream_fingerprint(data.loaders["train"], meta["epoch"], meta["batch_in_epoch"])
     if now != meta["fingerprint"]:
         raise CheckpointError(f"{state.run_dir}: the training data or its order differ from the interrupted run "
@@ -266,6 +274,35 @@ def _resume(state: TrainState, data: DataBundle, chain: Callbacks) -> None:
     if state.dist.main:
         print(f"resuming {state.run_dir} {where}; sample stream verified (fingerprint {now[:12]})",
               file=sys.stderr, flush=True)
+
+
+# What a run writes into checkpoints/ before its first resume point: ``best`` and ``keep_last`` copies, written at
+# the end of the first epoch just before the resume point (engine/saver.py).
+_EARLY_CHECKPOINT = re.compile(r"(best|epoch-\d+)\.(json|safetensors)")
+
+
+def _restart(state: TrainState) -> None:
+    """Resume a run that was stopped after its config.yaml and before its first resume point.
+
+    Nothing of it can be continued, and everything it wrote a fresh start writes again from the same config and
+    seed — so it starts again, in its own folder, as if it had never run: what the stopped process logged
+    (metrics.jsonl, TensorBoard events) and checkpointed (best, epoch copies) goes first, so no step is logged
+    twice. A folder with ``last`` or ``summary.json`` but no resume point lost it some other way (deleted by
+    hand?): that is refused, and nothing is touched.
+    """
+    folder = state.run_dir
+    done = [name for name in ("checkpoints/last.json", "summary.json") if (folder / name).exists()]
+    if done:
+        raise CheckpointError(f"{folder} has {done[0]} but no checkpoints/resume.safetensors, so it cannot continue "
+                              "exactly; start a new run (--init-from RUN starts from its weights)")
+    if state.dist.main:
+        stale = [folder / "metrics.jsonl", *folder.glob("events.out.tfevents.*"),
+                 *(p for p in (folder / "checkpoints").glob("*") if _EARLY_CHECKPOINT.fullmatch(p.name))]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        remove_stale_temps(folder)  # what the killed process was writing
+        print(f"resuming {folder}: it stopped before its first resume point, so it starts again from the beginning "
+              "(same config and seed)", file=sys.stderr, flush=True)
 
 
 def _test_best(state: TrainState, data: DataBundle) -> dict[str, Any]:
@@ -292,4 +329,6 @@ def _print_header(cfg: RunConfig, data: DataBundle, state: TrainState) -> None:
           f"{cfg.train.epochs} epochs on {state.device}{_precision_note(state)}", file=sys.stderr, flush=True)
     for note in data.source.notes:
         print(f"note: {note}", file=sys.stderr, flush=True)
+    for line in start_lines(data.source, cfg.data.name):  # duplicates and train/val leakage, as `data info` finds
+        print(line, file=sys.stderr, flush=True)
     print(f"run folder: {state.run_dir} (monitor: {monitor_key(state)})", file=sys.stderr, flush=True)

@@ -69,6 +69,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bad-images", default="skip", choices=["error", "skip"],
                    help="on unreadable images: stop, or report and go on [default: skip]")
     p.add_argument("--max-pixels", type=int, help="refuse images declaring more pixels")
+    p.add_argument("--follow-symlinks", action="store_true", default=None, help="follow folder symlinks inside the "
+                   "data folder (never out of it, in a loop or into another class's folder) [default: off]")
     p.add_argument("--workers", type=int, help="decoding worker processes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key")
 
@@ -81,7 +83,8 @@ def config_from(args: argparse.Namespace) -> RunConfig:
     """The run config the data commands work on: --config, then the flags (SOURCE is data.name)."""
     cfg = load_config(read_yaml(args.config), where=args.config) if args.config else RunConfig()
     overrides: dict[str, Any] = {f"data.{key}": getattr(args, key)
-                                 for key in ("val_split", "image_size", "bad_images", "max_pixels", "workers")
+                                 for key in ("val_split", "image_size", "bad_images", "max_pixels", "workers",
+                                             "follow_symlinks")
                                  if getattr(args, key) is not None}
     if args.source:
         overrides["data.name"] = args.source

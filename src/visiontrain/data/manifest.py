@@ -3,7 +3,8 @@
 ``label`` (or ``class``) makes a classification set: class names, or indices 0..K-1. ``value`` makes a
 **regression** set of float targets. An optional ``split`` column (train / val / test) assigns rows to
 splits. Paths are relative to the manifest's folder (or ``--data-arg root=DIR``). A two-column CSV without
-a header row is read as ``path,label``.
+a header row is read as ``path,label``. A manifest names its files, so an absolute path is used as written;
+but with a ``root`` given, a relative path must stay inside it (``../x.jpg`` that leaves it is an error).
 
 ```
 path,label              path,value,split
@@ -17,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,7 @@ def manifest_source(path: Path, cfg: DataConfig, seed: int) -> DataSource:
     for name in ("train", "val", "test"):
         index = [i for i, row in enumerate(rows) if row[3] == name]
         if index:
-            paths = [_resolve(root, rows[i][1]) for i in index]
+            paths = [_resolve(root, rows[i], path if "root" in cfg.args else None) for i in index]
             splits[name] = scan_files(paths, targets[index], cfg.bad_images, cfg.max_pixels, bad)
     if "train" not in splits or len(splits["train"]) == 0:
         raise DataError(f"manifest {path} has no readable training rows (rows with no split, or split train)")
@@ -62,9 +64,19 @@ def manifest_source(path: Path, cfg: DataConfig, seed: int) -> DataSource:
                       preset=preset, root=root, bad_images=bad)
 
 
-def _resolve(root: Path, text: str) -> Path:
-    p = Path(text).expanduser()
-    return p if p.is_absolute() else root / p
+def _resolve(root: Path, row: Row, bounded_by: Path | None) -> Path:
+    """The row's file; ``bounded_by`` (the manifest, when it was given a root): the path must stay in the root."""
+    p = Path(row[1]).expanduser()
+    if p.is_absolute():
+        return p
+    if bounded_by is not None and not _inside(os.path.abspath(root / p), os.path.abspath(root)):
+        raise DataError(f"manifest {bounded_by}, line {row[0]}: path {row[1]!r} leads outside the data root {root}; "
+                        "give it as an absolute path, or a root that holds it")
+    return root / p
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _read_rows(path: Path) -> tuple[list[Row], str]:

@@ -89,6 +89,7 @@ class DataSource:
     root: Path | None = None  # where relative paths in split.json start
     split_record: dict[str, Any] | None = None  # the generated or reused val split, saved as split.json
     bad_images: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) skipped by the scan
+    skipped_links: list[tuple[str, str, str]] = field(default_factory=list)  # (symlink, target, why): data/links.py
 
     @property
     def target_dtype(self) -> torch.dtype:
