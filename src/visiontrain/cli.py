@@ -14,10 +14,11 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from visiontrain.config import RunConfig, load_config, parse_override, read_yaml
+from visiontrain.config import RunConfig, load_config, parse_override
 from visiontrain.data.guard import worker_error
 from visiontrain.errors import ConfigError, VisiontrainError
 from visiontrain.fileio import storage_error
+from visiontrain.trust import read_config_file
 
 # flag → (config key, type, help). The YAML file takes the same names (with _ or -).
 TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
@@ -103,6 +104,12 @@ TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
 ]
 
 
+TRUST_CODE_HELP = ("let the run's own files (its config.yaml, a checkpoint's sidecar, a --config YAML inside a run "
+                   "folder) name code: import the dataset they name as module:Class or file.py:Class, unpickle "
+                   "with their model.trust_pickle. Without it such a run is refused in one line (restating --data "
+                   "SPEC or --trust-pickle yourself also works); only for runs you made yourself [default: off]")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's own errors (bad flag, bad value) as ONE line and exit code 2, like every other user error;
     argparse would print the whole usage first, which for ``train`` is 30 lines."""
@@ -139,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
             train.add_argument(flag, default=None, help=text, **_value_kind(kind))
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set model.args.width=32 (repeatable)")
+    train.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same --name "
                        "(only a visiontrain run; removed once the new run has started) [default: add a -2 suffix]")
     train.add_argument("--quiet", action="store_true", help="no progress output, only the final lines")
@@ -157,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             finder.add_argument(flag, default=None, help=text, **_value_kind(kind))
     finder.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    finder.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     finder.add_argument("--steps", type=int, default=100, help="steps of the sweep [default: 100]")
     finder.add_argument("--start-lr", type=float, default=1e-6, help="first rate [default: 1e-6]")
     finder.add_argument("--end-lr", type=float, default=1.0, help="last rate [default: 1]")
@@ -172,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--report", metavar="DIR", help="write a report there: per-class precision/recall/F1, "
                     "confusion matrices, calibration (ECE, reliability diagram), confident mistakes; Markdown + JSON")
     ev.add_argument("--tta", default="none", help="test-time augmentation: none, flip, five-crop [default: none]")
+    ev.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
 
     pr = sub.add_parser("predict", help="classify image files, folders, globs or @list files")
     pr.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint, or an export "
@@ -210,16 +220,8 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Defaults ← YAML file ← flags ← --set overrides."""
-    if getattr(args, "resume", None):
-        from visiontrain.runner import saved_config
-
-        cfg = saved_config(args.resume)
-    else:
-        raw = read_yaml(args.config) if args.config else {}
-        if getattr(args, "recipe", None):  # under the YAML's keys and the flags, not over them (config._with_recipe)
-            raw = {**raw, "recipe": args.recipe}
-        cfg = load_config(raw, where=args.config or "config")
+    """Defaults ← YAML file ← flags ← --set overrides. A run's config.yaml (``--resume``, or a ``--config`` inside
+    a run folder) may not name code unless ``--trust-code`` or the flags restate it (visiontrain.trust)."""
     overrides: dict[str, Any] = {}
     for flag, key, kind, _text in TRAIN_FLAGS:
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
@@ -230,6 +232,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for item in args.set:
         key, value = parse_override(item)
         overrides[key] = value
+    trust = bool(getattr(args, "trust_code", False))
+    if getattr(args, "resume", None):
+        from visiontrain.runner import saved_config
+
+        cfg = saved_config(args.resume, trust_code=trust, given=overrides)
+    else:
+        raw = read_config_file(args.config, trust_code=trust, given=overrides) if args.config else {}
+        if getattr(args, "recipe", None):  # under the YAML's keys and the flags, not over them (config._with_recipe)
+            raw = {**raw, "recipe": args.recipe}
+        cfg = load_config(raw, where=args.config or "config")
     return cfg.override(overrides, where="command line") if overrides else cfg
 
 

@@ -300,6 +300,12 @@ def _model_checks(m: ModelConfig) -> list[tuple[bool, str]]:
 _SECTIONS = {"data", "model", "optim", "train"}
 
 
+def canonical_key(key: str, where: str = "override") -> str:
+    """The dotted key a flat alias or dashed name stands for: ``data`` → ``data.name``, ``trust-pickle`` →
+    ``model.trust_pickle``; an unknown key is a ConfigError."""
+    return _canonical(key, where)
+
+
 def _canonical(key: str, where: str) -> str:
     key = key.replace("-", "_")
     if key in ALIASES:

@@ -7,12 +7,13 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from visiontrain.config import RunConfig, load_config, read_yaml
+from visiontrain.config import RunConfig, load_config
 from visiontrain.data import DataBundle, build_data
 from visiontrain.data.audit import start_lines
 from visiontrain.data.guard import loader_errors
@@ -40,17 +41,20 @@ from visiontrain.logging.tensorboard import TensorBoardLogger
 from visiontrain.models import ModelInput, count_parameters, get_entry
 from visiontrain.models.build import BuiltModel, build_model
 from visiontrain.run import Run, summarize, write_samples
+from visiontrain.trust import read_config_file
 
 __all__ = ["Run", "find_lr", "make_run_dir", "resolve_device", "train"]
 
 
-def as_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
+def as_config(config: RunConfig | dict | str | Path | None, *, trust_code: bool = False) -> RunConfig:
+    """A RunConfig from what the API was given; a YAML path inside a run folder may not name code (see
+    :mod:`visiontrain.trust`) unless ``trust_code``."""
     if config is None:
         return RunConfig()
     if isinstance(config, RunConfig):
         return config
     if isinstance(config, str | Path):
-        return load_config(read_yaml(config), where=str(config))
+        return load_config(read_config_file(config, trust_code=trust_code), where=str(config))
     if isinstance(config, dict):
         return load_config(config)
     raise ConfigError(f"config must be a RunConfig, a mapping or a YAML path, not {type(config).__name__}")
@@ -99,17 +103,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", Path(text).name or text).strip("_") or "run"
 
 
-def saved_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config a run was started with (its ``config.yaml``)."""
+def saved_config(run_dir: str | Path, *, trust_code: bool = False, given: Iterable[str] = ()) -> RunConfig:
+    """The resolved config a run was started with (its ``config.yaml``). It may not name code to import or a
+    file to unpickle unless ``trust_code`` or the user restates that key (``given``: keys set on the command line)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml); pass runs/<name>")
-    return as_config(path)
+    return load_config(read_config_file(path, trust_code=trust_code, given=given, run_file=True), where=str(path))
 
 
 def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | Path | None = None,
-          callbacks: list[Callback] | None = None, quiet: bool = False, overwrite: bool = False) -> Run:
+          callbacks: list[Callback] | None = None, quiet: bool = False, overwrite: bool = False,
+          trust_code: bool = False) -> Run:
     """Train a model, or continue a stopped run with ``resume=<run folder>``; returns the :class:`Run`.
+
+    A config read from a run's files (``resume`` without ``config``, or a YAML path inside a run folder) may not
+    name code to import or a file to unpickle unless ``trust_code`` (see :mod:`visiontrain.trust`).
 
     An existing run folder of the same name is never touched (the new one gets a -2, -3 … suffix) unless
     ``overwrite``: then it is replaced once the new run has started (see :func:`set_aside`).
@@ -119,7 +128,8 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
     True
     """
     started = time.perf_counter()
-    cfg = as_config(config) if config is not None or resume is None else saved_config(resume)
+    cfg = (as_config(config, trust_code=trust_code) if config is not None or resume is None
+           else saved_config(resume, trust_code=trust_code))
     state, data, built = _build_state(cfg)
     cfg, d = state.config, state.dist  # (under torchrun: the global batch and lr this job runs with)
     try:
@@ -168,7 +178,7 @@ def _start_run_dir(state: TrainState, cfg: RunConfig, overwrite: bool) -> None:
 
 
 def find_lr(config: RunConfig | dict | str | Path | None = None, *, steps: int = 100, start_lr: float = 1e-6,
-            end_lr: float = 1.0, out: str | Path | None = None) -> dict[str, Any]:
+            end_lr: float = 1.0, out: str | Path | None = None, trust_code: bool = False) -> dict[str, Any]:
     """The learning-rate range test on a throwaway copy of the configured model and data.
 
     Writes ``lr_find.png``, ``lr_find.json`` and TensorBoard scalars into ``out`` (default
@@ -177,7 +187,7 @@ def find_lr(config: RunConfig | dict | str | Path | None = None, *, steps: int =
     from visiontrain import plots
     from visiontrain.engine.lr_find import lr_range_test
 
-    cfg = as_config(config)
+    cfg = as_config(config, trust_code=trust_code)
     state, data, _ = _build_state(cfg)
     result = lr_range_test(state, data.loaders["train"], start_lr, end_lr, steps)
     name = f"lr-find-{_slug(cfg.data.name)}-{_slug(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from visiontrain.config import RunConfig, load_config, parse_override, read_yaml
+from visiontrain.config import RunConfig, load_config, parse_override
 from visiontrain.errors import ConfigError
+from visiontrain.trust import read_config_file
 
 # Where each registered dataset keeps its files under --data-dir (for `data list`'s "here?" column).
 _LOCATIONS = {"mnist": "MNIST/raw", "cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python",
@@ -73,6 +74,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    "data folder (never out of it, in a loop or into another class's folder) [default: off]")
     p.add_argument("--workers", type=int, help="decoding worker processes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key")
+    p.add_argument("--trust-code", action="store_true", help="let a --config inside a run folder name the "
+                   "dataset as module:Class (imports it); only for runs you made yourself")
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -81,7 +84,6 @@ def _data(args: argparse.Namespace) -> int:
 
 def config_from(args: argparse.Namespace) -> RunConfig:
     """The run config the data commands work on: --config, then the flags (SOURCE is data.name)."""
-    cfg = load_config(read_yaml(args.config), where=args.config) if args.config else RunConfig()
     overrides: dict[str, Any] = {f"data.{key}": getattr(args, key)
                                  for key in ("val_split", "image_size", "bad_images", "max_pixels", "workers",
                                              "follow_symlinks")
@@ -100,6 +102,9 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         overrides[key] = value
     if not args.source and not args.config:
         raise ConfigError("name a SOURCE (a dataset, folder, manifest or module:Class) or give --config")
+    # a --config inside a run folder is the run's, not the user's: it may not name code (visiontrain.trust)
+    cfg = load_config(read_config_file(args.config, trust_code=args.trust_code, given=overrides),
+                      where=args.config) if args.config else RunConfig()
     return cfg.override(overrides, where="command line")
 
 

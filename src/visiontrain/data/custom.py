@@ -2,7 +2,8 @@
 
 ``--data mypkg.data:MyData --data-arg root=data/train`` imports ``MyData`` (a module on the path, run from
 the current folder, or a file: ``--data my_data.py:Mydata``) and builds it with the data args as keyword
-arguments. Importing runs that module's code: it is your code, named by you. A class with a ``train``
+arguments. Importing runs that module's code: it is your code, named by you — never by a run's files (callers
+check a spec read from a file with :func:`visiontrain.trust.check_file_values` first). A class with a ``train``
 parameter gives a train split (``train=True``) and a test split (``train=False``).
 
 Items are ``(image, label)``: the image a PIL image, a [C,H,W] tensor (float in [0, 1] or uint8) or an

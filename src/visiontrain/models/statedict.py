@@ -23,7 +23,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from visiontrain.errors import CheckpointError
+from visiontrain.errors import CheckpointError, TrustError
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Where training scripts commonly nest the state_dict inside a checkpoint dict, in order of preference.
@@ -180,13 +180,13 @@ def _restore_order(w: WeightsFile) -> None:
         except ValueError:
             order = None
     elif w.metadata.get("format") == "visiontrain.checkpoint":
-        order = _model_order(w.metadata)
+        order = _model_order(w.metadata, w.path.with_suffix(".json"))
     w.ordered = isinstance(order, list) and set(order) == set(w.tensors)
     if w.ordered:
         w.tensors = {k: w.tensors[k] for k in order}  # type: ignore[union-attr]
 
 
-def _model_order(meta: dict[str, Any]) -> list[str] | None:
+def _model_order(meta: dict[str, Any], sidecar: Path) -> list[str] | None:
     from visiontrain.models.build import rebuild_model
     from visiontrain.models.factory import ModelInput
     from visiontrain.models.zoo import on_meta
@@ -195,7 +195,9 @@ def _model_order(meta: dict[str, Any]) -> list[str] | None:
         prep = meta["preprocessing"]
         inp = ModelInput(int(prep["channels"]), int(prep["size"]), len(meta["classes"]))
         with on_meta():
-            return list(rebuild_model(meta["model"], inp).state_dict())
+            return list(rebuild_model(meta["model"], inp, where=sidecar).state_dict())
+    except TrustError:
+        raise  # a sidecar naming code is refused, not quietly read past
     except Exception:  # an unreadable sidecar only costs the order, not the tensors
         return None
 

@@ -77,7 +77,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     report_dir = getattr(args, "report", None)
     result = evaluate(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir,
                       batch_size=args.batch_size, device=args.device, tta=getattr(args, "tta", "none"),
-                      mistakes=32 if report_dir else 0, outputs=bool(report_dir))
+                      mistakes=32 if report_dir else 0, outputs=bool(report_dir),
+                      trust_code=bool(getattr(args, "trust_code", False)))
     report = None
     if report_dir:
         from visiontrain.use.evaluation_report import write_report
