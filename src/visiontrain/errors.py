@@ -37,3 +37,7 @@ class ModelError(VisiontrainError):
 
 class CheckpointError(VisiontrainError):
     """A checkpoint or run folder that is missing, unsafe or does not match."""
+
+
+class DivergedError(VisiontrainError):
+    """Training stopped because the loss or the weights are no longer finite numbers (too high a rate?)."""

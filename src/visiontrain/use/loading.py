@@ -16,7 +16,7 @@ from torch import nn
 from visiontrain.data import Preprocessing
 from visiontrain.data.transforms import build_transforms
 from visiontrain.engine.checkpoint import load_into, load_weights, read_sidecar
-from visiontrain.engine.validate import check_head
+from visiontrain.engine.validate import check_head, check_model_budget
 from visiontrain.errors import CheckpointError, VisiontrainError
 from visiontrain.models import ModelInput
 from visiontrain.models.build import rebuild_model
@@ -109,8 +109,12 @@ def load(path: str | Path, device: str = "auto", which: str = "best") -> LoadedM
     classes = meta["classes"]
     if not classes or not all(isinstance(c, str) for c in classes):
         raise CheckpointError(f"{sidecar}: 'classes' must be a non-empty list of names")
+    inp = ModelInput(prep.channels, prep.size, len(classes))
     try:
-        model = rebuild_model({**spec, "name": name, "args": args}, ModelInput(prep.channels, prep.size, len(classes)))
+        check_model_budget({**spec, "name": name, "args": args}, inp, meta, sidecar)  # before building for real
+        model = rebuild_model({**spec, "name": name, "args": args}, inp)
+    except CheckpointError:
+        raise
     except VisiontrainError as exc:
         raise CheckpointError(f"{sidecar}: cannot rebuild its model: {exc}") from None
     tensors = load_weights(sidecar, meta)
