@@ -36,8 +36,9 @@ TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
     ("--schedule", "optim.schedule", str, "learning-rate schedule: none, cosine, onecycle, step "
      "[default: onecycle]"),
     ("--device", "train.device", str, "auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps [default: auto]"),
-    ("--seed", "train.seed", int, "random seed for weights, split and shuffling [default: 0]"),
-    ("--workers", "data.workers", int, "DataLoader worker processes for image folders [default: 0]"),
+    ("--seed", "train.seed", int, "random seed for weights, split and shuffling, 0 to 2**32-1 [default: 0]"),
+    ("--workers", "data.workers", int, "DataLoader worker processes for image folders; more than 4 per CPU core "
+     "are capped to that (with a note), above 1024 refused [default: 0]"),
     ("--image-size", "data.image_size", int, "square input side in pixels [default: the model's or the data's]"),
     ("--val-split", "data.val_split", float, "fraction of train held out when the data has no val split "
      "[default: 0.1]"),
@@ -99,8 +100,8 @@ TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
     ("--scale-lr", "train.scale_lr", bool, "with several processes: multiply --lr by the process count"),
     ("--sync-bn", "train.sync_bn", bool, "with several processes: BatchNorm statistics over the global batch"),
     ("--out", "out", str, "runs root folder [default: runs]"),
-    ("--name", "name", str, "run folder name under --out [default: <data>-<model>-<time>]; an existing "
-     "name gets a -2, -3 … suffix"),
+    ("--name", "name", str, "run folder name under --out (one name: no / or ..) [default: <data>-<model>-<time>]; "
+     "an existing name gets a -2, -3 … suffix"),
 ]
 
 
@@ -120,12 +121,13 @@ class _Parser(argparse.ArgumentParser):
 
 def printable(text: str) -> str:
     """``text`` as one line that is safe on a terminal: control characters (a newline in a file name, an escape
-    sequence in a flag value) are shown escaped, as ``\\x1b``, instead of acting."""
+    sequence in a flag value or a class name) are shown escaped, as ``\\x1b``, instead of acting; so are lone
+    surrogates (undecodable bytes of a file name), which would stop a print to stdout."""
     return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in _CONTROL else ch
                    for ch in text)
 
 
-_CONTROL = frozenset({"Cc", "Zl", "Zp"})
+_CONTROL = frozenset({"Cc", "Zl", "Zp", "Cs"})
 
 
 def build_parser() -> argparse.ArgumentParser:

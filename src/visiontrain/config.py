@@ -8,6 +8,7 @@ name the key, so a typo never silently trains with a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from visiontrain import limits
 from visiontrain.errors import ConfigError
 
 
@@ -173,10 +175,11 @@ ALIASES: dict[str, str] = {
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader (no Python objects are ever built from a file)."""
+    """Read a YAML mapping with the safe loader (no Python objects are ever built from a file); at most
+    ``limits.MAX_CONFIG_BYTES`` are read, so ``--config /dev/zero`` ends at once."""
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(limits.read_capped(p, limits.MAX_CONFIG_BYTES, "a config file").decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist; check the path given to --config") from None
     except yaml.YAMLError as exc:
@@ -249,9 +252,13 @@ def _check_ranges(cfg: RunConfig, where: str) -> None:
     checks = [
         (cfg.data.batch_size >= 1, "data.batch_size must be at least 1"),
         (cfg.data.eval_batch_size >= 1, "data.eval_batch_size must be at least 1"),
-        (cfg.data.workers >= 0, "data.workers must be 0 or more"),
+        (0 <= cfg.data.workers <= limits.MAX_WORKERS, f"data.workers must be 0 to {limits.MAX_WORKERS} (more than "
+         f"{limits.WORKERS_PER_CORE} per CPU core are capped at run time)"),
         (0.0 <= cfg.data.val_split < 1.0, "data.val_split must be in [0, 1)"),
-        (cfg.data.image_size is None or cfg.data.image_size >= 8, "data.image_size must be at least 8"),
+        (cfg.data.image_size is None or 8 <= cfg.data.image_size <= limits.MAX_IMAGE_SIZE,
+         f"data.image_size must be 8 to {limits.MAX_IMAGE_SIZE} pixels"),
+        (bool(cfg.data.name.strip()), "data.name must name a dataset, a folder or a manifest, not be empty (for "
+         "the current folder, say '.')"),
         (cfg.data.normalize in ("auto", "dataset", "imagenet", "none"),
          "data.normalize must be auto, dataset, imagenet or none"),
         (cfg.data.bad_images in ("error", "skip"), "data.bad_images must be error or skip"),
@@ -261,9 +268,11 @@ def _check_ranges(cfg: RunConfig, where: str) -> None:
         (0 <= cfg.data.item_timeout_s <= 604_800, "data.item_timeout_s must be 0 (no limit) to 604800 seconds"),
         (cfg.optim.lr > 0, "optim.lr must be positive"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be 0 or more"),
-        (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
+        (1 <= cfg.train.epochs <= limits.MAX_EPOCHS, f"train.epochs must be 1 to {limits.MAX_EPOCHS:,}"),
+        (0 <= cfg.train.seed <= limits.MAX_SEED, f"train.seed must be 0 to {limits.MAX_SEED} (2**32 - 1)"),
         (cfg.train.log_every >= 1, "train.log_every must be at least 1"),
-        (cfg.train.threads is None or cfg.train.threads >= 1, "train.threads must be at least 1"),
+        (cfg.train.threads is None or 1 <= cfg.train.threads <= limits.MAX_THREADS,
+         f"train.threads must be 1 to {limits.MAX_THREADS}"),
         (cfg.train.accumulate >= 1, "train.accumulate must be at least 1"),
         (0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
         (cfg.train.clip_grad_norm is None or cfg.train.clip_grad_norm > 0, "train.clip_grad_norm must be positive"),
@@ -276,6 +285,8 @@ def _check_ranges(cfg: RunConfig, where: str) -> None:
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be 0 or more"),
         (cfg.optim.step_size >= 1, "optim.step_size must be at least 1"),
         (0.0 < cfg.optim.gamma <= 1.0, "optim.gamma must be in (0, 1]"),
+        (cfg.name is None or _one_component(cfg.name), f"name must be one folder name under --out, got "
+         f"{cfg.name!r}: no / or \\, not empty, . or .. (to write elsewhere, set --out)"),
         *_model_checks(cfg.model),
     ]
     for ok, message in checks:
@@ -285,7 +296,8 @@ def _check_ranges(cfg: RunConfig, where: str) -> None:
 
 def _model_checks(m: ModelConfig) -> list[tuple[bool, str]]:
     return [
-        (m.head is None or all(w >= 1 for w in m.head), "model.head widths must be at least 1"),
+        (m.head is None or all(1 <= w <= limits.MAX_HEAD_WIDTH for w in m.head),
+         f"model.head widths must be 1 to {limits.MAX_HEAD_WIDTH:,}"),
         (m.in_channels in (None, 1, 3), "model.in_channels must be 1 or 3"),
         (m.backbone_lr_scale > 0, "model.backbone_lr_scale must be positive (to stop training it, freeze it)"),
         (m.unfreeze_at is None or m.unfreeze_at >= 2, "model.unfreeze_at must be an epoch number of at least 2"),
@@ -295,6 +307,12 @@ def _model_checks(m: ModelConfig) -> list[tuple[bool, str]]:
         (bool(m.init_from) or not (m.rename or m.strict or m.init_match != "name"),
          "model.rename, model.strict and model.init_match apply to model.init_from; set --init-from"),
     ]
+
+
+def _one_component(name: str) -> bool:
+    """A run name is one folder under ``--out``: ``../../x`` or ``/tmp/x`` would write elsewhere."""
+    return (bool(name.strip()) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+            and Path(name).name == name and not Path(name).is_absolute())
 
 
 _SECTIONS = {"data", "model", "optim", "train"}
@@ -370,15 +388,31 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
         if origin is bool and isinstance(value, bool):
             return value
         if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > _MAX_INT:  # no setting needs more; torch and the OS overflow on such numbers
+                raise ConfigError(f"{where}: {key} is out of range, got {value!r}")
             return value
         if origin is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            return _finite(value, key, where)
         if origin is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads `1e-3` (no dot) as a string; it is a float to everyone else
+            return _finite(value, key, where)  # YAML 1.1 reads `1e-3` (no dot) as a string; a float to everyone else
         if origin is str and isinstance(value, str):
             return value
     wanted = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
     raise ConfigError(f"{where}: {key} must be {wanted}, got {value!r}")
+
+
+_MAX_INT = 2**62
+
+
+def _finite(value: int | float | str, key: str, where: str) -> float:
+    """inf and nan are not settings (``--lr inf`` trained to NaN and exited 0); neither is 1e400."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
+    return number
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -185,8 +185,9 @@ def find_lr(config: RunConfig | dict | str | Path | None = None, *, steps: int =
     ``<runs>/lr-find-<data>-<model>-<time>``) and returns ``{"lrs", "losses", "suggestion", "folder"}``.
     """
     from visiontrain import plots
-    from visiontrain.engine.lr_find import lr_range_test
+    from visiontrain.engine.lr_find import check_sweep, lr_range_test
 
+    check_sweep(steps, start_lr, end_lr)
     cfg = as_config(config, trust_code=trust_code)
     state, data, _ = _build_state(cfg)
     result = lr_range_test(state, data.loaders["train"], start_lr, end_lr, steps)
@@ -337,8 +338,10 @@ def _print_header(cfg: RunConfig, data: DataBundle, state: TrainState) -> None:
     print(f"visiontrain: {cfg.model.name} ({count_parameters(state.model):,} parameters) on {cfg.data.name} "
           f"[{counts}; {len(data.classes)} classes, {p.channels}x{p.size}x{p.size}], "
           f"{cfg.train.epochs} epochs on {state.device}{_precision_note(state)}", file=sys.stderr, flush=True)
+    from visiontrain.cli import printable  # a note may name a folder: escaped like an error
+
     for note in data.source.notes:
-        print(f"note: {note}", file=sys.stderr, flush=True)
+        print(f"note: {printable(note)}", file=sys.stderr, flush=True)
     for line in start_lines(data.source, cfg.data.name):  # duplicates and train/val leakage, as `data info` finds
-        print(line, file=sys.stderr, flush=True)
+        print(printable(line), file=sys.stderr, flush=True)
     print(f"run folder: {state.run_dir} (monitor: {monitor_key(state)})", file=sys.stderr, flush=True)

@@ -166,10 +166,10 @@ MODEL_ONLY_READERS: dict[str, Callable[[Ctx], Answer]] = {
 CONFIG_READERS: dict[str, Callable[[Ctx], Answer]] = {
     "train --resume": lambda c: c.cli("train", "--resume", c.run, "--quiet"),
     "train --config": lambda c: c.cli("train", "--config", c.run / "config.yaml", "--quiet", "--out", c.tmp / "r"),
-    "lr-find --config": lambda c: c.cli("lr-find", "--config", c.run / "config.yaml", "--steps", "3"),
+    "lr-find --config": lambda c: c.cli("lr-find", "--config", c.run / "config.yaml", "--steps", "5"),
     "train(resume=)": lambda c: c.api(lambda: visiontrain.train(resume=c.run, quiet=True)),
     "train(config.yaml)": lambda c: c.api(lambda: visiontrain.train(c.run / "config.yaml", quiet=True)),
-    "find_lr(config.yaml)": lambda c: c.api(lambda: visiontrain.find_lr(c.run / "config.yaml", steps=3)),
+    "find_lr(config.yaml)": lambda c: c.api(lambda: visiontrain.find_lr(c.run / "config.yaml", steps=5)),
 }
 DATA_CONFIG_READERS = {**CONFIG_READERS,
                        "data info --config": lambda c: c.cli("data", "info", "--config", c.run / "config.yaml")}

@@ -234,4 +234,6 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"… {len(report['skipped_links']) - _SHOW} more skipped links (--json lists all)")
     lines += [f"note: {n}" for n in report["notes"]]
     lines += [f"warning: {w}" for w in report["warnings"]]
-    return "\n".join(lines)
+    from visiontrain.cli import printable  # class names are folder names and manifest labels: escape them
+
+    return "\n".join(printable(line) for line in lines)

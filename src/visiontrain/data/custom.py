@@ -28,6 +28,7 @@ from PIL import Image
 from visiontrain.config import DataConfig
 from visiontrain.data.sources import DataSource, ItemSplit, Split
 from visiontrain.errors import DataError
+from visiontrain.limits import MAX_CLASSES
 
 
 def custom_source(spec: str, cfg: DataConfig, seed: int) -> DataSource:
@@ -155,6 +156,9 @@ def _classes(dataset: Any, labels: list[Any], task: str, spec: str) -> list[str]
     if all(isinstance(v, str) for v in labels):
         return sorted(set(labels))
     if all(isinstance(v, int | float) and float(v).is_integer() and v >= 0 for v in labels):
+        if max(labels) >= MAX_CLASSES:
+            raise DataError(f"--data {spec}: label {max(labels)} is over the limit of {MAX_CLASSES:,} classes; "
+                            "integer labels are class indices 0..K-1")
         return [str(i) for i in range(int(max(labels)) + 1)]
     raise DataError(f"--data {spec}: labels must be class indices, class names or float values (regression); "
                     f"got {sorted({type(v).__name__ for v in labels})}")

@@ -16,7 +16,6 @@ bees/7.jpg,bees         faces/002.png,41.0,val
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from pathlib import Path
@@ -28,6 +27,7 @@ from visiontrain.config import DataConfig
 from visiontrain.data.scan import natural_shape, scan_files, skipped_note
 from visiontrain.data.sources import DataSource, FileSplit, Split
 from visiontrain.errors import DataError
+from visiontrain.limits import MAX_CLASSES, MAX_MANIFEST_BYTES, parse_json, read_capped
 
 _LABEL_KEYS = {"label": "classification", "class": "classification", "value": "regression"}
 _SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -81,7 +81,7 @@ def _inside(path: str, folder: str) -> bool:
 
 def _read_rows(path: Path) -> tuple[list[Row], str]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_capped(path, MAX_MANIFEST_BYTES, "a manifest").decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"manifest {path} cannot be read as UTF-8 text: {exc}") from None
     reader = _json_rows if path.suffix.lower() in (".jsonl", ".json") else _csv_rows
@@ -116,10 +116,10 @@ def _csv_rows(path: Path, text: str) -> tuple[list[Row], str]:
 def _json_rows(path: Path, text: str) -> tuple[list[Row], str]:
     try:
         if path.suffix.lower() == ".json":
-            records = list(enumerate(json.loads(text), 1))
+            records = list(enumerate(parse_json(text), 1))
         else:
-            records = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    except (json.JSONDecodeError, TypeError) as exc:
+            records = [(n, parse_json(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    except (ValueError, TypeError) as exc:
         raise DataError(f"manifest {path}: not valid JSON{'' if path.suffix == '.json' else ' lines'}: {exc}") from None
     if not records:
         return [], "classification"
@@ -156,6 +156,9 @@ def _classification(rows: list[Row], path: Path, names: Any) -> tuple[list[str],
     if all(_is_index(v) for v in raw):
         labels = [int(v) for v in raw]
         count = max(labels) + 1
+        if count > MAX_CLASSES:
+            raise DataError(f"manifest {path}: label {max(labels)} is over the limit of {MAX_CLASSES:,} classes; "
+                            "integer labels are class indices 0..K-1")
         if names is not None:
             if not isinstance(names, list) or len(names) < count:
                 raise DataError(f"manifest {path}: data arg classes must list at least {count} names")
@@ -176,7 +179,8 @@ def _is_index(value: Any) -> bool:
         return False
     if isinstance(value, int):
         return value >= 0
-    return isinstance(value, str) and value.isdigit()
+    # ASCII digits only: '²' and '٣' are digits to str.isdigit, and int('²') fails
+    return isinstance(value, str) and value.isascii() and value.isdigit()
 
 
 def _regression(rows: list[Row], path: Path) -> tuple[list[str], torch.Tensor]:

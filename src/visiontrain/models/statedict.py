@@ -10,7 +10,6 @@ Keys wrapped by DDP (``module.``) or ``torch.compile`` (``_orig_mod.``) are unwr
 
 from __future__ import annotations
 
-import json
 import pickle
 import sys
 import warnings
@@ -24,6 +23,7 @@ import safetensors.torch
 import torch
 
 from visiontrain.errors import CheckpointError, TrustError
+from visiontrain.limits import MAX_SIDECAR_BYTES, parse_json, read_capped
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Where training scripts commonly nest the state_dict inside a checkpoint dict, in order of preference.
@@ -97,7 +97,7 @@ def _read_safetensors(path: Path, _trust_pickle: bool = False) -> WeightsFile:
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         try:
-            side = json.loads(sidecar.read_text(encoding="utf-8"))
+            side = parse_json(read_capped(sidecar, MAX_SIDECAR_BYTES, "a checkpoint sidecar"))
             if isinstance(side, dict) and side.get("format") == "visiontrain.checkpoint":
                 read_sidecar(sidecar)  # only a sidecar that passes its schema describes the tensors
             metadata.update(side if isinstance(side, dict) else {})
@@ -176,7 +176,7 @@ def _restore_order(w: WeightsFile) -> None:
     order = None
     if isinstance(w.metadata.get("order"), str):
         try:
-            order = json.loads(w.metadata["order"])
+            order = parse_json(w.metadata["order"])
         except ValueError:
             order = None
     elif w.metadata.get("format") == "visiontrain.checkpoint":

@@ -101,12 +101,14 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 def predict_command(args: argparse.Namespace) -> int:
     """``visiontrain predict``: screen, --json or --csv FILE; unreadable files are listed on stderr."""
+    from visiontrain.cli import printable
     from visiontrain.use.predict import predict, write_csv
     from visiontrain.use.report import print_predictions
 
     progress = getattr(args, "progress", None)
     results = predict(args.checkpoint, args.inputs, top_k=args.top_k, device=args.device,
-                      batch_size=getattr(args, "batch_size", None) or 64, tta=getattr(args, "tta", "none"),
+                      batch_size=64 if getattr(args, "batch_size", None) is None else args.batch_size,
+                      tta=getattr(args, "tta", "none"),
                       progress=sys.stderr.isatty() if progress is None else progress)
     csv_path = getattr(args, "csv", None)
     if csv_path:
@@ -118,7 +120,7 @@ def predict_command(args: argparse.Namespace) -> int:
         print_predictions(results)
     failed = [r for r in results if "error" in r]
     for r in failed:
-        print(f"visiontrain: skipped {r['path']}: {r['error']}", file=sys.stderr)
+        print(printable(f"visiontrain: skipped {r['path']}: {r['error']}"), file=sys.stderr)
     return 2 if len(failed) == len(results) else 0
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from visiontrain.config import DataConfig, load_config
 from visiontrain.data import build_data
 from visiontrain.engine.metrics import evaluate_batches
+from visiontrain.engine.validate import check_batch_memory
 from visiontrain.errors import DataError
 from visiontrain.trust import check_file_values
 from visiontrain.use.loading import LoadedModel, load
@@ -43,6 +44,8 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
     if split not in bundle.loaders:
         raise DataError(f"dataset {cfg.name!r} has no {split!r} split; it has: "
                         f"{', '.join(bundle.source.splits)} (choose one with --split)")
+    batch = min(cfg.eval_batch_size, len(bundle.source.splits[split]))
+    check_batch_memory(loaded.meta, loaded.prep, batch, loaded.device, loaded.path)
     unknown = [c for c in bundle.classes if c not in loaded.classes]
     if unknown:
         raise DataError(f"dataset {cfg.name!r} has classes the model was not trained on ({', '.join(unknown[:5])}); "
