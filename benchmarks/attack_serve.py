@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("model", help="run folder or export")
     parser.add_argument("--clients", type=int, default=4, help="timed small-request clients [default: 4]")
     parser.add_argument("--flood", type=int, default=12, help="flooding clients [default: 12]")
-    parser.add_argument("--flood-side", default="6000,4000", help="declared side(s) of the flood PNGs")
+    parser.add_argument("--flood-side", default="6000,4000", help="declared side(s) of the flood PNGs (empty: none)")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase [default: 20]")
     parser.add_argument("--timeout", type=float, default=60.0, help="client timeout, s [default: 60]")
     parser.add_argument("--slowloris", type=int, default=20, help="slow connections [default: 20]")
@@ -189,7 +189,7 @@ def main() -> None:
               f"clients, {args.flood} flooding, {args.seconds:g} s per phase")
         print("| phase | small requests | small statuses | flood statuses | p50 ms | p99 ms | max ms |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        phases = [("quiet", None)] + [(f"flood {s}x{s} PNG", int(s)) for s in args.flood_side.split(",")]
+        phases = [("quiet", None)] + [(f"flood {s}x{s} PNG", int(s)) for s in args.flood_side.split(",") if s]
         for name, side in phases:
             big = _png(Image.new("L", (side, side))) if side else None
             r = _phase(port, small, args.clients, big, args.flood, args.seconds, args.timeout)

@@ -14,6 +14,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -99,6 +100,36 @@ def test_a_flood_of_large_images_is_shed_and_small_requests_stay_fast(model) -> 
     assert set(small) == {200} and len(latencies) >= 3, small
     assert _p99(latencies) < 2.0, f"small requests p99 {_p99(latencies):.2f} s under the flood ({flood})"
     assert set(flood) <= {200, 503} and flood.get(503, 0) > 0, flood  # shed at once, not queued until 504
+
+
+def test_decoding_runs_in_parallel_so_a_large_decode_does_not_hold_up_a_small_one() -> None:
+    """The server's workers share Pillow, which used to run under one process-wide lock: while a large JPEG
+    decodes (most of a second), small images must still decode in milliseconds, not wait for it."""
+    from visiontrain.data.images import open_image
+
+    noise = np.random.default_rng(0).integers(0, 256, (4000, 4000), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="JPEG", quality=75, progressive=True)  # slow to decode: the point
+    started, finished, took = threading.Event(), threading.Event(), []
+
+    def large() -> None:
+        started.set()
+        start = time.perf_counter()
+        open_image(buf.getvalue(), 1, max_pixels=4000 * 4000)
+        took.append(time.perf_counter() - start)
+        finished.set()
+
+    thread = threading.Thread(target=large)
+    thread.start()
+    started.wait(10)
+    waits = []
+    while not finished.is_set():
+        start = time.perf_counter()
+        open_image(SMALL[0], 3)
+        waits.append(time.perf_counter() - start)
+        time.sleep(0.002)
+    thread.join(60)
+    assert max(waits) < took[0] / 4, f"a small decode waited {max(waits):.2f} s during a {took[0]:.2f} s one"
 
 
 @pytest.mark.slow
