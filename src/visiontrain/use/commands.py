@@ -11,6 +11,8 @@ from typing import Any
 
 from visiontrain.use.tta import TTA_MODES
 
+TRUST_CODE_HELP = ("load a .pt2 export: torch.export.load runs code from the file, so only for a file you "
+                   "exported yourself (ONNX and TorchScript exports need no flag)")
 TTA_HELP = f"test-time augmentation: {', '.join(TTA_MODES)} (average the probabilities of the views) [default: none]"
 
 
@@ -42,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
     sv.add_argument("--timeout", type=float, default=30.0, help="seconds one prediction may take [default: 30]")
     sv.add_argument("--threads", type=int, default=4, help="predictions run at the same time [default: 4]")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     return {"export": _export_command, "serve": _serve_command}
 
 
@@ -65,7 +68,7 @@ def _serve_command(args: argparse.Namespace) -> int:
 
     serve(args.model, args.host, args.port, device=args.device, tta=args.tta, top_k=args.top_k,
           log_level=args.log_level, max_bytes=int(args.max_mb * 2**20), max_pixels=args.max_pixels,
-          timeout_s=args.timeout, threads=args.threads)
+          timeout_s=args.timeout, threads=args.threads, trust_code=args.trust_code)
     return 0
 
 
@@ -106,7 +109,8 @@ def predict_command(args: argparse.Namespace) -> int:
     progress = getattr(args, "progress", None)
     results = predict(args.checkpoint, args.inputs, top_k=args.top_k, device=args.device,
                       batch_size=getattr(args, "batch_size", None) or 64, tta=getattr(args, "tta", "none"),
-                      progress=sys.stderr.isatty() if progress is None else progress)
+                      progress=sys.stderr.isatty() if progress is None else progress,
+                      trust_code=getattr(args, "trust_code", False))
     csv_path = getattr(args, "csv", None)
     if csv_path:
         write_csv(results, csv_path)

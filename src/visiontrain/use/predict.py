@@ -64,7 +64,7 @@ def _read_list(path: Path) -> list[str]:
 
 def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path, top_k: int = 5,
             batch_size: int = 64, device: str = "auto", *, tta: str = "none",
-            progress: bool = False) -> list[dict[str, Any]]:
+            progress: bool = False, trust_code: bool = False) -> list[dict[str, Any]]:
     """Predict the top-k classes of each image.
 
     Returns ``[{"path", "predictions": [{"label", "index", "probability"}]}]``, or ``{"path", "error"}``
@@ -75,7 +75,8 @@ def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path
     >>> visiontrain.predict("runs/mnist-demo/exports/model.onnx", ["digit.png"], tta="flip")  # doctest: +SKIP
     """
     check_tta(tta)
-    loaded = model if isinstance(model, LoadedModel | ExportedModel) else load_model(model, device=device)
+    loaded = model if isinstance(model, LoadedModel | ExportedModel) else \
+        load_model(model, device=device, trust_code=trust_code)
     if isinstance(inputs, str | Path):
         inputs = [inputs]
     paths = expand_inputs(inputs)

@@ -24,8 +24,9 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def build_app(model_path: str | Path, *, device: str = "auto", tta: str = "none", top_k: int = 5,
-              **limits: Any) -> Any:
-    """Load the model the operator named (never one a request names) and make the app."""
+              trust_code: bool = False, **limits: Any) -> Any:
+    """Load the model the operator named (never one a request names) and make the app (``trust_code``: let a
+    ``.pt2`` load, which runs code from the file — see :func:`~visiontrain.use.exported.load_exported`)."""
     require("fastapi", "serve")
     from visiontrain.use.exported import load_model
     from visiontrain.use.serve.app import Limits, create_app
@@ -35,7 +36,7 @@ def build_app(model_path: str | Path, *, device: str = "auto", tta: str = "none"
     limit = Limits(**limits)
     # Requests run side by side in `threads` workers: one onnxruntime thread each keeps the cores from being
     # oversubscribed (see docs/benchmarks.md: on 2 cores, 4 clients went from 290 to 850 req/s).
-    model = load_model(model_path, device=device, threads=1 if limit.threads > 1 else None)
+    model = load_model(model_path, device=device, threads=1 if limit.threads > 1 else None, trust_code=trust_code)
     return create_app(model, limit, tta=tta, top_k=top_k)
 
 
@@ -63,9 +64,10 @@ def _uvicorn_server(app: Any, log_level: str) -> Any:
 
 
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, *, device: str = "auto",
-          tta: str = "none", top_k: int = 5, log_level: str = "info", **limits: Any) -> None:
+          tta: str = "none", top_k: int = 5, log_level: str = "info", trust_code: bool = False,
+          **limits: Any) -> None:
     """Serve until Ctrl-C. Binding beyond loopback is allowed but warned about: there is no authentication."""
-    app = build_app(model_path, device=device, tta=tta, top_k=top_k, **limits)
+    app = build_app(model_path, device=device, tta=tta, top_k=top_k, trust_code=trust_code, **limits)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
