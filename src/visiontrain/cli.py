@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tta", default="none", help="test-time augmentation: none, flip, five-crop [default: none]")
     pr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar on stderr [default: when stderr is a terminal]")
+    pr.add_argument("--trust-code", action="store_true", help="load a .pt2 export: torch.export.load runs code "
+                    "from the file, so only for a file you exported yourself")
 
     datasets = sub.add_parser("datasets", help="list the registered datasets")
     datasets.add_argument("--json", action="store_true", help="print as JSON")

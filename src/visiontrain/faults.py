@@ -3,7 +3,8 @@ SIGKILL the n-th time it passes ``<point>`` (e.g. ``step:37``, ``before-rename:3
 
 A point may carry a detail, targeted as ``<point>/<detail>``: atomic writes pass ``before-rename`` with the
 file's name, so ``before-rename/resume.safetensors:2`` kills in the middle of the second write of the resume
-file, whatever else was written before it.
+file, whatever else was written before it. ``export-written/<format>`` is passed once an export's temp file is
+written, before it is verified (its rename is a ``before-rename`` of the export's name, like every other).
 
 Real processes, real kills: this is how the tests prove that a crash at any of these moments loses
 nothing and a resume continues exactly. Unset, it costs one dictionary lookup.

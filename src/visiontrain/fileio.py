@@ -2,6 +2,10 @@
 
 Every file visiontrain writes that a later command reads (checkpoints, sidecars, configs, summaries,
 reports) goes through :func:`atomic_write_bytes`: temp file in the same folder, flush, fsync, rename.
+Files written by someone else's writer (the exporters) go to a :func:`temp_beside` path and are put in place by
+:func:`commit`; files that belong together (a report, weights and their sidecar) by :func:`replace_together`.
+A temp's name carries the writer's process id (``.<name>.<pid>-<random>.tmp``), so :func:`remove_dead_temps` can
+clean what a killed process left without touching a running writer's file.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +34,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the mode a plain open() would
@@ -49,6 +55,71 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def temp_beside(path: str | Path) -> Path:
+    """A new, empty temp file in ``path``'s folder, for writers that want a file name (the exporters); put it in
+    place with :func:`commit`. Its name is one :func:`remove_stale_temps` and :func:`remove_dead_temps` know."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; an export should be readable like any file
+    return Path(tmp)
+
+
+def commit(tmp: str | Path, path: str | Path) -> Path:
+    """Make the finished temp ``tmp`` the file ``path`` in one rename (fsynced first, folder after)."""
+    tmp, path = Path(tmp), Path(path)
+    try:
+        _fsync_file(tmp)
+        fault_point("before-rename", path.name)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise VisiontrainError(f"cannot write {path}: {exc.strerror or exc}; the previous file, if any, "
+                               "is intact — free disk space or fix the folder's permissions") from exc
+    _fsync_dir(path.parent)
+    return path
+
+
+def replace_together(files: dict[Path, bytes], remove: Iterable[Path] = ()) -> None:
+    """Write files that belong together so that a reader never takes a mix of old and new for a whole set.
+
+    The LAST file of ``files`` is the set's mark (a report's ``report.json``, a sidecar): every file goes to a
+    fsynced temp first, then the old mark is deleted, the others (and ``remove``) replaced, and the new mark
+    renamed in last. Killed at any moment, a folder holds the old set whole, or the new set whole, or a set
+    without its mark — which readers treat as unfinished and the next run rewrites.
+    """
+    paths = list(files)
+    temps: list[Path] = []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+            temps.append(Path(name))
+            with os.fdopen(fd, "wb") as fh:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
+                fh.write(files[path])
+                fh.flush()
+                os.fsync(fh.fileno())
+        paths[-1].unlink(missing_ok=True)  # from here until the last rename the set has no mark: unfinished
+        for old in remove:
+            old.unlink(missing_ok=True)
+        for tmp, path in zip(temps, paths, strict=True):
+            fault_point("before-rename", path.name)
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise VisiontrainError(f"cannot write {paths[-1]}: {exc.strerror or exc}; free disk space or fix the "
+                               "folder's permissions, then run again") from exc
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # renamed ones are gone already; these are the ones an error stopped
+    for folder in {path.parent for path in paths}:
+        _fsync_dir(folder)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -91,6 +162,44 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
             tmp.unlink()
             removed.append(tmp)
     return removed
+
+
+_PID_TEMP = re.compile(r"^\..+\.(\d+)-[^.]+" + re.escape(TEMP_SUFFIX) + "$")
+
+
+def remove_dead_temps(folder: str | Path) -> list[Path]:
+    """Delete the temp files directly in ``folder`` whose writer is no longer running (by the pid in the name).
+    Unlike :func:`remove_stale_temps` it is safe while other processes write into the same folder (two exports
+    side by side), and leaves any other ``.tmp`` file alone (a user's folder); returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        match = _PID_TEMP.match(tmp.name)
+        if not match or pid_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (ours counts: its temps may be in flight in another thread)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # another user's process: not ours to judge
+    return True
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}-"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -21,10 +21,15 @@ from visiontrain.fileio import atomic_write_bytes
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    return atomic_write_bytes(path, png_bytes(fig, dpi))
+
+
+def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes (closed afterwards), for files written together with others."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str], normalize: bool = True,

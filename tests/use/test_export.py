@@ -56,10 +56,10 @@ def test_onnx_runs_in_onnxruntime_like_pytorch_at_any_batch_size(exports, synthe
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_predicts_alone_like_the_checkpoint(fmt: str, exports, images, synthetic_run) -> None:
     paths, labels = images
-    model = load_exported(exports[fmt])
+    model = load_exported(exports[fmt], trust_code=True)  # a .pt2 loads only when trusted (test_export_safety)
     assert model.format == fmt and model.classes == visiontrain.load(synthetic_run.dir).classes
     from_checkpoint = visiontrain.predict(synthetic_run.dir, paths, top_k=4)
-    from_export = visiontrain.predict(exports[fmt], paths, top_k=4)
+    from_export = visiontrain.predict(exports[fmt], paths, top_k=4, trust_code=True)
     for a, b in zip(from_checkpoint, from_export, strict=True):
         assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
         assert [p["probability"] for p in a["predictions"]] == pytest.approx(
@@ -98,3 +98,28 @@ def test_files_without_visiontrain_metadata_are_refused(tmp_path: Path, main_cli
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not an onnx file")
     one_line_error(main_cli("predict", broken, tmp_path / "x.png"), "onnxruntime cannot load it")
+
+
+@pytest.mark.parametrize("opset", ["1", "6", "24", "0", "-3"])
+def test_an_opset_the_exporter_cannot_write_is_refused_before_exporting(opset: str, tmp_path: Path, synthetic_run,
+                                                                       main_cli, one_line_error) -> None:
+    from visiontrain.use.export_files import onnx_opsets
+
+    low, high = onnx_opsets()
+    assert low <= 18 <= high  # torch 2.14: 7 to 23 (torch.onnx._constants); 18 is what it writes natively
+    one_line_error(main_cli("export", synthetic_run.dir, "--format", "onnx", "--opset", opset, "--out", tmp_path),
+                   f"--opset {opset}", f"{low} to {high}")
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_opset_the_exporter_silently_replaced_is_refused(tmp_path: Path, synthetic_run, main_cli,
+                                                            one_line_error) -> None:
+    import onnx
+
+    # torch cannot convert this model down to opset 7 and writes its own 18 instead, saying so only in a log
+    one_line_error(main_cli("export", synthetic_run.dir, "--format", "onnx", "--opset", "7", "--out", tmp_path),
+                   "at opset 7 (it wrote opset 18)")
+    assert not any(tmp_path.iterdir())
+    r = main_cli("export", synthetic_run.dir, "--format", "onnx", "--opset", "17", "--out", tmp_path)  # converts
+    assert r.code == 0 and "Traceback" not in r.err, r.err
+    assert {o.domain: o.version for o in onnx.load(str(tmp_path / "model.onnx")).opset_import}[""] == 17

@@ -3,6 +3,11 @@
 ``inspect`` reads safetensors, state_dict ``.pth`` (``weights_only``) and visiontrain runs; ``convert``
 turns a state_dict ``.pth`` into ``.safetensors`` plus a JSON sidecar, unwrapping the ``module.`` (DDP)
 and ``_orig_mod.`` (torch.compile) prefixes. Neither ever unpickles beyond ``weights_only=True``.
+
+The converted pair is written together (:func:`~visiontrain.fileio.replace_together`): the sidecar, whose
+SHA-256 ties it to the weights, is deleted first and renamed in last, so a sidecar never describes other
+weights. A ``.safetensors`` of this format without its ``.json`` is a conversion a killed process did not finish;
+the next ``convert`` to it redoes it without ``--force`` and deletes the dead process's temps.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import safetensors.torch
 import torch
 
 from visiontrain.errors import CheckpointError, TrustError, VisiontrainError
-from visiontrain.fileio import atomic_write_bytes, atomic_write_json
+from visiontrain.fileio import remove_dead_temps, replace_together
 from visiontrain.models.statedict import WeightsFile, read_weights
 
 WEIGHTS_FORMAT = "visiontrain.weights"
@@ -96,14 +101,14 @@ def convert_to_safetensors(path: str | Path, out: str | Path | None = None, forc
     target = Path(out) if out else src.with_suffix(".safetensors")
     if target.suffix != ".safetensors":
         target = target.with_suffix(".safetensors")
-    if target.exists() and not force:
+    remove_dead_temps(target.parent)
+    if target.exists() and not force and not _unfinished(target):
         raise CheckpointError(f"{target} exists; pass --out ANOTHER.safetensors or --force to overwrite it")
     # clones: safetensors refuses tensors that share storage (tied weights, views of one buffer)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in w.tensors.items()}
     # the key order is kept in the metadata: safetensors sorts tensors, and --init-match order needs it
     metadata = {"format": WEIGHTS_FORMAT, "source": src.name, "order": json.dumps(list(tensors))}
     blob = safetensors.torch.save(tensors, metadata=metadata)
-    atomic_write_bytes(target, blob)
     from visiontrain.models.zoo import fitting_models
 
     sidecar = {
@@ -114,5 +119,20 @@ def convert_to_safetensors(path: str | Path, out: str | Path | None = None, forc
         "weights": {"file": target.name, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__,
     }
-    atomic_write_json(target.with_suffix(".json"), sidecar)
+    text = json.dumps(sidecar, indent=2) + "\n"
+    replace_together({target: blob, target.with_suffix(".json"): text.encode("utf-8")})  # the sidecar last
     return {**sidecar, "weights": str(target), "sidecar": str(target.with_suffix(".json"))}
+
+
+def _unfinished(target: Path) -> bool:
+    """A converted .safetensors whose sidecar never got renamed in: a conversion a killed process left."""
+    if target.with_suffix(".json").exists():
+        return False
+    from visiontrain.engine.validate import check_safetensors_file  # lazy: engine/ imports models/
+
+    try:
+        check_safetensors_file(target)  # the header is sound before the library reads it
+        with safetensors.safe_open(str(target), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == WEIGHTS_FORMAT
+    except (CheckpointError, safetensors.SafetensorError, OSError, ValueError):
+        return False  # not one of ours: it is kept, and --force is needed to replace it

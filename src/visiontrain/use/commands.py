@@ -14,6 +14,8 @@ from typing import Any
 
 from visiontrain.use.tta import TTA_MODES
 
+TRUST_CODE_HELP = ("load a .pt2 export: torch.export.load runs code from the file, so only for a file you "
+                   "exported yourself (ONNX and TorchScript exports need no flag)")
 TTA_HELP = f"test-time augmentation: {', '.join(TTA_MODES)} (average the probabilities of the views) [default: none]"
 
 
@@ -62,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
     sv.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
                     help="let pages from ORIGIN (e.g. https://app.example.com) call the API (repeat; * for any)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     return {"export": _export_command, "serve": _serve_command}
 
 
@@ -88,7 +91,7 @@ def _serve_command(args: argparse.Namespace) -> int:
           log_level=args.log_level, token=token, allowed_hosts=tuple(args.allowed_host), cors=tuple(args.cors),
           max_bytes=max(1, int(args.max_mb * 2**20)), max_pixels=args.max_pixels, timeout_s=args.timeout,
           threads=args.threads, queue=args.queue, read_timeout_s=args.read_timeout,
-          max_connections=args.max_connections)
+          max_connections=args.max_connections, trust_code=args.trust_code)
     return 0
 
 
@@ -150,7 +153,8 @@ def predict_command(args: argparse.Namespace) -> int:
     results = predict(args.checkpoint, args.inputs, top_k=args.top_k, device=args.device,
                       batch_size=64 if getattr(args, "batch_size", None) is None else args.batch_size,
                       tta=getattr(args, "tta", "none"),
-                      progress=sys.stderr.isatty() if progress is None else progress)
+                      progress=sys.stderr.isatty() if progress is None else progress,
+                      trust_code=getattr(args, "trust_code", False))
     csv_path = getattr(args, "csv", None)
     if csv_path:
         write_csv(results, csv_path)

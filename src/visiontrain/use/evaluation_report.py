@@ -3,7 +3,10 @@
 From every image's probabilities and true class: top-1/top-5, per-class precision/recall/F1 with support,
 their macro and support-weighted averages (torchmetrics), the confusion matrix as counts and row-normalized,
 the expected calibration error with a reliability diagram, and the most confident mistakes as an image grid.
-Written as ``report.md`` (for people) and ``report.json`` (for programs) beside the PNG files.
+Written as ``report.md`` (for people) and ``report.json`` (for programs) beside the PNG files, together
+(:func:`~visiontrain.fileio.replace_together`): ``report.json`` is the mark of a whole report — deleted first,
+renamed in last — so a folder with a ``report.json`` holds one report's files, never a mix of two; a folder
+without one is a report a killed process did not finish (the next run rewrites it and deletes its temps).
 
 >>> r = visiontrain.evaluate("runs/demo", outputs=True, mistakes=16)  # doctest: +SKIP
 >>> write_report(r, "report/")["macro"]["f1"]  # doctest: +SKIP
@@ -12,13 +15,14 @@ Written as ``report.md`` (for people) and ``report.json`` (for programs) beside 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from visiontrain.fileio import atomic_write_json, atomic_write_text
+from visiontrain.fileio import remove_dead_temps, replace_together
 
 N_BINS = 15  # calibration bins over [0, 1], the usual choice (Guo et al. 2017)
 FILES = {"confusion": "confusion.png", "confusion_counts": "confusion_counts.png",
@@ -80,36 +84,42 @@ def write_report(result: dict[str, Any], folder: str | Path, mistakes_shown: int
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(out)  # what a killed report left behind
     classes = list(result["classes"])
     metrics = classification_metrics(result["probabilities"], result["targets"], classes)
     report = {key: result.get(key) for key in ("checkpoint", "data", "split", "tta", "loss")}
     report.update(metrics)
     report["confusion"] = result["confusion"]
-    plots.save_png(plots.confusion_figure(result["confusion"], classes, normalize=True), out / FILES["confusion"])
-    plots.save_png(plots.confusion_figure(result["confusion"], classes, normalize=False),
-                   out / FILES["confusion_counts"])
-    plots.save_png(reliability_figure(metrics["calibration"]), out / FILES["reliability"])
-    report["mistakes"] = _mistakes(result.get("mistakes"), classes, out, mistakes_shown)
-    report["files"] = {k: v for k, v in FILES.items() if (out / v).exists() or k in ("markdown", "json")}
-    atomic_write_json(out / FILES["json"], report)
-    atomic_write_text(out / FILES["markdown"], markdown(report))
+    pictures = {
+        "confusion": plots.png_bytes(plots.confusion_figure(result["confusion"], classes, normalize=True)),
+        "confusion_counts": plots.png_bytes(plots.confusion_figure(result["confusion"], classes, normalize=False)),
+        "reliability": plots.png_bytes(reliability_figure(metrics["calibration"])),
+    }
+    report["mistakes"], grid = _mistakes(result.get("mistakes"), classes, mistakes_shown)
+    if grid is not None:
+        pictures["mistakes"] = grid
+    report["files"] = {k: v for k, v in FILES.items() if k in pictures or k in ("markdown", "json")}
+    files = {out / FILES[k]: data for k, data in pictures.items()}
+    files[out / FILES["markdown"]] = markdown(report).encode("utf-8")
+    files[out / FILES["json"]] = (json.dumps(report, indent=2) + "\n").encode("utf-8")  # last: the mark
+    # a stale grid from an earlier report would mislead: it goes with the old report.json
+    replace_together(files, remove=[] if grid is not None else [out / FILES["mistakes"]])
     return report
 
 
-def _mistakes(found: dict[str, Any] | None, classes: list[str], out: Path, shown: int) -> list[dict[str, Any]]:
+def _mistakes(found: dict[str, Any] | None, classes: list[str], shown: int) -> tuple[list[dict[str, Any]],
+                                                                                        bytes | None]:
     from visiontrain import plots
 
-    (out / FILES["mistakes"]).unlink(missing_ok=True)  # a stale grid from an earlier report would mislead
     if not found or not found["true"]:
-        return []
+        return [], None
     images = found["images"][:shown]
     if images.dim() == 5:  # multi-crop eval transforms: show the first crop of each
         images = images[:, 0]
     rows = [{"true": classes[t], "pred": classes[p], "confidence": c}
             for t, p, c in zip(found["true"], found["pred"], found["confidence"], strict=True)][:shown]
     captions = [f"{r['true'][:9]} → {r['pred'][:9]} ({r['confidence']:.2f})" for r in rows]
-    plots.save_png(plots.image_grid_figure(images, captions, title="most confident mistakes"), out / FILES["mistakes"])
-    return rows
+    return rows, plots.png_bytes(plots.image_grid_figure(images, captions, title="most confident mistakes"))
 
 
 def reliability_figure(calibration: dict[str, Any]):

@@ -5,6 +5,9 @@ Each export takes a dynamic batch size, carries the class names and preprocessin
 way ``predict`` loads it and run on sample batches of several sizes next to the PyTorch model; the largest
 absolute difference of the logits is reported and must stay under ``tolerance``.
 
+The export is written to a temp file beside the target, verified there, and only then renamed onto it: a
+failed verification or a killed process leaves the previous export as it was (see ``export_files``).
+
 >>> r = export("runs/demo", "onnx")  # doctest: +SKIP
 >>> r.path.name, r.max_abs_diff < 1e-4  # doctest: +SKIP
 ('model.onnx', True)
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +29,9 @@ import torch
 from torch import nn
 
 from visiontrain.errors import ConfigError, VisiontrainError
+from visiontrain.faults import fault_point
+from visiontrain.fileio import commit, temp_beside
+from visiontrain.use import export_files
 from visiontrain.use.exported import EXPORT_FORMAT, META_KEY, SUFFIXES, export_format, load_exported, require
 from visiontrain.use.loading import LoadedModel, load
 
@@ -51,11 +58,14 @@ def export(model: LoadedModel | str | Path, format: str = "onnx", out: str | Pat
     """Export a checkpoint (run folder or sidecar) and verify it; returns where and how close it is.
 
     ``out`` (a file, or a folder) defaults to ``<run>/exports/model.<ext>``. Raises :class:`ExportError` (and
-    removes the file) when the export's logits differ from PyTorch's by more than
-    ``tolerance x max(1, largest |logit|)`` (``ExportResult.tolerance`` is that bound).
+    keeps the previous export, if any) when the export's logits differ from PyTorch's by more than
+    ``tolerance x max(1, largest |logit|)`` (``ExportResult.tolerance`` is that bound). ``opset`` (ONNX) must be
+    one the installed exporter writes (:func:`~visiontrain.use.export_files.onnx_opsets`).
     """
     if format not in _WRITERS:
         raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(_WRITERS)}")
+    if opset is not None and format == "onnx":
+        export_files.check_opset(opset)
     loaded = model if isinstance(model, LoadedModel) else load(model, device="cpu")
     path = Path(out) if out is not None else _default_path(loaded, format)
     if path.is_dir() or export_format(path) is None:  # a folder, existing or to be made
@@ -64,25 +74,42 @@ def export(model: LoadedModel | str | Path, format: str = "onnx", out: str | Pat
         raise ConfigError(f"--out {path} names a {export_format(path)} file but the format is {format}; name it "
                           f"*{_suffix(format)} or pass a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    reference = _plain_copy(loaded)
+    export_files.clean_leftovers(path.parent)  # what killed exports into this folder left behind
     meta = export_metadata(loaded, format)
-    sample = _samples(loaded, _TRACE_BATCH, seed=0)
-    with _quiet():
-        try:
-            _WRITERS[format](reference, sample, path, json.dumps(meta), opset)
-        except VisiontrainError:
-            raise
-        except Exception as exc:  # exporters raise many kinds; the model's code is what needs changing
-            raise ExportError(f"exporting {loaded.meta['model']['name']} to {format} failed: "
-                              f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from None
-    diff, scale = verify(loaded, path)
-    bound = tolerance * max(1.0, scale)  # float error grows with the logits' size: deep nets reach 100s
-    if not diff <= bound:
-        _remove(path)
-        raise ExportError(f"the {format} export differs from the PyTorch model by {diff:.3g} (> {bound:.3g} = "
-                          f"tolerance {tolerance:g} x max(1, largest |logit| {scale:.3g})); it was removed — try "
-                          "another --format or raise --tolerance")
+    diff, bound = _write_verified(loaded, format, path, meta, tolerance, opset)
+    export_files.clean_leftovers(path.parent, replaced=path)  # the data file of the export just replaced
     return ExportResult(path, format, diff, bound, meta)
+
+
+def _write_verified(loaded: LoadedModel, format: str, path: Path, meta: dict[str, Any], tolerance: float,
+                    opset: int | None) -> tuple[float, float]:
+    """Write the export to a temp beside ``path``, verify that file, rename it onto ``path``: until the rename the
+    previous export stays as it was, and on any failure the temp (and its data file) is deleted."""
+    tmp = temp_beside(path)
+    written: list[Path] = []
+    try:
+        with _quiet():
+            try:
+                written = _WRITERS[format](_plain_copy(loaded), _samples(loaded, _TRACE_BATCH, seed=0), tmp,
+                                           json.dumps(meta), opset)
+            except VisiontrainError:
+                raise
+            except Exception as exc:  # exporters raise many kinds; the model's code is what needs changing
+                raise ExportError(f"exporting {loaded.meta['model']['name']} to {format} failed: "
+                                  f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from None
+        fault_point("export-written", format)
+        diff, scale = verify(loaded, tmp, format=format)  # the temp, as predict would load it
+        bound = tolerance * max(1.0, scale)  # float error grows with the logits' size: deep nets reach 100s
+        if not diff <= bound:
+            raise ExportError(f"the {format} export differs from the PyTorch model by {diff:.3g} (> {bound:.3g} = "
+                              f"tolerance {tolerance:g} x max(1, largest |logit| {scale:.3g})); it was not kept "
+                              "(a previous export is untouched) — try another --format or raise --tolerance")
+        commit(tmp, path)
+    except BaseException:
+        for leftover in (tmp, *written):
+            leftover.unlink(missing_ok=True)
+        raise
+    return diff, bound
 
 
 def export_metadata(loaded: LoadedModel, format: str) -> dict[str, Any]:
@@ -101,10 +128,11 @@ def export_metadata(loaded: LoadedModel, format: str) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def verify(loaded: LoadedModel, path: str | Path) -> tuple[float, float]:
+def verify(loaded: LoadedModel, path: str | Path, *, format: str | None = None) -> tuple[float, float]:
     """Largest |logit difference| between the export (loaded as predict loads it) and PyTorch, and the
-    largest |logit| PyTorch gave (the scale the difference is judged against)."""
-    exported = load_exported(path, device="cpu")
+    largest |logit| PyTorch gave (the scale the difference is judged against). ``format`` names the format of a
+    file whose name does not (a temp); the file is trusted: it is one this process just wrote."""
+    exported = load_exported(path, device="cpu", trust_code=True, format=format)
     worst = scale = 0.0
     for i, batch in enumerate(_VERIFY_BATCHES):
         x = _samples(loaded, batch, seed=i + 1)
@@ -143,44 +171,54 @@ def _default_path(loaded: LoadedModel, format: str) -> Path:
     return run / "exports" / FILE_NAMES[format]
 
 
-def _write_onnx(model: nn.Module, sample: torch.Tensor, path: Path, meta: str, opset: int | None) -> None:
+def _write_onnx(model: nn.Module, sample: torch.Tensor, tmp: Path, meta: str, opset: int | None) -> list[Path]:
     require("onnxscript", "onnx")  # the exporter needs it; say so in one line rather than deep in torch
     require("onnx", "onnx")
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.onnx.export(model, (sample,), input_names=["image"], output_names=["logits"],
                                 dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False)
+    export_files.check_written_opset(program.model, opset)
     program.model.metadata_props[META_KEY] = meta
-    _remove(path)
-    program.save(str(path))  # one file; onnx's own 2 GB limit moves weights to "<name>.data" beside it
+    return export_files.save_onnx(program.model, tmp)
 
 
-def _write_torchscript(model: nn.Module, sample: torch.Tensor, path: Path, meta: str, opset: int | None) -> None:
+def _write_torchscript(model: nn.Module, sample: torch.Tensor, tmp: Path, meta: str, opset: int | None) -> list[Path]:
     traced = torch.jit.trace(model, sample)
-    torch.jit.save(traced, str(path), _extra_files={META_KEY: meta})
+    torch.jit.save(traced, str(tmp), _extra_files={META_KEY: meta})
+    return []
 
 
-def _write_pt2(model: nn.Module, sample: torch.Tensor, path: Path, meta: str, opset: int | None) -> None:
+def _write_pt2(model: nn.Module, sample: torch.Tensor, tmp: Path, meta: str, opset: int | None) -> list[Path]:
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.export.export(model, (sample,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path), extra_files={META_KEY: meta})
+    buffer = io.BytesIO()  # torch.export.save wants a name ending in .pt2 or a buffer; the temp's name does not
+    torch.export.save(program, buffer, extra_files={META_KEY: meta})
+    tmp.write_bytes(buffer.getvalue())
+    return []
 
 
-_WRITERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, str, int | None], None]] = {
+_WRITERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, str, int | None], list[Path]]] = {
     "onnx": _write_onnx,
     "torchscript": _write_torchscript,
     "pt2": _write_pt2,
 }
 
 
+_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript")
+
+
 @contextlib.contextmanager
 def _quiet():
-    """The exporters print progress and deprecation notes; the command prints its own summary."""
+    """The exporters print progress and deprecation notes, and log tracebacks of what they fall back from (a
+    failed opset conversion); the command prints its own summary, and an error is one line."""
+    loggers = [logging.getLogger(name) for name in _LOGGERS]
+    levels = [logger.level for logger in loggers]
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        yield
-
-
-def _remove(path: Path) -> None:
-    for p in (path, path.with_name(path.name + ".data")):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)

@@ -8,6 +8,10 @@ Every export visiontrain writes carries its class names and preprocessing in the
 The exported graph takes the *normalized* float batch [N, C, H, W] (``(pixel/255 - mean)/std``) and
 returns logits; the normalization constants are in the metadata for anyone calling the file directly.
 
+A ``.pt2`` is loaded only when the caller trusts it (``trust_code=True``, ``--trust-code``): it is a program, and
+``torch.export.load`` runs code from it — a pickle in any member (its safe load falls back to a full unpickle,
+pytorch#153410), the Python source of its guards, and its shape expressions (``sympy.sympify`` is ``eval``).
+
 >>> m = load_model("runs/demo/exports/model.onnx")  # doctest: +SKIP
 >>> m.classes, m.format  # doctest: +SKIP
 (['circle', 'square', 'triangle', 'cross'], 'onnx')
@@ -38,6 +42,10 @@ SUFFIXES: dict[str, str] = {".onnx": "onnx", ".torchscript.pt": "torchscript", "
                             ".pt2": "pt2"}
 
 
+class UntrustedExport(CheckpointError):
+    """An export that can run code when loaded, and the caller did not say it trusts it."""
+
+
 @dataclass
 class ExportedModel(UsableModel):
     """An exported model with the class names and preprocessing read from its own metadata."""
@@ -60,25 +68,33 @@ def export_format(path: str | Path) -> str | None:
                  if name.endswith(suffix)), None)
 
 
-def load_model(path: str | Path, device: str = "auto", threads: int | None = None) -> LoadedModel | ExportedModel:
+def load_model(path: str | Path, device: str = "auto", threads: int | None = None, *,
+               trust_code: bool = False) -> LoadedModel | ExportedModel:
     """A checkpoint/run folder (:func:`visiontrain.load`) or an export file (by its name ending)."""
     if export_format(path) is not None and Path(path).is_file():
-        return load_exported(path, device, threads)
+        return load_exported(path, device, threads, trust_code=trust_code)
     return load(path, device=device)
 
 
-def load_exported(path: str | Path, device: str = "auto", threads: int | None = None) -> ExportedModel:
+def load_exported(path: str | Path, device: str = "auto", threads: int | None = None, *,
+                  trust_code: bool = False, format: str | None = None) -> ExportedModel:
     """Load an export written by ``visiontrain export``; the metadata must be visiontrain's.
 
     ``threads`` caps onnxruntime's threads per call (a server running calls side by side wants 1).
+    ``trust_code`` lets a ``.pt2`` load (see above); ``format`` overrides the one the name says (a temp file).
     """
     p = Path(path)
-    fmt = export_format(p)
+    fmt = format or export_format(p)
     if fmt is None:
         raise CheckpointError(f"{p}: not an export file; visiontrain writes .onnx, .torchscript.pt and .pt2 files "
                               "(`visiontrain export RUN --format onnx`)")
     if not p.is_file():
         raise CheckpointError(f"{p} does not exist; export a run first: visiontrain export RUN --format {fmt}")
+    if fmt == "pt2" and not trust_code:  # refused before torch reads a byte of it
+        raise UntrustedExport(f"{p}: not loaded — a .pt2 is a program and torch.export.load runs code from it "
+                              "(pickles, guard source, shape expressions), so it loads only with --trust-code "
+                              "(trust_code=True), for a file you exported yourself; or use an ONNX export: "
+                              "visiontrain export RUN --format onnx")
     dev = resolve_device(device)
     forward, text = _LOADERS[fmt](p, dev, threads)
     meta = _parse_meta(text, p)
@@ -138,13 +154,18 @@ def _load_torchscript(path: Path, device: torch.device, threads: int | None = No
 
 
 def _load_pt2(path: Path, device: torch.device, threads: int | None = None) -> _Loaded:
+    """Only ever reached with trust_code (see load_exported): torch.export.load runs code from the file."""
+    import io
+    import zipfile
+
     extra = {META_KEY: ""}
     logger = logging.getLogger("torch.export")
     level = logger.level
     logger.setLevel(logging.CRITICAL)  # it logs a traceback for a damaged file before raising: one line is ours
     try:
-        program = torch.export.load(str(path), extra_files=extra)
-    except (RuntimeError, ValueError, KeyError) as exc:
+        # from a buffer: a file torch reads by name must end in .pt2, and verify() loads a temp file
+        program = torch.export.load(io.BytesIO(path.read_bytes()), extra_files=extra)
+    except (RuntimeError, ValueError, KeyError, AssertionError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: not a torch.export .pt2 file ({str(exc).splitlines()[0]})") from None
     finally:
         logger.setLevel(level)

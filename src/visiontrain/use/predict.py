@@ -65,7 +65,7 @@ def _read_list(path: Path) -> list[str]:
 
 def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path, top_k: int = 5,
             batch_size: int = 64, device: str = "auto", *, tta: str = "none",
-            progress: bool = False) -> list[dict[str, Any]]:
+            progress: bool = False, trust_code: bool = False) -> list[dict[str, Any]]:
     """Predict the top-k classes of each image.
 
     Returns ``[{"path", "predictions": [{"label", "index", "probability"}]}]``, or ``{"path", "error"}``
@@ -79,7 +79,8 @@ def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path
     if top_k < 1 or batch_size < 1:
         raise ConfigError(f"top_k (--top-k) and batch_size (--batch-size) must be at least 1, got {top_k} and "
                           f"{batch_size}")
-    loaded = model if isinstance(model, LoadedModel | ExportedModel) else load_model(model, device=device)
+    loaded = model if isinstance(model, LoadedModel | ExportedModel) else \
+        load_model(model, device=device, trust_code=trust_code)
     if isinstance(inputs, str | Path):
         inputs = [inputs]
     paths = expand_inputs(inputs)
