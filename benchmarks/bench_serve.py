@@ -52,9 +52,10 @@ def _train_small(folder: Path) -> Path:
     return visiontrain.train(cfg, quiet=True).dir
 
 
-def _start_server(model: str, threads: int) -> tuple[subprocess.Popen, int]:
+def _start_server(model: str, threads: int, clients: int) -> tuple[subprocess.Popen, int]:
+    # A queue as long as the clients are many: this measures throughput, not the server's load shedding (503).
     proc = subprocess.Popen([sys.executable, "-m", "visiontrain", "serve", model, "--host", HOST, "--port", "0",
-                             "--log-level", "warning", "--threads", str(threads)],
+                             "--log-level", "warning", "--threads", str(threads), "--queue", str(max(16, clients))],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     match = re.search(rf"http://{re.escape(HOST)}:(\d+)", line)
@@ -153,7 +154,7 @@ def main() -> None:
         rows = []
         bodies = _png_bodies()
         for model in models:
-            proc, port = _start_server(model, args.threads)
+            proc, port = _start_server(model, args.threads, max(levels))
             try:
                 _level(port, bodies, 1, args.warmup, args.seconds)
                 for c in levels:

@@ -87,7 +87,7 @@ def test_parse_override() -> None:
     ({"epochs": True}, ["train.epochs must be int"]),
     ({"lr": "fast"}, ["optim.lr must be float"]),
     ({"train": 3}, ["train must be a mapping"]),
-    ({"epochs": 0}, ["train.epochs must be at least 1"]),
+    ({"epochs": 0}, ["train.epochs must be 1 to 1,000,000"]),
     ({"val_split": 1.0}, ["data.val_split must be in [0, 1)"]),
     ({"lr": -1}, ["optim.lr must be positive"]),
 ])

@@ -108,7 +108,8 @@ def _train_help() -> str:
     ({"normalize": "imagenett"}, "did you mean imagenet?"),
     ({"init_match": "shape"}, "model.init_match 'shape' is not one of: name, order"),
     ({"clip_grad_norm": 1.0, "lr": float("inf")}, "optim.lr must be a finite number"),
-    ({"seed": 2**70}, "train.seed must be at most 9223372036854775807"),
+    ({"seed": 2**40}, "train.seed must be 0 to 4,294,967,295"),
+    ({"seed": 2**70}, "train.seed is out of range"),
     ({"gamma": 0}, "optim.gamma must be in (0, 1]"),
 ])
 def test_choices_and_ranges_are_checked_when_the_config_is_built(raw: dict, fragment: str) -> None:

@@ -14,10 +14,16 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from visiontrain.cli_flags import add_config_flags, flag_overrides
-from visiontrain.config import RunConfig, load_config, parse_override, read_yaml
+from visiontrain.config import RunConfig, load_config, parse_override
 from visiontrain.data.guard import worker_error
 from visiontrain.errors import ConfigError, VisiontrainError
 from visiontrain.fileio import storage_error
+from visiontrain.trust import read_config_file
+
+TRUST_CODE_HELP = ("let the run's own files (its config.yaml, a checkpoint's sidecar, a --config YAML inside a run "
+                   "folder) name code: import the dataset they name as module:Class or file.py:Class, unpickle "
+                   "with their model.trust_pickle. Without it such a run is refused in one line (restating --data "
+                   "SPEC or --trust-pickle yourself also works); only for runs you made yourself [default: off]")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,12 +36,13 @@ class _Parser(argparse.ArgumentParser):
 
 def printable(text: str) -> str:
     """``text`` as one line that is safe on a terminal: control characters (a newline in a file name, an escape
-    sequence in a flag value) are shown escaped, as ``\\x1b``, instead of acting."""
+    sequence in a flag value or a class name) are shown escaped, as ``\\x1b``, instead of acting; so are lone
+    surrogates (undecodable bytes of a file name), which would stop a print to stdout."""
     return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in _CONTROL else ch
                    for ch in text)
 
 
-_CONTROL = frozenset({"Cc", "Zl", "Zp"})
+_CONTROL = frozenset({"Cc", "Zl", "Zp", "Cs"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(train)
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set model.args.width=32 (repeatable)")
+    train.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same --name "
                        "(only a visiontrain run; removed once the new run has started) [default: add a -2 suffix]")
     train.add_argument("--quiet", action="store_true", help="no progress output, only the final lines")
@@ -68,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     finder.add_argument("--config", help="YAML config file; flags given here override its values")
     add_config_flags(finder)
     finder.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    finder.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     finder.add_argument("--steps", type=int, default=100, help="steps of the sweep [default: 100]")
     finder.add_argument("--start-lr", type=float, default=1e-6, help="first rate [default: 1e-6]")
     finder.add_argument("--end-lr", type=float, default=1.0, help="last rate [default: 1]")
@@ -83,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--report", metavar="DIR", help="write a report there: per-class precision/recall/F1, "
                     "confusion matrices, calibration (ECE, reliability diagram), confident mistakes; Markdown + JSON")
     ev.add_argument("--tta", default="none", help="test-time augmentation: none, flip, five-crop [default: none]")
+    ev.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
 
     pr = sub.add_parser("predict", help="classify image files, folders, globs or @list files")
     pr.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint, or an export "
@@ -106,21 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Defaults ← YAML file ← flags ← --set overrides."""
-    if getattr(args, "resume", None):
-        from visiontrain.runner import saved_config
-
-        cfg = saved_config(args.resume)
-    else:
-        raw = read_yaml(args.config) if args.config else {}
-        recipe = getattr(args, "cfg.recipe", None)
-        if recipe:  # under the YAML's keys and the flags, not over them (config.run._with_recipe)
-            raw = {**raw, "recipe": recipe}
-        cfg = load_config(raw, where=args.config or "config")
+    """Defaults ← YAML file ← flags ← --set overrides. A run's config.yaml (``--resume``, or a ``--config`` inside
+    a run folder) may not name code unless ``--trust-code`` or the flags restate it (visiontrain.trust)."""
     overrides = flag_overrides(args)
     for item in args.set:
         key, value = parse_override(item)
         overrides[key] = value
+    trust = bool(getattr(args, "trust_code", False))
+    if getattr(args, "resume", None):
+        from visiontrain.runner import saved_config
+
+        cfg = saved_config(args.resume, trust_code=trust, given=overrides)
+    else:
+        raw = read_config_file(args.config, trust_code=trust, given=overrides) if args.config else {}
+        recipe = getattr(args, "cfg.recipe", None)
+        if recipe:  # under the YAML's keys and the flags, not over them (config.run._with_recipe)
+            raw = {**raw, "recipe": recipe}
+        cfg = load_config(raw, where=args.config or "config")
     return cfg.override(overrides, where="command line") if overrides else cfg
 
 

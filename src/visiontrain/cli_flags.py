@@ -64,6 +64,8 @@ def flag_help(leaf: Leaf) -> str:
     text = leaf.knob.help
     if leaf.choices and not all(c in text for c in leaf.choices):
         text += f" (one of: {', '.join(leaf.choices)})"
+    elif leaf.knob.low is not None or leaf.knob.high is not None:
+        text += f" ({leaf.knob.range_text()})"
     if "[default:" not in text:
         shown = default_text(leaf)
         if shown:

@@ -37,3 +37,12 @@ class ModelError(VisiontrainError):
 
 class CheckpointError(VisiontrainError):
     """A checkpoint or run folder that is missing, unsafe or does not match."""
+
+
+class TrustError(VisiontrainError):
+    """A value read from a file would decide what code runs (an import spec, an unpickling, a loader argument);
+    only the user may say that (see visiontrain.trust)."""
+
+
+class DivergedError(VisiontrainError):
+    """Training stopped because the loss or the weights are no longer finite numbers (too high a rate?)."""

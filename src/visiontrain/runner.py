@@ -7,13 +7,15 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from visiontrain.config import RunConfig, load_config, read_yaml
+from visiontrain.config import RunConfig, load_config
 from visiontrain.data import DataBundle, build_data
+from visiontrain.data.audit import start_lines
 from visiontrain.data.guard import loader_errors
 from visiontrain.engine import distributed
 from visiontrain.engine.build import build_ema, build_mixing, prepare_model, resolve_device, seed_everything
@@ -30,6 +32,7 @@ from visiontrain.engine.saver import BestSaver, CheckpointSaver, monitor_key, mo
 from visiontrain.engine.state import TrainState
 from visiontrain.engine.timing import LoaderBound, TimeTotals
 from visiontrain.errors import CheckpointError, ConfigError, VisiontrainError
+from visiontrain.faults import fault_point
 from visiontrain.fileio import atomic_write_json, atomic_write_yaml, remove_stale_temps
 from visiontrain.logging.console import ConsoleLogger
 from visiontrain.logging.files import MetricsFile
@@ -38,17 +41,20 @@ from visiontrain.logging.tensorboard import TensorBoardLogger
 from visiontrain.models import ModelInput, count_parameters, get_entry
 from visiontrain.models.build import BuiltModel, build_model
 from visiontrain.run import Run, summarize, write_samples
+from visiontrain.trust import read_config_file
 
 __all__ = ["Run", "find_lr", "make_run_dir", "resolve_device", "train"]
 
 
-def as_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
+def as_config(config: RunConfig | dict | str | Path | None, *, trust_code: bool = False) -> RunConfig:
+    """A RunConfig from what the API was given; a YAML path inside a run folder may not name code (see
+    :mod:`visiontrain.trust`) unless ``trust_code``."""
     if config is None:
         return RunConfig()
     if isinstance(config, RunConfig):
         return config
     if isinstance(config, str | Path):
-        return load_config(read_yaml(config), where=str(config))
+        return load_config(read_config_file(config, trust_code=trust_code), where=str(config))
     if isinstance(config, dict):
         return load_config(config)
     raise ConfigError(f"config must be a RunConfig, a mapping or a YAML path, not {type(config).__name__}")
@@ -97,17 +103,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", Path(text).name or text).strip("_") or "run"
 
 
-def saved_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config a run was started with (its ``config.yaml``)."""
+def saved_config(run_dir: str | Path, *, trust_code: bool = False, given: Iterable[str] = ()) -> RunConfig:
+    """The resolved config a run was started with (its ``config.yaml``). It may not name code to import or a
+    file to unpickle unless ``trust_code`` or the user restates that key (``given``: keys set on the command line)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml); pass runs/<name>")
-    return as_config(path)
+    return load_config(read_config_file(path, trust_code=trust_code, given=given, run_file=True), where=str(path))
 
 
 def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | Path | None = None,
-          callbacks: list[Callback] | None = None, quiet: bool = False, overwrite: bool = False) -> Run:
+          callbacks: list[Callback] | None = None, quiet: bool = False, overwrite: bool = False,
+          trust_code: bool = False) -> Run:
     """Train a model, or continue a stopped run with ``resume=<run folder>``; returns the :class:`Run`.
+
+    A config read from a run's files (``resume`` without ``config``, or a YAML path inside a run folder) may not
+    name code to import or a file to unpickle unless ``trust_code`` (see :mod:`visiontrain.trust`).
 
     An existing run folder of the same name is never touched (the new one gets a -2, -3 … suffix) unless
     ``overwrite``: then it is replaced once the new run has started (see :func:`set_aside`).
@@ -117,7 +128,8 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
     True
     """
     started = time.perf_counter()
-    cfg = as_config(config) if config is not None or resume is None else saved_config(resume)
+    cfg = (as_config(config, trust_code=trust_code) if config is not None or resume is None
+           else saved_config(resume, trust_code=trust_code))
     state, data, built = _build_state(cfg)
     cfg, d = state.config, state.dist  # (under torchrun: the global batch and lr this job runs with)
     try:
@@ -156,6 +168,7 @@ def _start_run_dir(state: TrainState, cfg: RunConfig, overwrite: bool) -> None:
     try:
         state.run_dir = make_run_dir(cfg)
         atomic_write_yaml(state.run_dir / "config.yaml", cfg.to_dict())
+        fault_point("after-config")  # the earliest moment `--resume` can pick the run up again
     except BaseException:
         if aside is not None and not (Path(cfg.out) / str(cfg.name)).exists():
             os.replace(aside, Path(cfg.out) / str(cfg.name))  # the new run never started: put the old one back
@@ -165,16 +178,17 @@ def _start_run_dir(state: TrainState, cfg: RunConfig, overwrite: bool) -> None:
 
 
 def find_lr(config: RunConfig | dict | str | Path | None = None, *, steps: int = 100, start_lr: float = 1e-6,
-            end_lr: float = 1.0, out: str | Path | None = None) -> dict[str, Any]:
+            end_lr: float = 1.0, out: str | Path | None = None, trust_code: bool = False) -> dict[str, Any]:
     """The learning-rate range test on a throwaway copy of the configured model and data.
 
     Writes ``lr_find.png``, ``lr_find.json`` and TensorBoard scalars into ``out`` (default
     ``<runs>/lr-find-<data>-<model>-<time>``) and returns ``{"lrs", "losses", "suggestion", "folder"}``.
     """
     from visiontrain import plots
-    from visiontrain.engine.lr_find import lr_range_test
+    from visiontrain.engine.lr_find import check_sweep, lr_range_test
 
-    cfg = as_config(config)
+    check_sweep(steps, start_lr, end_lr)
+    cfg = as_config(config, trust_code=trust_code)
     state, data, _ = _build_state(cfg)
     result = lr_range_test(state, data.loaders["train"], start_lr, end_lr, steps)
     name = f"lr-find-{_slug(cfg.data.name)}-{_slug(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -250,8 +264,13 @@ def _callbacks(state: TrainState, data: DataBundle, extra: list[Callback], quiet
 
 
 def _resume(state: TrainState, data: DataBundle, chain: Callbacks) -> None:
-    """Load the run's resume point and prove the data stream is the one it was trained on."""
-    meta, tensors = read_resume(state.run_dir / "checkpoints" / "resume.safetensors")
+    """Load the run's resume point and prove the data stream is the one it was trained on; a run stopped
+    before its first resume point starts again from the beginning (see :func:`_restart`)."""
+    path = state.run_dir / "checkpoints" / "resume.safetensors"
+    if not path.exists():
+        _restart(state)
+        return
+    meta, tensors = read_resume(path)
     now = stream_fingerprint(data.loaders["train"], meta["epoch"], meta["batch_in_epoch"])
     if now != meta["fingerprint"]:
         raise CheckpointError(f"{state.run_dir}: the training data or its order differ from the interrupted run "
@@ -266,6 +285,35 @@ def _resume(state: TrainState, data: DataBundle, chain: Callbacks) -> None:
     if state.dist.main:
         print(f"resuming {state.run_dir} {where}; sample stream verified (fingerprint {now[:12]})",
               file=sys.stderr, flush=True)
+
+
+# What a run writes into checkpoints/ before its first resume point: ``best`` and ``keep_last`` copies, written at
+# the end of the first epoch just before the resume point (engine/saver.py).
+_EARLY_CHECKPOINT = re.compile(r"(best|epoch-\d+)\.(json|safetensors)")
+
+
+def _restart(state: TrainState) -> None:
+    """Resume a run that was stopped after its config.yaml and before its first resume point.
+
+    Nothing of it can be continued, and everything it wrote a fresh start writes again from the same config and
+    seed — so it starts again, in its own folder, as if it had never run: what the stopped process logged
+    (metrics.jsonl, TensorBoard events) and checkpointed (best, epoch copies) goes first, so no step is logged
+    twice. A folder with ``last`` or ``summary.json`` but no resume point lost it some other way (deleted by
+    hand?): that is refused, and nothing is touched.
+    """
+    folder = state.run_dir
+    done = [name for name in ("checkpoints/last.json", "summary.json") if (folder / name).exists()]
+    if done:
+        raise CheckpointError(f"{folder} has {done[0]} but no checkpoints/resume.safetensors, so it cannot continue "
+                              "exactly; start a new run (--init-from RUN starts from its weights)")
+    if state.dist.main:
+        stale = [folder / "metrics.jsonl", *folder.glob("events.out.tfevents.*"),
+                 *(p for p in (folder / "checkpoints").glob("*") if _EARLY_CHECKPOINT.fullmatch(p.name))]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        remove_stale_temps(folder)  # what the killed process was writing
+        print(f"resuming {folder}: it stopped before its first resume point, so it starts again from the beginning "
+              "(same config and seed)", file=sys.stderr, flush=True)
 
 
 def _test_best(state: TrainState, data: DataBundle) -> dict[str, Any]:
@@ -290,6 +338,10 @@ def _print_header(cfg: RunConfig, data: DataBundle, state: TrainState) -> None:
     print(f"visiontrain: {cfg.model.name} ({count_parameters(state.model):,} parameters) on {cfg.data.name} "
           f"[{counts}; {len(data.classes)} classes, {p.channels}x{p.size}x{p.size}], "
           f"{cfg.train.epochs} epochs on {state.device}{_precision_note(state)}", file=sys.stderr, flush=True)
+    from visiontrain.cli import printable  # a note may name a folder: escaped like an error
+
     for note in data.source.notes:
-        print(f"note: {note}", file=sys.stderr, flush=True)
+        print(f"note: {printable(note)}", file=sys.stderr, flush=True)
+    for line in start_lines(data.source, cfg.data.name):  # duplicates and train/val leakage, as `data info` finds
+        print(printable(line), file=sys.stderr, flush=True)
     print(f"run folder: {state.run_dir} (monitor: {monitor_key(state)})", file=sys.stderr, flush=True)

@@ -47,7 +47,7 @@ def test_synthetic_source_splits_are_disjoint() -> None:
 @pytest.mark.parametrize(("args", "fragment"), [
     ({"colours": 3}, "has no argument 'colours'"),
     ({"channels": 2}, "channels 1 or 3"),
-    ({"size": 4}, "size >= 8"),
+    ({"size": 4}, "size 8 to 1024"),
     ({"test": 0}, "at least 1 image"),
 ])
 def test_synthetic_bad_args(args: dict, fragment: str) -> None:

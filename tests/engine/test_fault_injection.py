@@ -6,8 +6,10 @@ test_resume.py.)
 
 Slow tier (``-m slow``): many trials of real ``python -m visiontrain train`` processes — pictures and all —
 SIGKILLed at random steps and random moments of random writes, then resumed until they finish. Every trial
-must resume (or, killed before its first resume point, be refused in one line), never read a half-written
-file, and end bit-identical to an uninterrupted run.
+must resume (killed before its first resume point: start again from the beginning in its own folder; killed
+before its config.yaml exists: be refused in one line), never read a half-written file, and end bit-identical
+to an uninterrupted run. A second campaign kills at random *times* (not at fault points) across the whole run,
+from start-up to summary.json, with extra weight on the window between config.yaml and the first resume point.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +105,8 @@ ARGS = ["--data", "synthetic", "--set", "data.args.train=320", "--set", "data.ar
         "data.args.test=50", "--set", "data.args.size=16", "--batch-size", "32", "--epochs", "2",
         "--checkpoint-every", "3", "--set", "train.log_every=1", "--deterministic", "--device", "cpu", "--quiet"]
 # (point, the largest n worth choosing); n past what a process passes means it finishes unharmed
-POINTS = [("step", 20), ("after-resume-write", 9), ("before-rename", 30), ("before-rename/resume.safetensors", 9),
+POINTS = [("after-config", 1), ("step", 20), ("after-resume-write", 9), ("before-rename", 30),
+          ("before-rename/resume.safetensors", 9),
           ("before-rename/last.safetensors", 9), ("before-rename/last.json", 9), ("before-rename/best.json", 2),
           ("before-rename/summary.json", 1), ("before-rename/metrics.jsonl", 1)]
 
@@ -124,6 +128,7 @@ class Trial:
     run_dir: Path | None = None
     kills: int = 0
     refusals: int = 0
+    early: int = 0  # kills after config.yaml and before the first resume point (resumed from the beginning)
 
 
 def _check_after_kill(run_dir: Path, trial: Trial) -> bool:
@@ -148,7 +153,8 @@ def _check_after_kill(run_dir: Path, trial: Trial) -> bool:
 
 def _trial(index: int, cwd: Path, rng: random.Random) -> Trial:
     """Start with 1-3 random faults armed one per process, resuming after each kill, until the run finishes.
-    A kill before the first resume point must be refused in one line; the trial then starts over."""
+    A kill before the first resume point is resumed from the beginning; one before config.yaml exists must be
+    refused in one line (not a run folder yet), and the trial then starts over under another name."""
     trial = Trial(index)
     name, attempt = f"t{index:02d}", 0
     first = rng.choice([p for p in POINTS if not p[0].endswith("metrics.jsonl")])  # only a resume trims it
@@ -165,7 +171,8 @@ def _trial(index: int, cwd: Path, rng: random.Random) -> Trial:
             trial.problems.append(f"exit {proc.returncode}: {proc.stderr[-1500:]}")
             return trial
         trial.kills += 1
-        if _check_after_kill(run_dir, trial):
+        if _check_after_kill(run_dir, trial) or (run_dir / "config.yaml").is_file():
+            trial.early += not (run_dir / "checkpoints" / "resume.safetensors").exists()
             fresh = False
             continue
         refused = _cli(["--resume", str(run_dir), "--quiet"], cwd)  # nothing to resume yet: one clean line
@@ -224,10 +231,121 @@ def test_random_sigkills_always_resume_and_end_bit_identical(tmp_path: Path) -> 
     for trial in trials:
         if trial.run_dir is not None and not trial.problems:
             _compare(tmp_path / "runs" / "reference", trial)
-    lines = [f"trial {t.index:2d}: {'OK  ' if not t.problems else 'FAIL'} kills={t.kills} refusals={t.refusals} | "
-             + "; ".join(t.events) for t in trials]
-    print("\n".join(["", *lines, f"{sum(t.kills for t in trials)} SIGKILLs in {TRIALS} trials, "
+    lines = [f"trial {t.index:2d}: {'OK  ' if not t.problems else 'FAIL'} kills={t.kills} early={t.early} "
+             f"refusals={t.refusals} | " + "; ".join(t.events) for t in trials]
+    print("\n".join(["", *lines, f"{sum(t.kills for t in trials)} SIGKILLs in {TRIALS} trials "
+                     f"({sum(t.early for t in trials)} before the first resume point), "
                      f"{sum(not t.problems for t in trials)} trials bit-identical"]))
     problems = {t.index: t.problems for t in trials if t.problems}
     assert not problems, json.dumps(problems, indent=1, default=str)
     assert sum(t.kills for t in trials) >= TRIALS  # the kills really happened
+
+
+# ---- slow tier: kills at random times -------------------------------------------------------------------------
+
+TIMED_TRIALS = 30
+MAX_KILLS = 4  # per trial; then the run is left to finish
+
+
+@dataclass
+class Timeline:
+    """Seconds from the start of an uninterrupted process to its config.yaml, its first resume point, its end."""
+
+    config: float
+    first_resume: float
+    end: float
+
+
+def _start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("VISIONTRAIN_FAULT", None)
+    with log.open("a", encoding="utf-8") as err:  # a file, not a pipe: nobody reads it while the process runs
+        return subprocess.Popen([sys.executable, "-m", "visiontrain", "train", *args], cwd=cwd, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+
+
+def _timeline(cwd: Path) -> Timeline:
+    """The uninterrupted reference run, watched: when its config.yaml and its first resume point appear."""
+    run_dir, marks = cwd / "runs" / "reference", {}
+    watch = {"config": run_dir / "config.yaml", "resume": run_dir / "checkpoints" / "resume.safetensors"}
+    started = time.monotonic()
+    proc = _start([*ARGS, "--name", "reference"], cwd, cwd / "reference.log")
+    while proc.poll() is None:
+        for key, path in watch.items():
+            if key not in marks and path.exists():
+                marks[key] = time.monotonic() - started
+        time.sleep(0.005)
+    assert proc.returncode == 0, (cwd / "reference.log").read_text(encoding="utf-8")[-3000:]
+    return Timeline(marks["config"], marks["resume"], time.monotonic() - started)
+
+
+def _kill_at_random(proc: subprocess.Popen, config: Path | None, rng: random.Random, line: Timeline) -> str:
+    """SIGKILL ``proc`` at a random moment of its life; with ``config``, a random moment between that file's
+    appearance and the first resume point (as long as that took the reference run, and a fifth more)."""
+    if config is not None:
+        while proc.poll() is None and not config.exists():
+            time.sleep(0.002)
+        delay, how = rng.uniform(0, 1.2 * (line.first_resume - line.config)), "after config.yaml"
+    else:
+        delay, how = rng.uniform(0, 1.1 * line.end), "after start"
+    time.sleep(delay)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    return f"{delay:.2f}s {how}"
+
+
+def _timed_trial(index: int, cwd: Path, rng: random.Random, line: Timeline) -> Trial:
+    """Kill a run at random times (up to MAX_KILLS), resuming it after each kill, until it finishes. A kill
+    before its config.yaml exists leaves nothing to resume: the trial starts over under another name."""
+    trial = Trial(index)
+    run_dir, fresh, log = cwd / "runs" / f"k{index:02d}", True, cwd / f"k{index:02d}.log"
+    for attempt in range(MAX_KILLS + 3):
+        args = [*ARGS, "--name", run_dir.name] if fresh else ["--resume", str(run_dir), "--quiet"]
+        proc = _start(args, cwd, log)
+        if trial.kills < MAX_KILLS and (attempt == 0 or rng.random() < 0.6):
+            aim = run_dir / "config.yaml" if fresh and rng.random() < 0.5 else None
+            when = _kill_at_random(proc, aim, rng, line)
+        else:
+            when = "-"
+            proc.wait(timeout=600)
+        trial.events.append(f"{'start' if fresh else 'resume'} kill {when} -> {proc.returncode}")
+        if proc.returncode == 0:
+            trial.run_dir = run_dir
+            return trial
+        if proc.returncode != -9:
+            trial.problems.append(f"exit {proc.returncode}: {log.read_text(encoding='utf-8')[-1500:]}")
+            return trial
+        trial.kills += 1
+        if _check_after_kill(run_dir, trial):
+            fresh = False
+        elif (run_dir / "config.yaml").is_file():
+            trial.early += 1
+            fresh = False
+        else:
+            trial.refusals += 1  # (here: killed before config.yaml; not asked, the fault-point campaign asks)
+            run_dir, fresh = run_dir.with_name(f"{run_dir.name}-again"), True
+    trial.problems.append("did not finish")
+    return trial
+
+
+@pytest.mark.slow
+def test_sigkills_at_random_times_always_resume_and_end_bit_identical(tmp_path: Path) -> None:
+    line = _timeline(tmp_path)
+    rngs = [random.Random(SEED * 7 + i) for i in range(TIMED_TRIALS)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        trials = list(pool.map(lambda i: _timed_trial(i, tmp_path, rngs[i], line), range(TIMED_TRIALS)))
+    for trial in trials:
+        if trial.run_dir is not None and not trial.problems:
+            _compare(tmp_path / "runs" / "reference", trial)
+    kills, early, before = (sum(getattr(t, k) for t in trials) for k in ("kills", "early", "refusals"))
+    lines = [f"trial {t.index:2d}: {'OK  ' if not t.problems else 'FAIL'} kills={t.kills} early={t.early} "
+             f"before-config={t.refusals} | " + "; ".join(t.events) for t in trials]
+    print("\n".join(["", f"reference: config.yaml at {line.config:.2f}s, first resume point at "
+                     f"{line.first_resume:.2f}s, done at {line.end:.2f}s", *lines,
+                     f"{kills} SIGKILLs at random times in {TIMED_TRIALS} trials: {before} before config.yaml, "
+                     f"{early} between config.yaml and the first resume point, {kills - early - before} after it; "
+                     f"{sum(not t.problems for t in trials)} trials bit-identical"]))
+    problems = {t.index: t.problems for t in trials if t.problems}
+    assert not problems, json.dumps(problems, indent=1, default=str)
+    assert kills >= 50 and early >= 10, (kills, early)  # the kills really happened, many of them early

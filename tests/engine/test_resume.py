@@ -7,7 +7,10 @@ the end-of-epoch resume point is written, and inside a later epoch; it is resume
 --resume`` after each kill. Its final weights (raw, EMA, best) must be bit-identical to A's
 (``--deterministic`` on the CPU), its metrics.jsonl and TensorBoard scalars must equal A's with no step
 twice. Run W is killed in the middle of atomic writes (resume file, checkpoint pair, metrics trim, summary)
-and must end the same. A resume with changed data is refused; the same seed gives the same weights.
+and must end the same. Run E is killed before it has any resume point — right after its config.yaml, then
+(restarted) in the middle of writing its first resume point — and ``--resume`` starts it again from the
+beginning in its own folder: it too must end equal to A, with no step logged twice and no temp file left.
+A resume with changed data is refused; the same seed gives the same weights.
 
 The subprocesses run the real CLI (``visiontrain.cli.main``) with the per-epoch matplotlib pictures replaced
 by a no-op (they cost ~2 s per epoch here and have nothing to resume); the slow tier in
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -74,6 +78,9 @@ MID_WRITE = [
     ("before-rename/metrics.jsonl:1", (0, 16, 8)),  # while a resume trims metrics.jsonl
     ("before-rename/summary.json:1", (3, 0, STEPS)),  # training done, writing summary.json
 ]
+# Kills of run E before its first resume point (step 4): none leaves one, so each `--resume` starts it again.
+EARLY = ["after-config:1",  # right after config.yaml: nothing else written yet
+         "before-rename/resume.safetensors:1"]  # 4 steps logged (metrics, TensorBoard), first resume write cut
 
 
 def vt(args: list[str], cwd: Path, fault: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -136,14 +143,21 @@ def _inspect_mid_write(run_dir: Path, fault: str) -> dict[str, Any]:
     return {"target": target, "temps": temps, "pairs": pairs}
 
 
+def _inspect_early(run_dir: Path, fault: str) -> dict[str, Any]:
+    """After a kill before the first resume point: what the killed process left behind."""
+    return {"temps": sorted(p.name for p in run_dir.rglob(".*.tmp")), "config": (run_dir / "config.yaml").is_file(),
+            "metrics": len(records(run_dir)) if (run_dir / "metrics.jsonl").exists() else 0}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Chain]:
-    """A, the killed-and-resumed B and W (ten processes in all, two at a time)."""
+    """A, the killed-and-resumed B, W and E (thirteen processes in all, two at a time)."""
     cwd = tmp_path_factory.mktemp("resume")
     jobs = {
         "B": lambda: run_chain(cwd, "B", BASE, [f for f, _ in KILLS]),
         "W": lambda: run_chain(cwd, "W", BASE, [f for f, _ in MID_WRITE], inspect=_inspect_mid_write),
         "A": lambda: run_chain(cwd, "A", BASE, []),
+        "E": lambda: run_chain(cwd, "E", BASE, EARLY, inspect=_inspect_early),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(job) for name, job in jobs.items()}
@@ -283,6 +297,28 @@ def test_tensorboard_hparams_are_logged_once_after_a_kill_at_the_very_end(runs: 
     assert hparams and all(len(points) == 1 for points in hparams.values()), hparams
 
 
+def test_a_run_killed_before_its_first_resume_point_starts_again_and_equals_the_uninterrupted_one(
+        runs: dict[str, Chain]) -> None:
+    chain = runs["E"]
+    first, second = chain.attempts[0], chain.attempts[1]
+    assert [a.code for a in chain.attempts[:2]] == [-9, -9], [a.err[-2000:] for a in chain.attempts]
+    assert first.point is None and second.point is None  # neither kill left a resume point
+    assert first.seen == {"temps": [], "config": True, "metrics": 0}
+    assert second.seen["metrics"] == 4 and len(second.seen["temps"]) == 1, second.seen  # logged, then cut mid-write
+    for attempt in chain.attempts[1:]:
+        assert "stopped before its first resume point, so it starts again from the beginning" in attempt.err
+    a, e = _ok(runs["A"]).dir, _ok(chain).dir
+    for which in ("last", "ema", "best"):
+        assert_bit_identical(a, e, which)
+    assert records(e) == records(a)  # every step once, with the uninterrupted values
+    assert tensorboard_scalars(e) == tensorboard_scalars(a)  # hparams included: no duplicate anywhere
+    assert len(list(e.glob("events.out.tfevents.*"))) == 1
+    sa, se = summary(a), summary(e)
+    for key in ("final", "final_ema", "best", "test", "steps", "epochs_completed", "resumed_from"):
+        assert sa[key] == se[key], key
+    assert not list(e.rglob(".*.tmp"))
+
+
 def test_resume_with_changed_data_is_refused_in_one_line(runs: dict[str, Chain], main_cli: Any,
                                                          one_line_error: Any) -> None:
     run_dir = _ok(runs["B"]).dir
@@ -293,6 +329,21 @@ def test_resume_with_changed_data_is_refused_in_one_line(runs: dict[str, Chain],
     finally:
         torch.use_deterministic_algorithms(deterministic)
     one_line_error(result, "sample-stream fingerprint mismatch", str(run_dir))
+    assert {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()} == before
+
+
+def test_a_finished_run_whose_resume_point_was_deleted_is_refused_not_restarted(
+        runs: dict[str, Chain], tmp_path: Path, main_cli: Any, one_line_error: Any) -> None:
+    run_dir = tmp_path / "B"
+    shutil.copytree(_ok(runs["B"]).dir, run_dir)
+    (run_dir / "checkpoints" / "resume.safetensors").unlink()  # e.g. removed by hand to save space
+    before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        result = main_cli("train", "--resume", run_dir, "--quiet")
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    one_line_error(result, "but no checkpoints/resume.safetensors", str(run_dir))
     assert {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()} == before
 
 

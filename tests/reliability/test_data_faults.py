@@ -147,18 +147,28 @@ def test_a_corrupt_file_met_mid_epoch_is_named(tmp_path: Path, shape_folder, mai
     one_line_error(r, str(victim), "--bad-images skip")
 
 
-def test_symlink_loops_in_a_data_folder_end_the_scan(tmp_path: Path, shape_folder) -> None:
+@pytest.mark.parametrize("follow", [False, True])
+def test_symlink_loops_in_a_data_folder_end_the_scan(tmp_path: Path, shape_folder, follow: bool) -> None:
     root = shape_folder(tmp_path / "shapes", 3)
     os.symlink(root / "square", root / "circle" / "to_square")  # circle → square → circle → …
     os.symlink(root / "circle", root / "square" / "to_circle")
     os.symlink(root / "cross", root / "cross" / "self")  # a folder inside itself
     os.symlink(root / "triangle" / "b.png", root / "triangle" / "a.png")  # a file loop
     os.symlink(root / "triangle" / "a.png", root / "triangle" / "b.png")
-    source = folder_source(root, DataConfig(name=str(root), bad_images="skip", val_split=0.0), 0)
+    cfg = DataConfig(name=str(root), bad_images="skip", val_split=0.0, follow_symlinks=follow)
+    source = folder_source(root, cfg, 0)
     per_class: dict[str, int] = {}
     for label in source.splits["train"].labels.tolist():
         per_class[source.classes[label]] = per_class.get(source.classes[label], 0) + 1
-    # every folder is walked once per class: its own 3 images, plus the 3 a link points at, and no more
-    assert per_class == {"circle": 6, "square": 6, "cross": 3, "triangle": 3}
+    # every class has its own 3 images and no more: a folder link is not followed by default, and never, even
+    # with --follow-symlinks, into another class's folder or into a folder it is in (data/links.py)
+    assert per_class == {"circle": 3, "square": 3, "cross": 3, "triangle": 3}
+    reasons = {Path(link).name: reason for link, _, reason in source.skipped_links}
+    assert set(reasons) == {"to_square", "to_circle", "self"}
+    if follow:
+        assert "another class" in reasons["to_square"] and "another class" in reasons["to_circle"]
+        assert "already walked" in reasons["self"]
+    else:
+        assert all("not followed" in reason for reason in reasons.values())
     assert {Path(p).name for p, _ in source.bad_images} == {"a.png", "b.png"}
     assert all("symlink loop" in reason for _, reason in source.bad_images)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -126,6 +127,20 @@ def test_too_many_pixels_is_413(server: str) -> None:
     assert got == 413 and "decompression bomb" in out["error"]
 
 
+@pytest.mark.parametrize(("side", "fmt", "status", "fragment"), [
+    (1600, "JPEG", 200, ""),  # 2.56 MP declared, decoded at 1/8 scale: 200x200, the limit itself
+    (1600, "PNG", 413, "1600x1600 = 2,560,000 pixels > limit 40,000"),  # no reduced decode for PNG
+    (1000, "JPEG", 413, "1000x1000 JPEG decodes to 250x250 = 62,500 pixels > limit 40,000"),  # 1/4: 4x 32 px
+])
+def test_large_jpegs_decode_at_reduced_scale_within_the_pixel_budget(server: str, side: int, fmt: str, status: int,
+                                                                     fragment: str) -> None:
+    buf = io.BytesIO()
+    Image.new("L", (side, side), 90).save(buf, format=fmt)
+    got, out, _ = call(server, "POST", "/predict", buf.getvalue(), {"Content-Type": f"image/{fmt.lower()}"})
+    assert got == status and fragment in out.get("error", ""), out
+    assert Limits().max_pixels <= 2**24  # the default budget: 16.8 MP, not the 40 MP it was
+
+
 def _raw_exchange(url: str, payload: bytes) -> bytes:
     """Send bytes over one socket and read one response (headers + Content-Length body)."""
     parts = urlsplit(url)
@@ -143,13 +158,13 @@ def _raw_exchange(url: str, payload: bytes) -> bytes:
 
 def test_body_limit_answers_413_before_reading_the_body(server: str) -> None:
     # A declared length over the limit is refused from the headers alone: no body byte is ever sent.
-    head = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nContent-Length: 999999999\r\n\r\n"
+    head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: 999999999\r\n\r\n"
     reply = _raw_exchange(server, head)
     assert reply.startswith(b"HTTP/1.1 413") and b"too large" in reply
     # A chunked body declares nothing: it is counted as it arrives and cut off past the limit.
     chunk = b"x" * (MAX_BYTES + 10)
-    chunked = (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
-               + b"%x\r\n" % len(chunk) + chunk + b"\r\n0\r\n\r\n")
+    chunked = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(chunk) + chunk + b"\r\n0\r\n\r\n")
     assert _raw_exchange(server, chunked).startswith(b"HTTP/1.1 413")
     assert call(server, path="/health")[0] == 200  # and the server is still there
 
@@ -205,8 +220,11 @@ def test_serve_cli_with_an_onnx_export(synthetic_run, tmp_path: Path) -> None:
     from visiontrain.use.export import export
 
     onnx = export(synthetic_run.dir, "onnx", tmp_path).path
+    env = {**os.environ, "VISIONTRAIN_SERVE_TOKEN": "from-the-environment"}  # not on the command line: ps shows that
     proc = subprocess.Popen([sys.executable, "-m", "visiontrain", "serve", str(onnx), "--port", "0",
-                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    auth = {"Authorization": "Bearer from-the-environment"}
     try:
         line = proc.stdout.readline()  # blocks until the server prints its address (or dies)
         match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
@@ -215,14 +233,15 @@ def test_serve_cli_with_an_onnx_export(synthetic_run, tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
-                status, info, _ = call(url, path="/model")
+                status, info, _ = call(url, path="/model", headers=auth)
                 break
             except ConnectionError:
                 assert time.monotonic() < deadline and proc.poll() is None
                 time.sleep(0.1)
         assert status == 200 and info["format"] == "onnx" and info["classes"] == list(SHAPES)
         data, truth = _png(42)
-        status, out, _ = call(url, "POST", "/predict", data, {"Content-Type": "image/png"})
+        assert call(url, "POST", "/predict", data, {"Content-Type": "image/png"})[0] == 401
+        status, out, _ = call(url, "POST", "/predict", data, {"Content-Type": "image/png", **auth})
         assert status == 200 and out["top"]["label"] == truth
     finally:
         proc.terminate()

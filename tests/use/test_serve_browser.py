@@ -85,6 +85,22 @@ def test_choosing_an_image_shows_its_class_with_bars(page_url: str, browser, tmp
     assert seen == set(SHAPES)
 
 
+def test_with_a_token_the_page_asks_for_it_then_classifies(synthetic_run, browser, tmp_path: Path) -> None:
+    wait = WebDriverWait(browser, 30)
+    with running_server(build_app(synthetic_run.dir, token="page-token-123")) as url:
+        browser.get(url + "/")
+        wait.until(lambda d: d.find_element(By.ID, "auth").is_displayed())
+        assert "needs a token" in _text(browser, "model")
+        browser.find_element(By.ID, "token").send_keys("page-token-123")
+        browser.find_element(By.CSS_SELECTOR, "#auth button").click()
+        wait.until(lambda d: "4 classes" in _text(d, "model"))
+        path, truth = _shape_files(tmp_path, seed=12)[0]
+        browser.find_element(By.ID, "file").send_keys(str(path))  # the page's POST carries the token, same origin
+        wait.until(lambda d: _text(d, "status") == path.name)
+        assert browser.find_element(By.ID, "top-label").text == truth
+        browser.execute_script("sessionStorage.clear()")
+
+
 def test_a_file_that_is_not_an_image_shows_the_error(page_url: str, browser, tmp_path: Path) -> None:
     wait = WebDriverWait(browser, 30)
     browser.get(page_url + "/")

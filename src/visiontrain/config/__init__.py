@@ -16,7 +16,7 @@ from visiontrain.config.run import (
     ALIASES,
     SECTIONS,
     RunConfig,
-    canonical,
+    canonical_key,
     flat_names,
     hparam_values,
     keys,
@@ -27,5 +27,5 @@ from visiontrain.config.run import (
 from visiontrain.config.sections import DataConfig, ModelConfig, OptimConfig, TrainConfig
 
 __all__ = ["ALIASES", "SECTIONS", "DataConfig", "Knob", "Leaf", "ModelConfig", "OptimConfig", "RunConfig",
-           "TrainConfig", "canonical", "flat_names", "hparam_values", "keys", "knob", "load_config", "parse_override",
-           "read_yaml"]
+           "TrainConfig", "canonical_key", "flat_names", "hparam_values", "keys", "knob", "load_config",
+           "parse_override", "read_yaml"]

@@ -49,6 +49,7 @@ class Knob:
     def check(self, value: Any, key: str) -> str | None:
         """The problem with ``value`` for this knob's range or pattern, or None when it is fine."""
         values = value if isinstance(value, list) else [value]
+        key = f"{key} values" if isinstance(value, list) else key
         for v in values:
             if isinstance(v, bool) or v is None:
                 continue
@@ -70,13 +71,13 @@ class Knob:
         return self.high is not None and (v > self.high or (self.high_open and v == self.high))
 
     def range_text(self, value: float | None = None) -> str:
-        """``at least 1``, ``positive``, ``in [0, 1)``, ``0 or more``, ``at most 8192`` — the side ``value``
-        breaks when given; a fraction's range is always shown whole."""
+        """``at least 1``, ``positive``, ``in [0, 1)`` (a fraction's range), ``1 to 1,000,000`` (a count's)."""
         low, high = _num(self.low), _num(self.high)
-        whole = self.low is not None and self.high is not None
-        if whole and (self.high <= 1 or value is None):  # type: ignore[operator]
-            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
-        if self.low is not None and (value is None or self._below(value)):
+        if self.low is not None and self.high is not None:
+            if self.high <= 1 or self.low_open or self.high_open:
+                return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+            return f"{low} to {high}"
+        if self.low is not None:
             if self.low == 0:
                 return "positive" if self.low_open else "0 or more"
             return f"above {low}" if self.low_open else f"at least {low}"
@@ -86,9 +87,12 @@ class Knob:
 
 
 def _num(x: float | None) -> str:
+    """A bound as people read it: ``8192``, ``65,536``, ``0.5``."""
     if x is None:
         return ""
-    return str(x) if isinstance(x, int) else (str(int(x)) if x.is_integer() and abs(x) < 1e15 else f"{x:g}")
+    if isinstance(x, int) or (x.is_integer() and abs(x) < 1e15):
+        return f"{int(x):,}" if abs(x) >= 10_000 else str(int(x))
+    return f"{x:g}"
 
 
 def knob(default: Any = _MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
@@ -169,6 +173,7 @@ def _options(hint: Any) -> tuple[Any, ...]:
     return (hint,)
 
 
+MAX_INT = 2**62
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -200,11 +205,16 @@ def coerce(value: Any, hint: Any, key: str, where: str) -> Any:
         if origin is bool and isinstance(value, bool):
             return value
         if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_INT:  # no setting needs more; torch and the OS overflow on such numbers
+                raise ConfigError(f"{where}: {key} is out of range, got {value!r}")
             return value
-        if origin is float and _plain_number(value):
-            return float(value)
-        if origin is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads `1e-3` (no dot) as a string; it is a float to everyone else
+        if origin is float and (_plain_number(value) or (isinstance(value, str)
+                                                         and _FLOAT_TEXT.fullmatch(value.strip()))):
+            # (YAML 1.1 reads `1e-3`, without a dot, as a string; it is a float to everyone else)
+            try:
+                return float(value)
+            except OverflowError:  # 10**400: a number, but no float; the range check says "finite"
+                return math.inf
         if origin is str and isinstance(value, str):
             return value
     wanted = " or ".join(_type_name(o) for o in options)

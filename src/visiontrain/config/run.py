@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from visiontrain import limits
 from visiontrain.config.knobs import Leaf, coerce, knob, leaves
 from visiontrain.config.recipes import resolve as resolve_recipe
 from visiontrain.config.sections import DataConfig, ModelConfig, OptimConfig, TrainConfig
@@ -31,8 +32,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str = knob("runs", "the runs root folder")
-    name: str | None = knob(None, "run folder name under --out [default: <data>-<model>-<time>]; an existing name "
-                            "gets a -2, -3 … suffix")
+    name: str | None = knob(None, "run folder name under --out (one name: no / or ..) [default: "
+                            "<data>-<model>-<time>]; an existing name gets a -2, -3 … suffix")
     recipe: str | None = knob(None, "a preset of model, schedule, batch size, precision and epochs (see "
                               "`visiontrain recipes`, e.g. fast); every other flag and config key overrides it")
 
@@ -49,13 +50,13 @@ class RunConfig:
         A new ``recipe`` sets its values first, then the other overrides apply on top of them.
         """
         merged = self.to_dict()
-        recipe = next((v for k, v in overrides.items() if canonical(k, where) == "recipe"), None)
+        recipe = next((v for k, v in overrides.items() if canonical_key(k, where) == "recipe"), None)
         if recipe is not None and recipe != self.recipe:
-            model = next((v for k, v in overrides.items() if canonical(k, where) == "model.name"), None)
+            model = next((v for k, v in overrides.items() if canonical_key(k, where) == "model.name"), None)
             for dotted, value in _recipe_settings(recipe, model, where).items():
                 _set_dotted(merged, dotted, value, where)
         for dotted, value in overrides.items():
-            _set_dotted(merged, canonical(dotted, where), value, where)
+            _set_dotted(merged, canonical_key(dotted, where), value, where)
         return load_config(merged, where=where)
 
 
@@ -104,10 +105,11 @@ ALIASES = flat_names()
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader (no Python objects are ever built from a file)."""
+    """Read a YAML mapping with the safe loader (no Python objects are ever built from a file); at most
+    ``limits.MAX_CONFIG_BYTES`` are read, so ``--config /dev/zero`` ends at once."""
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(limits.read_capped(p, limits.MAX_CONFIG_BYTES, "a config file").decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist; check the path given to --config") from None
     except yaml.YAMLError as exc:
@@ -137,7 +139,7 @@ def load_config(raw: dict[str, Any], where: str = "config") -> RunConfig:
             for sub, sub_value in value.items():
                 _set_dotted(nested, f"{key}.{sub}", sub_value, where)
         else:
-            _set_dotted(nested, canonical(key, where), value, where)
+            _set_dotted(nested, canonical_key(key, where), value, where)
     cfg = _build(RunConfig, _with_recipe(nested, where), where, prefix="")
     _check(cfg, where)
     return cfg
@@ -192,6 +194,10 @@ def _check(cfg: RunConfig, where: str) -> None:
 def _cross_checks(cfg: RunConfig) -> list[tuple[bool, str]]:
     m = cfg.model
     return [
+        (bool(cfg.data.name.strip()), "data.name must name a dataset, a folder or a manifest, not be empty (for "
+         "the current folder, say '.')"),
+        (cfg.name is None or _one_component(cfg.name), f"name must be one folder name under --out, got "
+         f"{cfg.name!r}: no / or \\, not empty, . or .. (to write elsewhere, set --out)"),
         (m.in_channels in (None, 1, 3), "model.in_channels must be 1 or 3"),
         (m.backbone_lr_scale > 0, "model.backbone_lr_scale must be positive (to stop training it, freeze it)"),
         (m.unfreeze_at is None or m.unfreeze_at >= 2, "model.unfreeze_at must be an epoch number of at least 2"),
@@ -202,7 +208,13 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[bool, str]]:
     ]
 
 
-def canonical(key: str, where: str) -> str:
+def _one_component(name: str) -> bool:
+    """A run name is one folder under ``--out``: ``../../x`` or ``/tmp/x`` would write elsewhere."""
+    return (bool(name.strip()) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+            and Path(name).name == name and not Path(name).is_absolute())
+
+
+def canonical_key(key: str, where: str = "override") -> str:
     """The dotted key a flat or dotted name means (``clip-grad-norm`` → ``train.clip_grad_norm``)."""
     key = key.replace("-", "_")
     flat = flat_names()

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from visiontrain import limits
 from visiontrain.config.knobs import knob
-
-MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
 
 
 @dataclass(frozen=True)
@@ -24,11 +23,13 @@ class DataConfig:
     batch_size: int = knob(128, "images per training step", low=1, high=2**24, hparam=True)
     eval_batch_size: int = knob(1000, "images per evaluation step (no gradients, so larger is fine)",
                                 low=1, high=2**24)
-    workers: int = knob(0, "DataLoader worker processes for file datasets (0 = in the main process)", low=0)
+    workers: int = knob(0, f"DataLoader worker processes for file datasets (0 = in the main process); more than "
+                        f"{limits.WORKERS_PER_CORE} per CPU core are capped to that, with a note",
+                        low=0, high=limits.MAX_WORKERS)
     val_split: float = knob(0.1, "fraction of train held out (stratified, seeded) when the data has no val split",
                             low=0, high=1, high_open=True)
     image_size: int | None = knob(None, "square input side in pixels [default: the model's or the data's own]",
-                                  low=8, high=8192, metavar="PX")
+                                  low=8, high=limits.MAX_IMAGE_SIZE, metavar="PX")
     args: dict[str, Any] = knob(help="a dataset argument KEY=VALUE (repeatable), e.g. --data-arg root=data/train",
                                 factory=dict, flag="--data-arg", flat=("data_args",))
     transforms: dict[str, Any] = knob(
@@ -51,6 +52,8 @@ class DataConfig:
     split_file: str | None = knob(None, "reuse the train/val split of an earlier run (its split.json)")
     item_timeout_s: float = knob(300.0, "seconds one file/item may take to read before it counts as bad "
                                  "(0 = no limit)", flag="--item-timeout", low=0, high=604_800)
+    follow_symlinks: bool = knob(False, "follow folder symlinks in a data folder, never out of it, in a loop or into "
+                                 "another class's folder; file symlinks inside it are always used")
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class ModelConfig:
                                   "IMAGENET1K_V1; read from the torch hub cache, offline) or a .safetensors/.pth file "
                                   "or run")
     head: list[int] | None = knob(None, "hidden widths of a new classification head, e.g. --head 128: "
-                                  "features → 128 → classes", low=1, high=2**20)
+                                  "features → 128 → classes", low=1, high=limits.MAX_HEAD_WIDTH)
     in_channels: int | None = knob(None, "channels the model reads: 1 adapts an RGB stem to gray "
                                    "[default: the model's own]", low=1, high=3)
     freeze: list[str] = knob(help="freeze parameters matching these globs, e.g. 'features.*'", factory=list)
@@ -100,13 +103,13 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = knob(2, "passes over the training set", low=1, high=10**6, hparam=True)
+    epochs: int = knob(2, "passes over the training set", low=1, high=limits.MAX_EPOCHS, hparam=True)
     device: str = knob("auto", "auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps",
                        pattern=r"auto|cpu|mps|cuda(:\d{1,3})?", pattern_help="use auto, cpu, cuda, cuda:N or mps")
-    seed: int = knob(0, "random seed for weights, split and shuffling", low=0, high=MAX_SEED, hparam=True)
+    seed: int = knob(0, "random seed for weights, split and shuffling", low=0, high=limits.MAX_SEED, hparam=True)
     deterministic: bool = knob(False, "use deterministic algorithms (bit-identical reruns on the GPU too)")
     log_every: int = knob(100, "log the training loss every N steps", low=1)
-    threads: int | None = knob(None, "CPU threads for torch [default: torch's choice]", low=1, high=4096)
+    threads: int | None = knob(None, "CPU threads for torch [default: torch's choice]", low=1, high=limits.MAX_THREADS)
     loss: str = knob("auto", "auto (cross_entropy for classes, mse for values), cross_entropy, bce (multi-label), "
                      "mse, l1, smooth_l1, or one you added to visiontrain.engine.losses.LOSSES")
     label_smoothing: float = knob(0.0, "cross-entropy label smoothing", low=0, high=1, high_open=True)

@@ -17,7 +17,7 @@ import torch
 
 from visiontrain.config import DataConfig
 from visiontrain.data import torchvision_sets  # noqa: F401  (registers cifar10, cifar100, fashion_mnist, kmnist)
-from visiontrain.data.loaders import BadImageLog, FileDataset, FileLoader, Loader, Normalizer, TensorLoader
+from visiontrain.data.loaders import BadImageLog, FileDataset, FileLoader, Loader, Normalizer, TensorLoader, printable
 from visiontrain.data.pipeline import (
     LoaderPlan,
     check_eval,
@@ -87,12 +87,16 @@ class DataBundle:
         return self.source.target_dtype
 
     def artifacts(self) -> dict[str, str]:
-        """Files for the run folder: ``split.json`` (a generated or reused split), ``bad_images.txt``."""
+        """Files for the run folder: ``split.json`` (a generated or reused split), ``bad_images.txt``,
+        ``skipped_links.txt`` (symlinks in a data folder that were not followed: link, target, why)."""
         out: dict[str, str] = {}
         if self.source.split_record is not None:
             out["split.json"] = split_json(self.source.split_record)
         if self.bad_images.entries:
             out["bad_images.txt"] = self.bad_images.text()
+        if self.source.skipped_links:
+            out["skipped_links.txt"] = "".join("\t".join(map(printable, entry)) + "\n"
+                                               for entry in self.source.skipped_links)
         return out
 
     def write_artifacts(self, run_dir: str | Path) -> None:

@@ -13,16 +13,19 @@ hash — inside a split and across train/val/test (leakage: the same image grade
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from visiontrain.data.loaders import printable
-from visiontrain.data.sources import DataSource, FileSplit, ItemSplit, Split, TensorSplit
+from visiontrain.data.sources import DataSource, FileSplit, Split, TensorSplit
 
 IMBALANCE_RATIO = 3.0  # warn when the largest class has this many times the images of the smallest
 _SHOW = 10  # duplicate groups shown in the text report (all of them are in --json)
+RUN_CHECK_BYTES = 512 * 2**20  # file bytes `train` reads at start-up for its duplicate and leakage warning
 
 
 def describe(source: DataSource) -> dict[str, Any]:
@@ -33,6 +36,8 @@ def describe(source: DataSource) -> dict[str, Any]:
         "images": _image_kinds(source), "bad_images": [{"path": printable(p), "reason": printable(r)}
                                                        for p, r in source.bad_images],
         "notes": list(source.notes),
+        "skipped_links": [{"link": printable(link), "target": printable(target), "reason": reason}
+                          for link, target, reason in source.skipped_links],
     }
     report["warnings"] = _imbalance(report["splits"].get("train", {}), source)
     report["duplicates"] = duplicates(source)
@@ -87,10 +92,33 @@ def _imbalance(train: dict[str, Any], source: DataSource) -> list[str]:
 
 def duplicates(source: DataSource) -> dict[str, list[list[str]]]:
     """Groups of byte-identical images (file bytes, or pixels for in-memory data), within and across splits."""
+    return _groups(_digests(source, items=True, max_bytes=None)[0])
+
+
+def start_lines(source: DataSource, data: str, max_bytes: int = RUN_CHECK_BYTES) -> list[str]:
+    """What ``train`` says at start-up about duplicates and train/val/test leakage in ``data`` (its ``--data``):
+    the check ``data info`` makes, bounded: files are hashed up to ``max_bytes`` read (only files with a
+    same-size twin can be duplicates, and those shared across splits go first); a user Dataset's items are
+    not decoded for it."""
+    entries, (hashed, candidates) = _digests(source, items=False, max_bytes=max_bytes)
+    found = _groups(entries)
+    across, within = len(found["across_splits"]), len(found["within_split"])
+    partial = (f"hashed {hashed:,} of the {candidates:,} files with a same-size twin, {max_bytes / 2**20:,.0f} MiB; "
+               f"`visiontrain data info {data}` checks them all") if hashed < candidates else ""
+    if not across and not within:
+        return [f"note: duplicate and leakage check at start-up found none ({partial})"] if partial else []
+    parts = ([f"{across:,} image(s) appear in more than one split (leakage: validation/test scores overstate "
+              "accuracy)"] if across else []) + ([f"{within:,} group(s) of identical images within a split"]
+                                                 if within else [])
+    return [f"warning: {' and '.join(parts)}; "
+            + (partial or f"`visiontrain data info {data}` lists them")]
+
+
+def _groups(entries: list[tuple[str, str, str]]) -> dict[str, list[list[str]]]:
+    """(split, label, digest) entries → groups of two or more with one digest, within or across splits."""
     groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for name, split in source.splits.items():
-        for label, digest in _digests(split, name):
-            groups[digest].append((name, label))
+    for name, label, digest in entries:
+        groups[digest].append((name, label))
     within, across = [], []
     for members in groups.values():
         if len(members) < 2:
@@ -100,32 +128,77 @@ def duplicates(source: DataSource) -> dict[str, list[list[str]]]:
     return {"within_split": within, "across_splits": across}
 
 
-def _digests(split: Split, name: str) -> list[tuple[str, str]]:
+def _digests(source: DataSource, items: bool, max_bytes: int | None) -> tuple[list[tuple[str, str, str]],
+                                                                               tuple[int, int]]:
+    """(split, label, digest) of every image (of a user Dataset's only with ``items``), and (files hashed, files
+    that needed hashing)."""
+    entries: list[tuple[str, str, str]] = []
+    files: list[tuple[str, Path]] = []
+    for name, split in source.splits.items():
+        if isinstance(split, FileSplit):
+            files += [(name, path) for path in split.paths]
+        elif isinstance(split, TensorSplit) or items:
+            entries += [(name, label, digest) for label, digest in _memory_digests(split, name)]
+    found, counts = _file_digests(files, max_bytes)
+    return entries + found, counts
+
+
+def _memory_digests(split: Split, name: str) -> list[tuple[str, str]]:
     if isinstance(split, TensorSplit):
         images = split.images.contiguous()
         return [(f"{name}[{i}]", hashlib.blake2b(images[i].numpy().tobytes(), digest_size=16).hexdigest())
                 for i in range(len(split))]
-    if isinstance(split, ItemSplit):
-        from visiontrain.data.loaders import FileDataset
+    from visiontrain.data.loaders import FileDataset
 
-        dataset = FileDataset(split, 3, None)
-        out = []
-        for i in range(len(split)):
-            image, _label, _index, error = dataset[i]
-            if not error:
-                out.append((dataset.name(i), hashlib.blake2b(image.numpy().tobytes(), digest_size=16).hexdigest()))
-        return out
+    dataset = FileDataset(split, 3, None)
     out = []
-    for path in split.paths:
-        h = hashlib.blake2b(digest_size=16)
-        try:
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    h.update(chunk)
-        except OSError:
-            continue  # unreadable now: the scan or the loader reports it
-        out.append((str(path), h.hexdigest()))
+    for i in range(len(split)):
+        image, _label, _index, error = dataset[i]
+        if not error:
+            out.append((dataset.name(i), hashlib.blake2b(image.numpy().tobytes(), digest_size=16).hexdigest()))
     return out
+
+
+def _file_digests(files: list[tuple[str, Path]], max_bytes: int | None) -> tuple[list[tuple[str, str, str]],
+                                                                                 tuple[int, int]]:
+    """Content hashes of the files that have a same-size twin (no other can be a duplicate), those with a twin in
+    another split first, smaller first, until ``max_bytes`` are read; in the files' order."""
+    sizes = [_size(path) for _, path in files]
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for i, size in enumerate(sizes):
+        if size >= 0:
+            by_size[size].append(i)
+    twins = sorted((g for g in by_size.values() if len(g) > 1),
+                   key=lambda g: (len({files[i][0] for i in g}) == 1, sizes[g[0]]))
+    order = [i for group in twins for i in group]
+    digests: dict[int, str] = {}
+    read = done = 0
+    for i in order:
+        if max_bytes is not None and read + sizes[i] > max_bytes:
+            break
+        read, done = read + sizes[i], done + 1
+        digest = _hash_file(files[i][1])
+        if digest is not None:
+            digests[i] = digest
+    return [(files[i][0], str(files[i][1]), digests[i]) for i in sorted(digests)], (done, len(order))
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1  # unreadable now: the scan or the loader reports it
+
+
+def _hash_file(path: Path) -> str | None:
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -156,6 +229,11 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [f"bad image: {b['path']}: {b['reason']}" for b in report["bad_images"][:_SHOW]]
     if len(report["bad_images"]) > _SHOW:
         lines.append(f"… {len(report['bad_images']) - _SHOW} more bad images (--json lists all)")
+    lines += [f"skipped link: {s['link']} -> {s['target']}: {s['reason']}" for s in report["skipped_links"][:_SHOW]]
+    if len(report["skipped_links"]) > _SHOW:
+        lines.append(f"… {len(report['skipped_links']) - _SHOW} more skipped links (--json lists all)")
     lines += [f"note: {n}" for n in report["notes"]]
     lines += [f"warning: {w}" for w in report["warnings"]]
-    return "\n".join(lines)
+    from visiontrain.cli import printable  # class names are folder names and manifest labels: escape them
+
+    return "\n".join(printable(line) for line in lines)

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from visiontrain.config import RunConfig, load_config, parse_override, read_yaml
+from visiontrain.config import RunConfig, load_config, parse_override
 from visiontrain.errors import ConfigError
+from visiontrain.trust import read_config_file
 
+_MAX_SHOWN = 1024  # images in one `data show` grid (a 32 x 32 sheet)
 # Where each registered dataset keeps its files under --data-dir (for `data list`'s "here?" column).
 _LOCATIONS = {"mnist": "MNIST/raw", "cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python",
               "fashion_mnist": "FashionMNIST/raw", "kmnist": "KMNIST/raw"}
@@ -44,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     show.add_argument("--augment", action="store_true", help="apply the training augmentation (else the "
                       "deterministic evaluation transforms)")
     show.add_argument("--split", default="train", help="split to show [default: train]")
-    show.add_argument("--count", type=int, default=32, help="images in the grid [default: 32]")
+    show.add_argument("--count", type=int, default=32, help=f"images in the grid, 1 to {_MAX_SHOWN} [default: 32]")
     show.add_argument("--model", help="size/channels as this model takes them [default: the data's own]")
     show.add_argument("--out", default="data-show", help="folder for the PNG and the TensorBoard events "
                       "[default: data-show]")
@@ -69,8 +71,12 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bad-images", default="skip", choices=["error", "skip"],
                    help="on unreadable images: stop, or report and go on [default: skip]")
     p.add_argument("--max-pixels", type=int, help="refuse images declaring more pixels")
-    p.add_argument("--workers", type=int, help="decoding worker processes")
+    p.add_argument("--follow-symlinks", action="store_true", default=None, help="follow folder symlinks inside the "
+                   "data folder (never out of it, in a loop or into another class's folder) [default: off]")
+    p.add_argument("--workers", type=int, help="decoding worker processes (at most 4 per CPU core)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key")
+    p.add_argument("--trust-code", action="store_true", help="let a --config inside a run folder name the "
+                   "dataset as module:Class (imports it); only for runs you made yourself")
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -79,9 +85,9 @@ def _data(args: argparse.Namespace) -> int:
 
 def config_from(args: argparse.Namespace) -> RunConfig:
     """The run config the data commands work on: --config, then the flags (SOURCE is data.name)."""
-    cfg = load_config(read_yaml(args.config), where=args.config) if args.config else RunConfig()
     overrides: dict[str, Any] = {f"data.{key}": getattr(args, key)
-                                 for key in ("val_split", "image_size", "bad_images", "max_pixels", "workers")
+                                 for key in ("val_split", "image_size", "bad_images", "max_pixels", "workers",
+                                             "follow_symlinks")
                                  if getattr(args, key) is not None}
     if args.source:
         overrides["data.name"] = args.source
@@ -97,6 +103,9 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         overrides[key] = value
     if not args.source and not args.config:
         raise ConfigError("name a SOURCE (a dataset, folder, manifest or module:Class) or give --config")
+    # a --config inside a run folder is the run's, not the user's: it may not name code (visiontrain.trust)
+    cfg = load_config(read_config_file(args.config, trust_code=args.trust_code, given=overrides),
+                      where=args.config) if args.config else RunConfig()
     return cfg.override(overrides, where="command line")
 
 
@@ -135,6 +144,8 @@ def _stats(args: argparse.Namespace) -> int:
     from visiontrain.data.pipeline import sample_stats
     from visiontrain.data.sources import load_source
 
+    if args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1 (images to measure), got {args.limit}")
     cfg = config_from(args)
     source = load_source(cfg.data, cfg.train.seed)
     split = _split(source, args.split)
@@ -160,6 +171,8 @@ def _show(args: argparse.Namespace) -> int:
     from visiontrain.data.show import save_grid
     from visiontrain.data.sources import load_source
 
+    if not 1 <= args.count <= _MAX_SHOWN:
+        raise ConfigError(f"--count must be 1 to {_MAX_SHOWN} (images in one grid), got {args.count}")
     cfg = config_from(args)
     data = dataclasses.replace(cfg.data, batch_size=args.count, eval_batch_size=args.count)
     source = load_source(data, cfg.train.seed)

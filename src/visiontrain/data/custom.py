@@ -2,7 +2,8 @@
 
 ``--data mypkg.data:MyData --data-arg root=data/train`` imports ``MyData`` (a module on the path, run from
 the current folder, or a file: ``--data my_data.py:Mydata``) and builds it with the data args as keyword
-arguments. Importing runs that module's code: it is your code, named by you. A class with a ``train``
+arguments. Importing runs that module's code: it is your code, named by you — never by a run's files (callers
+check a spec read from a file with :func:`visiontrain.trust.check_file_values` first). A class with a ``train``
 parameter gives a train split (``train=True``) and a test split (``train=False``).
 
 Items are ``(image, label)``: the image a PIL image, a [C,H,W] tensor (float in [0, 1] or uint8) or an
@@ -27,6 +28,7 @@ from PIL import Image
 from visiontrain.config import DataConfig
 from visiontrain.data.sources import DataSource, ItemSplit, Split
 from visiontrain.errors import DataError
+from visiontrain.limits import MAX_CLASSES
 
 
 def custom_source(spec: str, cfg: DataConfig, seed: int) -> DataSource:
@@ -154,6 +156,9 @@ def _classes(dataset: Any, labels: list[Any], task: str, spec: str) -> list[str]
     if all(isinstance(v, str) for v in labels):
         return sorted(set(labels))
     if all(isinstance(v, int | float) and float(v).is_integer() and v >= 0 for v in labels):
+        if max(labels) >= MAX_CLASSES:
+            raise DataError(f"--data {spec}: label {max(labels)} is over the limit of {MAX_CLASSES:,} classes; "
+                            "integer labels are class indices 0..K-1")
         return [str(i) for i in range(int(max(labels)) + 1)]
     raise DataError(f"--data {spec}: labels must be class indices, class names or float values (regression); "
                     f"got {sorted({type(v).__name__ for v in labels})}")

@@ -2,8 +2,9 @@
 
 Class names are the folder names, sorted. ``root/train``, ``root/val`` and ``root/test`` sub-trees are used
 when present (a missing val split is held out of train by ``sources.load_source``). Hidden files, OS junk
-(``.DS_Store``, ``Thumbs.db``) and non-image files are ignored; symlinked folders are followed once, so a
-symlink loop ends the walk instead of recursing; every file's header is checked before training.
+(``.DS_Store``, ``Thumbs.db``) and non-image files are ignored; every file's header is checked before training.
+Nothing outside the data root is read, and folder symlinks are followed only with ``--follow-symlinks``, never
+in a loop or into another class's folder (the rules are in :mod:`visiontrain.data.links`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from visiontrain.config import DataConfig
 from visiontrain.data.images import is_image_file
+from visiontrain.data.links import LinkRules
 from visiontrain.data.scan import natural_shape, scan_files, skipped_note
 from visiontrain.data.sources import DataSource, FileSplit, Split
 from visiontrain.errors import DataError
@@ -33,14 +35,20 @@ def folder_source(root: Path, cfg: DataConfig, seed: int) -> DataSource:
         raise DataError(f"data path {root} is a file, not a folder; pass a folder with one sub-folder per class")
     notes: list[str] = []
     bad: list[tuple[str, str]] = []
-    if (root / "train").is_dir():
-        classes, listed = list_class_files(root / "train", None, notes)
+    rules = LinkRules(root, cfg.follow_symlinks)
+    layout = [root / name for name in _SPLIT_NAMES if (root / name).is_dir()]
+    if root / "train" in layout:
+        for folder in layout:
+            rules.split_folder(folder, [f for f in layout if f != folder])
+        _claim_classes(layout, rules)
+        classes, listed = list_class_files(root / "train", None, notes, rules)
         lists = {"train": listed}
         for name in ("val", "test"):
-            if (root / name).is_dir():
-                lists[name] = list_class_files(root / name, classes, notes)[1]
+            if root / name in layout:
+                lists[name] = list_class_files(root / name, classes, notes, rules)[1]
     else:
-        classes, listed = list_class_files(root, None, notes)
+        _claim_classes([root], rules)
+        classes, listed = list_class_files(root, None, notes, rules)
         lists = {"train": listed}
     splits: dict[str, Split] = {
         name: scan_files(paths, labels, cfg.bad_images, cfg.max_pixels, bad) for name, (paths, labels) in lists.items()
@@ -50,17 +58,14 @@ def folder_source(root: Path, cfg: DataConfig, seed: int) -> DataSource:
     channels, side = natural_shape([s for s in splits.values() if isinstance(s, FileSplit)])
     preset = "photos" if side is None else ("cifar" if side <= 64 else "photos")
     return DataSource(root.name or str(root), classes, channels, side, splits, None, None,
-                      notes + skipped_note(bad), preset=preset, root=root, bad_images=bad)
+                      rules.note() + notes + skipped_note(bad), preset=preset, root=root, bad_images=bad,
+                      skipped_links=rules.skipped)
 
 
-def list_class_files(root: Path, classes: list[str] | None,
-                     notes: list[str]) -> tuple[list[str], tuple[list[Path], torch.Tensor]]:
+def list_class_files(root: Path, classes: list[str] | None, notes: list[str],
+                     rules: LinkRules) -> tuple[list[str], tuple[list[Path], torch.Tensor]]:
     """Image files under each class folder of ``root``; with ``classes`` given, folders map onto those names."""
-    try:
-        entries = sorted(e.name for e in os.scandir(root) if e.is_dir() and not _hidden(e.name))
-    except OSError as exc:
-        raise DataError(f"data folder {root} cannot be listed: {exc.strerror or exc}") from None
-    folders = [f for f in entries if classes is not None or f not in _SPLIT_NAMES]
+    folders = _class_folders(root, classes is None)
     if not folders:
         raise DataError(f"data folder {root} has no class sub-folders; put each class's images in "
                         f"{root}/<class name>/ (e.g. {root}/ants/1.jpg)")
@@ -68,7 +73,10 @@ def list_class_files(root: Path, classes: list[str] | None,
     labels: list[int] = []
     found: list[str] = []
     for folder in folders:
-        files = _images_under(root / folder)
+        owner = f"{root.name}/{folder}"
+        if (root / folder).is_symlink() and not rules.folder_link(root / folder, owner, set()):
+            continue  # a class folder that is a refused symlink: not a class (counted in the note)
+        files = _images_under(root / folder, owner, rules)
         if not files:
             notes.append(f"class folder {root / folder} has no images; skipped")
             continue
@@ -85,19 +93,63 @@ def list_class_files(root: Path, classes: list[str] | None,
     return (classes or found), (paths, torch.tensor(labels, dtype=torch.int64))
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """Image files below ``folder``, recursively, sorted; symlinked folders followed once (no loops)."""
-    seen: set[str] = set()
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        out += [Path(dirpath) / f for f in sorted(filenames) if is_image_file(f)]
+def _class_folders(root: Path, top: bool) -> list[str]:
+    """Names of the class folders of ``root`` (at the top of a flat tree, the split names are not classes)."""
+    try:
+        entries = sorted(e.name for e in os.scandir(root) if _is_dir(e) and not _hidden(e.name))
+    except OSError as exc:
+        raise DataError(f"data folder {root} cannot be listed: {exc.strerror or exc}") from None
+    return [f for f in entries if not top or f not in _SPLIT_NAMES]
+
+
+def _claim_classes(split_roots: list[Path], rules: LinkRules) -> None:
+    """Every real class folder, of every split, is its own: no other class's link may lead into it."""
+    for split_root in split_roots:
+        for name in _class_folders(split_root, False):
+            if not (split_root / name).is_symlink():
+                rules.claim(split_root / name, f"{split_root.name}/{name}")
+
+
+def _images_under(folder: Path, owner: str, rules: LinkRules) -> list[Path]:
+    """Image files below the class folder ``folder``: its real sub-folders first, depth first and sorted (as
+    ``os.walk`` lists them), then the folder links met on the way, where the link rules allow."""
+    walked: set[str] = set()
+    links: list[Path] = []
+    out = _walk(folder, walked, links, rules)
+    while links:
+        link = links.pop(0)
+        if rules.folder_link(link, owner, walked):
+            out += _walk(link, walked, links, rules)
     return out
+
+
+def _walk(top: Path, walked: set[str], links: list[Path], rules: LinkRules) -> list[Path]:
+    """Image files of ``top`` and its real sub-folders; folder links found are added to ``links``, not entered."""
+    out: list[Path] = []
+    stack = [top]
+    while stack:
+        current = stack.pop()
+        real = os.path.realpath(current)
+        if real in walked:
+            continue
+        walked.add(real)
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError:
+            continue  # an unreadable sub-folder holds nothing usable (os.walk skips it the same way)
+        folders = [e for e in entries if _is_dir(e) and not _hidden(e.name)]
+        out += [current / e.name for e in entries if not _is_dir(e) and is_image_file(e.name)
+                and (not e.is_symlink() or rules.file_link(current / e.name))]
+        links += [current / e.name for e in folders if e.is_symlink()]
+        stack += [current / e.name for e in reversed(folders) if not e.is_symlink()]
+    return out
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop (ELOOP): not a folder; as a file, the header scan names it
+        return False
 
 
 def _hidden(name: str) -> bool:

@@ -7,6 +7,8 @@ every failure into one :class:`~visiontrain.errors.ImageError` that names the fi
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import io
 import re
@@ -15,6 +17,7 @@ import struct
 import threading
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +44,6 @@ _MAGIC |= {b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 _BOMB_HINT = "raise the limit with --max-pixels if you trust this file"
 # Errors Pillow's decoders raise for damaged data: anything else escaping them is a bug, not bad input.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
-# Pillow's bomb guard and the warnings filters are process-wide; the lock keeps our temporary changes to
-# them from interleaving (and so leaking) between threads. DataLoader workers are processes: unaffected.
-_PILLOW_STATE_LOCK = threading.Lock()
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -109,25 +109,42 @@ class ImageInfo:
     height: int
     mode: str
     format: str
+    decoded: tuple[int, int] | None = None  # (width, height) that open_image(..., draft=) decodes, when asked
 
 
-def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
-    """Read only the header of ``path``: size, mode and format; cheap enough to run on every file up front.
+def probe_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *, draft: int | None = None,
+                name: str | None = None) -> ImageInfo:
+    """Read only the header of ``source`` (a path or bytes): size, mode and format; cheap enough to run on every
+    file up front. With ``draft``, ``decoded`` says the size :func:`open_image` with that ``draft`` decodes
+    (smaller for a JPEG much larger than ``draft``), i.e. the pixels the decode will cost.
 
     Catches what needs no decoding: missing, empty, unreadable files, symlink loops, text or HTML saved
     as an image, unsupported formats, cut-short headers and decompression bombs. A file cut short in its
     pixel data passes; the full decode reports it later.
 
     >>> probe_image("cat.jpg")  # doctest: +SKIP
-    ImageInfo(width=640, height=480, mode='RGB', format='JPEG')
+    ImageInfo(width=640, height=480, mode='RGB', format='JPEG', decoded=None)
 
     Raises:
         ImageError: as :func:`open_image` does, for everything found in the header.
     """
-    label = str(path)
-    with _open_file(Path(path), label) as fp:
-        img = _decode(fp, label, max_pixels, None, header_only=True)
-        return ImageInfo(img.width, img.height, img.mode, img.format or "")
+    if isinstance(source, bytes | bytearray | memoryview):
+        label = name or "<bytes>"
+        if len(source) == 0:
+            raise ImageError(label, "empty file (0 bytes)", _EMPTY_HINT)
+        return _probe(io.BytesIO(source), label, max_pixels, draft)
+    label = name or str(source)
+    with _open_file(Path(source), label) as fp:
+        return _probe(fp, label, max_pixels, draft)
+
+
+def _probe(fp: io.IOBase, label: str, max_pixels: int, draft: int | None) -> ImageInfo:
+    img = _decode(fp, label, max_pixels, None, header_only=True)
+    info = ImageInfo(img.width, img.height, img.mode, img.format or "")
+    if draft:
+        _draft(img, draft)
+        info = ImageInfo(info.width, info.height, info.mode, info.format, decoded=img.size)
+    return info
 
 
 def image_to_tensor(img: Image.Image, contiguous: bool = True) -> torch.Tensor:
@@ -197,13 +214,7 @@ def _decode(fp: io.IOBase, label: str, max_pixels: int, draft: int | None = None
 
     ``header_only`` returns the opened, not yet decoded image (for :func:`probe_image`).
     """
-    with _PILLOW_STATE_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on damaged TIFF tags: stray stderr lines
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        pillow_limit = Image.MAX_IMAGE_PIXELS
-        # Pillow's own guard must not refuse what the caller explicitly allowed; restored right after.
-        if pillow_limit is not None and max_pixels > pillow_limit:
-            Image.MAX_IMAGE_PIXELS = max_pixels
+    with _PILLOW_STATE(max_pixels):
         try:
             try:
                 img = Image.open(fp, formats=PIL_FORMATS)
@@ -212,8 +223,8 @@ def _decode(fp: io.IOBase, label: str, max_pixels: int, draft: int | None = None
             _check_size(img.size, label, max_pixels)  # header only: nothing big allocated yet
             if header_only:
                 return img
-            if draft and img.format == "JPEG":
-                img.draft(None, (draft, draft))  # DCT-domain downscale: both sides stay >= draft
+            if draft:
+                _draft(img, draft)
             img.load()
             _check_size(img.size, label, max_pixels)  # GIF frames may enlarge the canvas while loading
             trns = img.info.get("transparency")
@@ -229,8 +240,57 @@ def _decode(fp: io.IOBase, label: str, max_pixels: int, draft: int | None = None
             raise ImageError(label, reason, _BOMB_HINT) from None
         except _DECODE_ERRORS as exc:
             raise ImageError(label, *_decode_failure(exc, fp)) from None
+
+
+def _draft(img: Image.Image, draft: int) -> None:
+    if img.format == "JPEG":
+        img.draft(None, (draft, draft))  # DCT-domain downscale: both sides stay >= draft
+
+
+class _PillowState:
+    """Pillow's bomb guard and the warnings filters are process-wide, so decoding threads share one setting of
+    them: the first thread in sets them, the last one out puts them back (each call setting and restoring its
+    own would leak one call's settings when calls overlap). Only this bookkeeping is locked; the decoding runs in
+    parallel: Pillow keeps a decoder's state in its image and releases the GIL while it decodes, so nothing else
+    needs a lock (a server decodes several uploads at once). DataLoader workers are processes: unaffected."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._limits: collections.Counter[int] = collections.Counter()  # max_pixels of the decodes under way
+        self._pillow_limit: int | None = None
+        self._filters: warnings.catch_warnings | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, max_pixels: int) -> Iterator[None]:
+        with self._lock:
+            if not self._limits:
+                self._pillow_limit = Image.MAX_IMAGE_PIXELS
+                self._filters = warnings.catch_warnings()
+                self._filters.__enter__()
+                warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on damaged TIFF tags: stray lines
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+            self._limits[max_pixels] += 1
+            self._apply()
+        try:
+            yield
         finally:
-            Image.MAX_IMAGE_PIXELS = pillow_limit
+            with self._lock:
+                self._limits[max_pixels] -= 1
+                self._limits += collections.Counter()  # drops the limits no decode uses any more
+                if self._limits:
+                    self._apply()
+                else:
+                    Image.MAX_IMAGE_PIXELS = self._pillow_limit
+                    self._filters.__exit__(None, None, None)
+
+    def _apply(self) -> None:
+        # Pillow's own guard must not refuse what a caller explicitly allowed: it is raised to the largest limit
+        # of the decodes under way (each decode checks its own limit itself, from the header).
+        top, limit = max(self._limits), self._pillow_limit
+        Image.MAX_IMAGE_PIXELS = top if limit is not None and top > limit else limit
+
+
+_PILLOW_STATE = _PillowState()
 
 
 def _not_an_image(fp: io.IOBase) -> tuple[str, str]:

@@ -25,6 +25,7 @@ from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, item_to
 from visiontrain.data.sources import FileSplit, ItemSplit, TensorSplit
 from visiontrain.data.transforms import adapt_channels
 from visiontrain.errors import DataError, VisiontrainError
+from visiontrain.limits import cap_workers
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -276,7 +277,7 @@ class FileLoader:
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
         self.epoch = 0
         self.bad_log = bad_log or BadImageLog()
-        self.workers, self.pin_memory = workers, pin_memory
+        self.workers, self.pin_memory = cap_workers(workers), pin_memory
         self._sampler = _EpochSampler(len(dataset), shuffle, seed)
         self.loader = self._data_loader(batch_size)
 
@@ -337,6 +338,7 @@ def decode_to_memory(split: FileSplit | ItemSplit, channels: int, transform: Cal
                      timeout_s: float = DEFAULT_ITEM_TIMEOUT_S) -> TensorSplit:
     """Decode every image once through ``transform`` (deterministic, fixed size) into one uint8 tensor."""
     dataset = FileDataset(split, channels, transform, max_pixels=max_pixels, draft=draft, timeout_s=timeout_s)
+    workers = cap_workers(workers)
     loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=collate_marked)
     if log is not None:
         log(f"decoding {len(dataset):,} images once into memory ({workers or 'no'} worker processes)")

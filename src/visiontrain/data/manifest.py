@@ -3,7 +3,8 @@
 ``label`` (or ``class``) makes a classification set: class names, or indices 0..K-1. ``value`` makes a
 **regression** set of float targets. An optional ``split`` column (train / val / test) assigns rows to
 splits. Paths are relative to the manifest's folder (or ``--data-arg root=DIR``). A two-column CSV without
-a header row is read as ``path,label``.
+a header row is read as ``path,label``. A manifest names its files, so an absolute path is used as written;
+but with a ``root`` given, a relative path must stay inside it (``../x.jpg`` that leaves it is an error).
 
 ```
 path,label              path,value,split
@@ -15,8 +16,8 @@ bees/7.jpg,bees         faces/002.png,41.0,val
 from __future__ import annotations
 
 import csv
-import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from visiontrain.config import DataConfig
 from visiontrain.data.scan import natural_shape, scan_files, skipped_note
 from visiontrain.data.sources import DataSource, FileSplit, Split
 from visiontrain.errors import DataError
+from visiontrain.limits import MAX_CLASSES, MAX_MANIFEST_BYTES, parse_json, read_capped
 
 _LABEL_KEYS = {"label": "classification", "class": "classification", "value": "regression"}
 _SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -52,7 +54,7 @@ def manifest_source(path: Path, cfg: DataConfig, seed: int) -> DataSource:
     for name in ("train", "val", "test"):
         index = [i for i, row in enumerate(rows) if row[3] == name]
         if index:
-            paths = [_resolve(root, rows[i][1]) for i in index]
+            paths = [_resolve(root, rows[i], path if "root" in cfg.args else None) for i in index]
             splits[name] = scan_files(paths, targets[index], cfg.bad_images, cfg.max_pixels, bad)
     if "train" not in splits or len(splits["train"]) == 0:
         raise DataError(f"manifest {path} has no readable training rows (rows with no split, or split train)")
@@ -62,14 +64,24 @@ def manifest_source(path: Path, cfg: DataConfig, seed: int) -> DataSource:
                       preset=preset, root=root, bad_images=bad)
 
 
-def _resolve(root: Path, text: str) -> Path:
-    p = Path(text).expanduser()
-    return p if p.is_absolute() else root / p
+def _resolve(root: Path, row: Row, bounded_by: Path | None) -> Path:
+    """The row's file; ``bounded_by`` (the manifest, when it was given a root): the path must stay in the root."""
+    p = Path(row[1]).expanduser()
+    if p.is_absolute():
+        return p
+    if bounded_by is not None and not _inside(os.path.abspath(root / p), os.path.abspath(root)):
+        raise DataError(f"manifest {bounded_by}, line {row[0]}: path {row[1]!r} leads outside the data root {root}; "
+                        "give it as an absolute path, or a root that holds it")
+    return root / p
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _read_rows(path: Path) -> tuple[list[Row], str]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_capped(path, MAX_MANIFEST_BYTES, "a manifest").decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"manifest {path} cannot be read as UTF-8 text: {exc}") from None
     reader = _json_rows if path.suffix.lower() in (".jsonl", ".json") else _csv_rows
@@ -104,10 +116,10 @@ def _csv_rows(path: Path, text: str) -> tuple[list[Row], str]:
 def _json_rows(path: Path, text: str) -> tuple[list[Row], str]:
     try:
         if path.suffix.lower() == ".json":
-            records = list(enumerate(json.loads(text), 1))
+            records = list(enumerate(parse_json(text), 1))
         else:
-            records = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    except (json.JSONDecodeError, TypeError) as exc:
+            records = [(n, parse_json(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    except (ValueError, TypeError) as exc:
         raise DataError(f"manifest {path}: not valid JSON{'' if path.suffix == '.json' else ' lines'}: {exc}") from None
     if not records:
         return [], "classification"
@@ -144,6 +156,9 @@ def _classification(rows: list[Row], path: Path, names: Any) -> tuple[list[str],
     if all(_is_index(v) for v in raw):
         labels = [int(v) for v in raw]
         count = max(labels) + 1
+        if count > MAX_CLASSES:
+            raise DataError(f"manifest {path}: label {max(labels)} is over the limit of {MAX_CLASSES:,} classes; "
+                            "integer labels are class indices 0..K-1")
         if names is not None:
             if not isinstance(names, list) or len(names) < count:
                 raise DataError(f"manifest {path}: data arg classes must list at least {count} names")
@@ -164,7 +179,8 @@ def _is_index(value: Any) -> bool:
         return False
     if isinstance(value, int):
         return value >= 0
-    return isinstance(value, str) and value.isdigit()
+    # ASCII digits only: '²' and '٣' are digits to str.isdigit, and int('²') fails
+    return isinstance(value, str) and value.isascii() and value.isdigit()
 
 
 def _regression(rows: list[Row], path: Path) -> tuple[list[str], torch.Tensor]:

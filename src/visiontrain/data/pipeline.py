@@ -167,6 +167,7 @@ def sample_stats(split: Split, channels: int, limit: int = 500, seed: int = 0, m
     from torch.utils.data import DataLoader
 
     from visiontrain.data.loaders import FileDataset, collate_marked
+    from visiontrain.limits import cap_workers
 
     if isinstance(split, TensorSplit):
         images = adapt_channels(split.images, channels) if split.images.shape[1] != channels else split.images
@@ -179,7 +180,7 @@ def sample_stats(split: Split, channels: int, limit: int = 500, seed: int = 0, m
     squares = torch.zeros_like(total)
     pixels, used = 0, 0
     with loader_errors():  # a worker killed (out of memory?): one line pointing at --workers 0
-        for images, _labels, _index, _bad in DataLoader(dataset, batch_size=1, num_workers=workers,
+        for images, _labels, _index, _bad in DataLoader(dataset, batch_size=1, num_workers=cap_workers(workers),
                                                        collate_fn=collate_marked):
             if len(images):
                 x = images[0].double() / 255

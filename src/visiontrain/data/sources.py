@@ -22,6 +22,7 @@ from visiontrain.data.images import ImageInfo
 from visiontrain.data.splits import complement, held_from_record, read_split_file, split_record, stratified_split
 from visiontrain.errors import DataError
 from visiontrain.registry import Registry
+from visiontrain.trust import names_code
 
 
 @dataclass
@@ -89,6 +90,7 @@ class DataSource:
     root: Path | None = None  # where relative paths in split.json start
     split_record: dict[str, Any] | None = None  # the generated or reused val split, saved as split.json
     bad_images: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) skipped by the scan
+    skipped_links: list[tuple[str, str, str]] = field(default_factory=list)  # (symlink, target, why): data/links.py
 
     @property
     def target_dtype(self) -> torch.dtype:
@@ -99,7 +101,6 @@ class DataSource:
 SourceBuilder = Callable[[DataConfig, int], DataSource]
 DATASETS: Registry[SourceBuilder] = Registry("dataset", DataError)
 DESCRIPTIONS: dict[str, str] = {}
-_IMPORT_SPEC = re.compile(r"^[\w./\\-]+:[A-Za-z_]\w*$")  # "mypkg.data:MyData" or "my_data.py:Mydata"
 
 
 def register_dataset(name: str, description: str) -> Callable[[SourceBuilder], SourceBuilder]:
@@ -154,7 +155,7 @@ def _find_source(cfg: DataConfig, seed: int) -> DataSource:
     if name is not None:
         return DATASETS.get(name)(cfg, seed)
     path = Path(cfg.name).expanduser()
-    if _IMPORT_SPEC.match(cfg.name) and not path.exists():
+    if names_code(cfg.name):  # the user's own Dataset: callers refuse one a run's files name (visiontrain.trust)
         from visiontrain.data.custom import custom_source
 
         return custom_source(cfg.name, cfg, seed)
@@ -203,6 +204,19 @@ def _mnist(cfg: DataConfig, seed: int) -> DataSource:
     return DataSource("mnist", [str(i) for i in range(10)], 1, 28, splits, (0.1307,), (0.3081,), preset="digits")
 
 
+_SYNTHETIC_PIXELS = 2**25
+
+
+def _whole(args: dict[str, Any], key: str, default: int) -> int:
+    value = args.get(key, default)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = value.strip() if isinstance(value, str) else ""
+    if text.isascii() and text.removeprefix("-").isdigit():
+        return int(text)
+    raise DataError(f"dataset 'synthetic': {key} must be a whole number, got {value!r}")
+
+
 @register_dataset("synthetic", "learnable shapes (circle, square, triangle, cross), made on the fly; for "
                   "tests and demos. args: size, channels, train, val, test")
 def _synthetic(cfg: DataConfig, seed: int) -> DataSource:
@@ -213,10 +227,13 @@ def _synthetic(cfg: DataConfig, seed: int) -> DataSource:
     if unknown:
         raise DataError(f"dataset 'synthetic' has no argument {sorted(unknown)[0]!r}; "
                         "it takes size, channels, train, val, test")
-    size, channels = int(args.get("size", 32)), int(args.get("channels", 3))
-    counts = {k: int(args.get(k, d)) for k, d in (("train", 2000), ("val", 400), ("test", 400))}
-    if channels not in (1, 3) or size < 8 or min(counts.values()) < 1:
-        raise DataError("dataset 'synthetic' needs channels 1 or 3, size >= 8 and at least 1 image per split")
+    size, channels = _whole(args, "size", 32), _whole(args, "channels", 3)
+    counts = {k: _whole(args, k, d) for k, d in (("train", 2000), ("val", 400), ("test", 400))}
+    if channels not in (1, 3) or not 8 <= size <= 1024 or min(counts.values()) < 1:
+        raise DataError("dataset 'synthetic' needs channels 1 or 3, size 8 to 1024 and at least 1 image per split")
+    if max(counts.values()) * size * size > _SYNTHETIC_PIXELS:  # made in one go: ~60 bytes a pixel while making
+        raise DataError(f"dataset 'synthetic': at most {_SYNTHETIC_PIXELS:,} pixels per split (images x size x "
+                        f"size; {_SYNTHETIC_PIXELS // (size * size):,} images of size {size}); use fewer or smaller")
     # Splits come from disjoint seeds so that no image is shared between them.
     splits: dict[str, Split] = {
         name: TensorSplit(*make_shapes(n, size, channels, seed=1000 * i + 17))

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from visiontrain.errors import DataError
+from visiontrain.limits import MAX_JSON_BYTES, parse_json, read_capped
 
 SPLIT_FORMAT = "visiontrain-split/1"
 
@@ -69,10 +70,10 @@ def _relative(path: Path, root: Path | None) -> str:
 def read_split_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
-        record = json.loads(p.read_text(encoding="utf-8"))
+        record = parse_json(read_capped(p, MAX_JSON_BYTES, "a split file"))
     except FileNotFoundError:
         raise DataError(f"split file {p} does not exist; pass the split.json of an earlier run") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         raise DataError(f"split file {p} cannot be read as JSON: {exc}") from None
     if not isinstance(record, dict) or record.get("format") != SPLIT_FORMAT:
         raise DataError(f"split file {p} is not a visiontrain split.json (format {SPLIT_FORMAT})")

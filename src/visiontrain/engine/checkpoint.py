@@ -9,7 +9,6 @@ caught instead of silently producing a wrong model. Both files are written atomi
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from visiontrain import limits
 from visiontrain.engine.validate import check_safetensors, check_sidecar
 from visiontrain.errors import CheckpointError
 from visiontrain.fileio import atomic_write_bytes, atomic_write_json
@@ -50,11 +50,11 @@ def save_checkpoint(stem: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
 def read_sidecar(path: Path) -> dict[str, Any]:
     """Read and check a checkpoint's JSON sidecar; every problem names the file."""
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = limits.parse_json(limits.read_capped(path, limits.MAX_SIDECAR_BYTES, "a checkpoint sidecar"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint sidecar not found; every .safetensors checkpoint needs "
                               "its .json beside it") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         raise CheckpointError(f"{path}: not a readable checkpoint sidecar ({exc}); the file is damaged — "
                               "use another checkpoint of the run (last/best)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

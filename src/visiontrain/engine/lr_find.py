@@ -13,6 +13,18 @@ import torch
 
 from visiontrain.engine.loop import input_preparer
 from visiontrain.engine.state import TrainState
+from visiontrain.errors import ConfigError
+
+MAX_STEPS = 100_000
+
+
+def check_sweep(steps: int, start_lr: float, end_lr: float) -> None:
+    """The sweep's own settings, before anything is built (``--start-lr 0`` divided by zero)."""
+    if not 5 <= steps <= MAX_STEPS:
+        raise ConfigError(f"--steps must be 5 to {MAX_STEPS:,} (the suggestion needs 5 points), got {steps}")
+    if not all(math.isfinite(v) and v > 0 for v in (start_lr, end_lr)) or start_lr >= end_lr:
+        raise ConfigError(f"--start-lr and --end-lr must be positive finite rates with --start-lr below --end-lr, "
+                          f"got {start_lr:g} and {end_lr:g}")
 
 
 def lr_range_test(state: TrainState, loader: Any, start_lr: float = 1e-6, end_lr: float = 1.0,

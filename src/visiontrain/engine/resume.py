@@ -30,6 +30,7 @@ from visiontrain.engine.state import TrainState
 from visiontrain.engine.validate import check_safetensors
 from visiontrain.errors import CheckpointError
 from visiontrain.fileio import atomic_write_bytes
+from visiontrain.limits import parse_json
 from visiontrain.logging.files import scalar_metrics
 
 FORMAT = "visiontrain.resume"
@@ -78,7 +79,7 @@ def read_resume(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     try:
         with safetensors.safe_open(path, framework="pt") as fh:
             header = fh.metadata() or {}
-        meta = json.loads(header["visiontrain"])
+        meta = parse_json(header["visiontrain"])
         tensors = safetensors.torch.load(blob)
     except (safetensors.SafetensorError, KeyError, ValueError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: not a valid visiontrain resume file ({exc})") from None

@@ -54,6 +54,7 @@ class TrainState:
     stop_reason: str = ""
     elapsed_before: float = 0.0  # training seconds spent before this process (resumed runs)
     resumed_from: dict[str, Any] | None = None
+    finite_step: int = 0  # the last step at which the loss and weights were checked finite (engine/loop.py)
     _loss_cache: tuple[int, float] | None = None
 
     @property

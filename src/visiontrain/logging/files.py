@@ -10,6 +10,7 @@ from typing import Any
 from visiontrain.engine.callbacks import Callback
 from visiontrain.engine.state import TrainState
 from visiontrain.fileio import atomic_write_text
+from visiontrain.limits import parse_json
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -32,9 +33,11 @@ class MetricsFile(Callback):
         kept = []
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = parse_json(line)
+            except ValueError:
                 continue  # a line cut by the kill
+            if not isinstance(record, dict):
+                continue  # not a line this file writes
             if record.get("step", 0) <= step and (record.get("kind") != "epoch" or record.get("epoch", 0) <= epoch):
                 kept.append(line)
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))

@@ -28,6 +28,7 @@ from visiontrain.models.partial import LoadReport, load_partial
 from visiontrain.models.pretrained import Pretrained, is_file_value, load_pretrained
 from visiontrain.models.statedict import WRAPPER_PREFIXES, read_weights
 from visiontrain.models.surgery import check_patterns, find_head, freeze, pattern_predicate, replace_head, under
+from visiontrain.trust import check_file_values
 
 
 @dataclass
@@ -135,12 +136,17 @@ def model_spec(cfg: ModelConfig, channels: int) -> dict[str, Any]:
     return {"name": cfg.name, "args": args, "head": list(cfg.head) if cfg.head is not None else None}
 
 
-def rebuild_model(spec: dict[str, Any], inp: ModelInput) -> nn.Module:
+def rebuild_model(spec: dict[str, Any], inp: ModelInput, where: str | Path = "checkpoint",
+                  trust_code: bool = False) -> nn.Module:
     """The architecture a checkpoint's ``model`` entry describes (weights are loaded by the caller).
+
+    The entry comes from a file (``where``): it may not name code and its arguments must be plain values
+    (:func:`visiontrain.trust.check_file_values`).
 
     >>> rebuild_model({"name": "resnet18", "args": {}, "head": [64]}, ModelInput(3, 32, 5)).fc[2].out_features
     5
     """
+    check_file_values({"model": spec}, where, trust_code=trust_code)
     model = create_model(str(spec["name"]), inp, dict(spec.get("args") or {}))
     if spec.get("head") is not None:
         replace_head(model, inp.num_classes, [int(w) for w in spec["head"]], path=find_head(model, inp.num_classes))

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from visiontrain.cli import printable
 from visiontrain.config import ModelConfig, parse_override
 from visiontrain.errors import ConfigError
 
@@ -133,17 +134,19 @@ def _print_inspection(info: dict[str, Any], limit: int) -> None:
     how = [f"nested under {info['nested_in']!r}"] if info["nested_in"] else []
     how += [f"{p!r} stripped from {n} keys" for p, n in info["stripped_prefixes"].items()]
     dtypes = ", ".join(f"{d} ({n})" for d, n in info["dtypes"].items())
-    print(f"file:      {info['file']}")
+    print(printable(f"file:      {info['file']}"))
     print(f"format:    {info['format']}" + (f" ({'; '.join(how)})" if how else ""))
     print(f"tensors:   {info['tensors']} ({info['values']:,} values); dtypes: {dtypes}")
     for key, value in info["metadata"].items():
         print(f"metadata:  {key}: {json.dumps(value, default=str)[:160]}")
     own = info.get("own_model")
     if own and own["fits"]:
-        print(f"fits:      {own['name']} (the model its sidecar names; `visiontrain.load` rebuilds it exactly)")
+        print(printable(f"fits:      {own['name']} (the model its sidecar names; `visiontrain.load` rebuilds it "
+                        "exactly)"))
     else:
         if own:
-            print(f"rebuilds:  NO, its sidecar model {own['name']} does not fit: {own.get('problem') or own}")
+            print(printable(f"rebuilds:  NO, its sidecar model {own['name']} does not fit: "
+                            f"{own.get('problem') or own}"))
         print(f"fits:      {_fits_text(info.get('fits', []))}")
     rows = info["table"] if limit == 0 else info["table"][:limit]
     print_table([{"tensor": r["name"], "shape": "x".join(map(str, r["shape"])) or "scalar", "dtype": r["dtype"]}

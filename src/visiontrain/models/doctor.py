@@ -17,7 +17,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from visiontrain.errors import CheckpointError, VisiontrainError
+from visiontrain.errors import CheckpointError, TrustError, VisiontrainError
 from visiontrain.fileio import atomic_write_bytes, atomic_write_json
 from visiontrain.models.statedict import WeightsFile, read_weights
 
@@ -70,7 +70,9 @@ def _own_model_fits(w: WeightsFile) -> dict[str, Any]:
         prep = meta["preprocessing"]
         inp = ModelInput(int(prep["channels"]), int(prep["size"]), len(meta["classes"]))
         with on_meta():
-            sd = rebuild_model(meta["model"], inp).state_dict()
+            sd = rebuild_model(meta["model"], inp, where=w.path.with_suffix(".json")).state_dict()
+    except TrustError:
+        raise  # a sidecar naming code is refused, not reported as a misfit
     except (VisiontrainError, KeyError, TypeError, ValueError) as exc:
         return {"fits": False, "name": str((meta.get("model") or {}).get("name")), "problem": str(exc)}
     differ = [k for k in sd if k not in w.tensors or tuple(sd[k].shape) != tuple(w.tensors[k].shape)]

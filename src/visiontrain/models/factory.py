@@ -16,6 +16,7 @@ from torch import nn
 
 from visiontrain.errors import ModelError
 from visiontrain.registry import Registry
+from visiontrain.trust import check_builder_args
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ def create_model(name: str, inp: ModelInput, args: dict | None = None) -> nn.Mod
     """
     entry = get_entry(name)
     args = dict(args or {})
+    check_builder_args(name, entry.source, args)  # no loading files, URLs or classes by name, from anywhere
     _check_args(name, entry.builder, args)
     adapt = entry.channels is not None and inp.channels != entry.channels
     if adapt and not entry.adapt_channels:

@@ -10,7 +10,6 @@ Keys wrapped by DDP (``module.``) or ``torch.compile`` (``_orig_mod.``) are unwr
 
 from __future__ import annotations
 
-import json
 import pickle
 import sys
 import warnings
@@ -23,7 +22,8 @@ import safetensors
 import safetensors.torch
 import torch
 
-from visiontrain.errors import CheckpointError
+from visiontrain.errors import CheckpointError, TrustError
+from visiontrain.limits import MAX_SIDECAR_BYTES, parse_json, read_capped
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Where training scripts commonly nest the state_dict inside a checkpoint dict, in order of preference.
@@ -97,7 +97,7 @@ def _read_safetensors(path: Path, _trust_pickle: bool = False) -> WeightsFile:
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         try:
-            side = json.loads(sidecar.read_text(encoding="utf-8"))
+            side = parse_json(read_capped(sidecar, MAX_SIDECAR_BYTES, "a checkpoint sidecar"))
             if isinstance(side, dict) and side.get("format") == "visiontrain.checkpoint":
                 read_sidecar(sidecar)  # only a sidecar that passes its schema describes the tensors
             metadata.update(side if isinstance(side, dict) else {})
@@ -176,17 +176,17 @@ def _restore_order(w: WeightsFile) -> None:
     order = None
     if isinstance(w.metadata.get("order"), str):
         try:
-            order = json.loads(w.metadata["order"])
+            order = parse_json(w.metadata["order"])
         except ValueError:
             order = None
     elif w.metadata.get("format") == "visiontrain.checkpoint":
-        order = _model_order(w.metadata)
+        order = _model_order(w.metadata, w.path.with_suffix(".json"))
     w.ordered = isinstance(order, list) and set(order) == set(w.tensors)
     if w.ordered:
         w.tensors = {k: w.tensors[k] for k in order}  # type: ignore[union-attr]
 
 
-def _model_order(meta: dict[str, Any]) -> list[str] | None:
+def _model_order(meta: dict[str, Any], sidecar: Path) -> list[str] | None:
     from visiontrain.models.build import rebuild_model
     from visiontrain.models.factory import ModelInput
     from visiontrain.models.zoo import on_meta
@@ -195,7 +195,9 @@ def _model_order(meta: dict[str, Any]) -> list[str] | None:
         prep = meta["preprocessing"]
         inp = ModelInput(int(prep["channels"]), int(prep["size"]), len(meta["classes"]))
         with on_meta():
-            return list(rebuild_model(meta["model"], inp).state_dict())
+            return list(rebuild_model(meta["model"], inp, where=sidecar).state_dict())
+    except TrustError:
+        raise  # a sidecar naming code is refused, not quietly read past
     except Exception:  # an unreadable sidecar only costs the order, not the tensors
         return None
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +35,32 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
                         "GET /health, GET /model, OpenAPI at /docs, and a page at / to drop an image on.")
     sv.add_argument("model", metavar="RUN_OR_EXPORT", help="run folder, checkpoint, or .onnx/.torchscript.pt/.pt2")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1]")
-    sv.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one [default: 8000]")
+    sv.add_argument("--port", type=_bounded(int, 0, 65535), default=8000, help="port; 0 picks a free one "
+                    "[default: 8000]")
     sv.add_argument("--device", default="auto", help="auto, cpu, cuda or mps [default: auto]")
     sv.add_argument("--tta", default="none", help=TTA_HELP)
-    sv.add_argument("--top-k", type=int, default=5, help="classes returned when a request does not say [default: 5]")
-    sv.add_argument("--max-mb", type=float, default=10.0, help="largest request body, MiB [default: 10]")
-    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height "
-                    "[default: 40000000]")
-    sv.add_argument("--timeout", type=float, default=30.0, help="seconds one prediction may take [default: 30]")
-    sv.add_argument("--threads", type=int, default=4, help="predictions run at the same time [default: 4]")
+    sv.add_argument("--top-k", type=_bounded(int, 1, 100), default=5, help="classes returned when a request "
+                    "does not say [default: 5]")
+    sv.add_argument("--max-mb", type=_bounded(float, 0, 2048, above=True), default=10.0,
+                    help="largest request body, MiB [default: 10]")
+    sv.add_argument("--max-pixels", type=_bounded(int, 1, 2**31), default=2**24, help="most pixels decoded for "
+                    "one image; a large JPEG counts at the 1/2-1/8 scale it is decoded at [default: 16777216]")
+    sv.add_argument("--timeout", type=_bounded(float, 0, 86_400, above=True), default=30.0,
+                    help="seconds one prediction may take, waiting for a worker included [default: 30]")
+    sv.add_argument("--threads", type=_bounded(int, 1, 256), default=4, help="images decoded and predicted at "
+                    "the same time (large images get a quarter as many more) [default: 4]")
+    sv.add_argument("--queue", type=_bounded(int, 0, 10_000), default=16, help="requests that may wait for a "
+                    "worker; past that: 503 with Retry-After [default: 16]")
+    sv.add_argument("--read-timeout", type=_bounded(float, 0, 86_400, above=True), default=30.0,
+                    help="seconds a request's body may take to arrive (its headers: 10) [default: 30]")
+    sv.add_argument("--max-connections", type=_bounded(int, 1, 100_000), default=128,
+                    help="open connections; past that a new one gets 503 [default: 128]")
+    sv.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /predict and /model "
+                    "[default: $VISIONTRAIN_SERVE_TOKEN, else none]")
+    sv.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                    help="a host name clients may use besides IP addresses and localhost (repeat; * for any)")
+    sv.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
+                    help="let pages from ORIGIN (e.g. https://app.example.com) call the API (repeat; * for any)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return {"export": _export_command, "serve": _serve_command}
 
@@ -61,12 +81,33 @@ def _export_command(args: argparse.Namespace) -> int:
 
 
 def _serve_command(args: argparse.Namespace) -> int:
-    from visiontrain.use.serve import serve
+    from visiontrain.use.serve import TOKEN_ENV, serve
 
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     serve(args.model, args.host, args.port, device=args.device, tta=args.tta, top_k=args.top_k,
-          log_level=args.log_level, max_bytes=int(args.max_mb * 2**20), max_pixels=args.max_pixels,
-          timeout_s=args.timeout, threads=args.threads)
+          log_level=args.log_level, token=token, allowed_hosts=tuple(args.allowed_host), cors=tuple(args.cors),
+          max_bytes=max(1, int(args.max_mb * 2**20)), max_pixels=args.max_pixels, timeout_s=args.timeout,
+          threads=args.threads, queue=args.queue, read_timeout_s=args.read_timeout,
+          max_connections=args.max_connections)
     return 0
+
+
+def _bounded(kind: type, low: float, high: float, *, above: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a ``kind`` number in [low, high] (``above``: low itself excluded), finite."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        finite = value is not None and (kind is int or math.isfinite(value))  # math.isfinite overflows on 10**400
+        if not finite or not (low < value if above else low <= value) or value > high:
+            what, span = ("an integer", f"from {low:,} to {high:,}") if kind is int else \
+                ("a number", f"above {low:g} and at most {high:g}" if above else f"from {low:g} to {high:g}")
+            raise argparse.ArgumentTypeError(f"expected {what} {span}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -77,7 +118,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     report_dir = getattr(args, "report", None)
     result = evaluate(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir,
                       batch_size=args.batch_size, device=args.device, tta=getattr(args, "tta", "none"),
-                      mistakes=32 if report_dir else 0, outputs=bool(report_dir))
+                      mistakes=32 if report_dir else 0, outputs=bool(report_dir),
+                      trust_code=bool(getattr(args, "trust_code", False)))
     report = None
     if report_dir:
         from visiontrain.use.evaluation_report import write_report
@@ -100,12 +142,14 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 def predict_command(args: argparse.Namespace) -> int:
     """``visiontrain predict``: screen, --json or --csv FILE; unreadable files are listed on stderr."""
+    from visiontrain.cli import printable
     from visiontrain.use.predict import predict, write_csv
     from visiontrain.use.report import print_predictions
 
     progress = getattr(args, "progress", None)
     results = predict(args.checkpoint, args.inputs, top_k=args.top_k, device=args.device,
-                      batch_size=getattr(args, "batch_size", None) or 64, tta=getattr(args, "tta", "none"),
+                      batch_size=64 if getattr(args, "batch_size", None) is None else args.batch_size,
+                      tta=getattr(args, "tta", "none"),
                       progress=sys.stderr.isatty() if progress is None else progress)
     csv_path = getattr(args, "csv", None)
     if csv_path:
@@ -117,7 +161,7 @@ def predict_command(args: argparse.Namespace) -> int:
         print_predictions(results)
     failed = [r for r in results if "error" in r]
     for r in failed:
-        print(f"visiontrain: skipped {r['path']}: {r['error']}", file=sys.stderr)
+        print(printable(f"visiontrain: skipped {r['path']}: {r['error']}"), file=sys.stderr)
     return 2 if len(failed) == len(results) else 0
 
 

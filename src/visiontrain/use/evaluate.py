@@ -12,7 +12,9 @@ from torch import nn
 from visiontrain.config import DataConfig, load_config
 from visiontrain.data import build_data
 from visiontrain.engine.metrics import evaluate_batches
+from visiontrain.engine.validate import check_batch_memory
 from visiontrain.errors import DataError
+from visiontrain.trust import check_file_values
 from visiontrain.use.loading import LoadedModel, load
 from visiontrain.use.tta import TTAModel, check_tta
 
@@ -20,8 +22,11 @@ from visiontrain.use.tta import TTAModel, check_tta
 def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: str = "test", *,
              data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
              workers: int | None = None, tta: str = "none", mistakes: int = 0,
-             outputs: bool = False) -> dict[str, Any]:
+             outputs: bool = False, trust_code: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of its own dataset (or of ``data``, with the same classes).
+
+    A dataset the checkpoint names as ``module:Class`` is not imported from its sidecar unless ``trust_code`` or
+    ``data`` names it (see :mod:`visiontrain.trust`): a file never decides what code runs.
 
     ``tta`` averages the probabilities of flipped or five-cropped views (see :mod:`visiontrain.use.tta`);
     ``mistakes=k`` adds the k most confident wrong predictions; ``outputs=True`` adds every image's
@@ -32,13 +37,15 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
     (0.991, 10)
     """
     check_tta(tta)  # before any loading: a typo should cost nothing
-    loaded = model if isinstance(model, LoadedModel) else load(model, device=device)
-    cfg = _data_config(loaded, data, data_dir, batch_size, workers)
+    loaded = model if isinstance(model, LoadedModel) else load(model, device=device, trust_code=trust_code)
+    cfg = _data_config(loaded, data, data_dir, batch_size, workers, trust_code)
     seed = int(loaded.meta.get("config", {}).get("train", {}).get("seed", 0))
     bundle = build_data(cfg, seed, prep=loaded.prep, splits=(split,))
     if split not in bundle.loaders:
         raise DataError(f"dataset {cfg.name!r} has no {split!r} split; it has: "
                         f"{', '.join(bundle.source.splits)} (choose one with --split)")
+    batch = min(cfg.eval_batch_size, len(bundle.source.splits[split]))
+    check_batch_memory(loaded.meta, loaded.prep, batch, loaded.device, loaded.path)
     unknown = [c for c in bundle.classes if c not in loaded.classes]
     if unknown:
         raise DataError(f"dataset {cfg.name!r} has classes the model was not trained on ({', '.join(unknown[:5])}); "
@@ -89,8 +96,11 @@ class _Recorder(nn.Module):
 
 
 def _data_config(loaded: LoadedModel, data: str | None, data_dir: str | None, batch_size: int | None,
-                 workers: int | None) -> DataConfig:
-    saved = loaded.meta.get("config", {}).get("data", {})
+                 workers: int | None, trust_code: bool) -> DataConfig:
+    saved = (loaded.meta.get("config") or {}).get("data", {})
+    if isinstance(saved, dict) and saved:  # the sidecar's, not the user's: it may not name code
+        check_file_values({"data": saved}, loaded.path, trust_code=trust_code, prefix="config.",
+                          given=["data.name"] if data is not None else [])
     base = load_config({"data": saved}).data if isinstance(saved, dict) and saved else DataConfig()
     overrides: dict[str, Any] = {"name": data or base.name}
     if data is not None and data != base.name:

@@ -15,7 +15,6 @@ returns logits; the normalization constants are in the metadata for anyone calli
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import torch
 
 from visiontrain.data import Preprocessing
 from visiontrain.errors import CheckpointError, VisiontrainError
+from visiontrain.limits import parse_json
 from visiontrain.use.loading import LoadedModel, UsableModel, load, resolve_device
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -91,7 +91,7 @@ def load_exported(path: str | Path, device: str = "auto", threads: int | None = 
 
 def _parse_meta(text: str | None, path: Path) -> dict[str, Any]:
     try:
-        meta = json.loads(text) if text else None
+        meta = parse_json(text) if text else None
     except ValueError:
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:

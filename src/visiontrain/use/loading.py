@@ -16,10 +16,11 @@ from torch import nn
 from visiontrain.data import Preprocessing
 from visiontrain.data.transforms import build_transforms
 from visiontrain.engine.checkpoint import load_into, load_weights, read_sidecar
-from visiontrain.engine.validate import check_head
-from visiontrain.errors import CheckpointError, VisiontrainError
+from visiontrain.engine.validate import check_head, check_model_budget
+from visiontrain.errors import CheckpointError, TrustError, VisiontrainError
 from visiontrain.models import ModelInput
 from visiontrain.models.build import rebuild_model
+from visiontrain.trust import check_file_values
 
 _PICKLE_SUFFIXES = {".pth", ".pt", ".pkl", ".pickle", ".tar", ".ckpt", ".bin"}
 
@@ -91,8 +92,11 @@ def resolve_device(name: str) -> torch.device:
     return _resolve(name)
 
 
-def load(path: str | Path, device: str = "auto", which: str = "best") -> LoadedModel:
+def load(path: str | Path, device: str = "auto", which: str = "best", *, trust_code: bool = False) -> LoadedModel:
     """Load a checkpoint for prediction or evaluation.
+
+    The sidecar's model must be one visiontrain builds by name, with plain arguments; ``trust_code`` is for
+    what :mod:`visiontrain.trust` lets only the user allow (today nothing in a sidecar's model entry needs it).
 
     >>> m = visiontrain.load("runs/mnist-small_cnn-20261121-120000")  # doctest: +SKIP
     >>> m.classes[:3]  # doctest: +SKIP
@@ -109,8 +113,14 @@ def load(path: str | Path, device: str = "auto", which: str = "best") -> LoadedM
     classes = meta["classes"]
     if not classes or not all(isinstance(c, str) for c in classes):
         raise CheckpointError(f"{sidecar}: 'classes' must be a non-empty list of names")
+    inp = ModelInput(prep.channels, prep.size, len(classes))
     try:
-        model = rebuild_model({**spec, "name": name, "args": args}, ModelInput(prep.channels, prep.size, len(classes)))
+        model_spec = {**spec, "name": name, "args": args}
+        check_file_values({"model": model_spec}, sidecar, trust_code=trust_code)  # before anything is built
+        check_model_budget(model_spec, inp, meta, sidecar)  # on the meta device, before building for real
+        model = rebuild_model(model_spec, inp, where=sidecar, trust_code=trust_code)
+    except (CheckpointError, TrustError):
+        raise  # these already name the file and the field
     except VisiontrainError as exc:
         raise CheckpointError(f"{sidecar}: cannot rebuild its model: {exc}") from None
     tensors = load_weights(sidecar, meta)

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from visiontrain.data.images import image_to_tensor, is_image_file, open_image
-from visiontrain.errors import DataError, ImageError
+from visiontrain.engine.validate import check_batch_memory
+from visiontrain.errors import ConfigError, DataError, ImageError
 from visiontrain.fileio import atomic_write_text
 from visiontrain.use.exported import ExportedModel, load_model
 from visiontrain.use.loading import LoadedModel
@@ -75,14 +76,18 @@ def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path
     >>> visiontrain.predict("runs/mnist-demo/exports/model.onnx", ["digit.png"], tta="flip")  # doctest: +SKIP
     """
     check_tta(tta)
+    if top_k < 1 or batch_size < 1:
+        raise ConfigError(f"top_k (--top-k) and batch_size (--batch-size) must be at least 1, got {top_k} and "
+                          f"{batch_size}")
     loaded = model if isinstance(model, LoadedModel | ExportedModel) else load_model(model, device=device)
     if isinstance(inputs, str | Path):
         inputs = [inputs]
     paths = expand_inputs(inputs)
+    check_batch_memory(loaded.meta, loaded.prep, min(batch_size, len(paths)), loaded.device, loaded.path)
     transform = loaded.transform()
     results: list[dict[str, Any]] = []
     bar = _progress(len(paths)) if progress else None
-    for start in range(0, len(paths), max(1, batch_size)):
+    for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         tensors, slots = [], []
         for path in chunk:

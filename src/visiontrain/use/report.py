@@ -6,11 +6,14 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from visiontrain.cli import printable
 from visiontrain.logging.console import describe, percent
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    """Rows as aligned columns; every cell escaped (a class name or run name from a file may hold an escape
+    sequence that would otherwise act on the terminal)."""
+    cells = [[printable(str(r.get(c, ""))) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
@@ -42,7 +45,7 @@ def print_train_result(run: Any) -> None:
 
 
 def print_evaluation(r: dict[str, Any]) -> None:
-    print(f"{r['checkpoint']} on {r['data']} [{r['split']}], {r['count']:,} images")
+    print(printable(f"{r['checkpoint']} on {r['data']} [{r['split']}], {r['count']:,} images"))
     print(f"accuracy {percent(r['accuracy'])}   top5 {percent(r['top5'])}   loss {r['loss']:.4f}")
     classes, confusion = r["classes"], r["confusion"]
     print("\nper-class accuracy:")
@@ -52,7 +55,7 @@ def print_evaluation(r: dict[str, Any]) -> None:
     if len(classes) > 20:
         print(f"\nconfusion matrix: {len(classes)} classes, too wide to show; see --json")
         return
-    names = [c[:8] for c in classes]
+    names = [printable(c)[:8] for c in classes]
     width = max(6, *(len(n) for n in names), *(len(str(v)) for row in confusion for v in row))
     print("\nconfusion matrix (rows: true class, columns: predicted):")
     print(" " * (width + 1) + " ".join(n.rjust(width) for n in names))
@@ -61,16 +64,18 @@ def print_evaluation(r: dict[str, Any]) -> None:
 
 
 def print_predictions(results: list[dict[str, Any]]) -> None:
-    for r in results:
+    for r in results:  # paths and class names come from files: escaped (printable)
+        path = printable(r["path"])
         if "error" in r:
-            print(f"{r['path']}: unreadable ({r['error']})")
+            print(f"{path}: unreadable ({printable(r['error'])})")
             continue
         top = r["predictions"]
         if "value" in top[0]:
-            print(f"{r['path']}: {top[0]['value']:.6g}")
+            print(f"{path}: {top[0]['value']:.6g}")
             continue
-        rest = ", ".join(f"{p['label']} {percent(p['probability'])}" for p in top[1:])
-        print(f"{r['path']}: {top[0]['label']} ({percent(top[0]['probability'])})" + (f"  [{rest}]" if rest else ""))
+        rest = ", ".join(f"{printable(p['label'])} {percent(p['probability'])}" for p in top[1:])
+        print(f"{path}: {printable(top[0]['label'])} ({percent(top[0]['probability'])})"
+              + (f"  [{rest}]" if rest else ""))
 
 
 def model_rows(include_torchvision: bool = False) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from visiontrain.errors import VisiontrainError
+from visiontrain.limits import MAX_JSON_BYTES, parse_json, read_capped
 
 
 def list_runs(root: str | Path = "runs") -> list[dict[str, Any]]:
@@ -29,28 +30,33 @@ def _row(run: Path) -> dict[str, Any]:
     summary = _read_json(run / "summary.json")
     last = _read_json(run / "checkpoints" / "last.json")
     row: dict[str, Any] = {"run": run.name, "path": str(run)}
-    if summary:
-        best, test = summary.get("best") or {}, summary.get("test") or {}
+    if summary:  # read from files: any field may be missing or of another type
+        best, test = _section(summary, "best"), _section(summary, "test")
         row.update({
             "status": "stopped" if summary.get("stopped_early") else "done",
             "epochs": summary.get("epochs_completed"),
-            "model": (summary.get("model") or {}).get("name"),
-            "data": (summary.get("data") or {}).get("name"),
+            "model": _section(summary, "model").get("name"),
+            "data": _section(summary, "data").get("name"),
             "best": _pct(best.get("accuracy")), "best_epoch": best.get("epoch"),
             "test": _pct(test.get("accuracy")),
             "time_s": summary.get("wall_time_s"),
         })
     elif last:
         row.update({"status": "incomplete (resume with --resume)", "epochs": last.get("epoch"),
-                    "model": (last.get("model") or {}).get("name")})
+                    "model": _section(last, "model").get("name")})
     else:
         row["status"] = "no checkpoint yet"
     return row
 
 
+def _section(record: dict[str, Any], key: str) -> dict[str, Any]:
+    value = record.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(read_capped(path, MAX_JSON_BYTES, "a run's JSON file"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

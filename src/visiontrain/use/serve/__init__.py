@@ -3,12 +3,16 @@
 >>> serve("runs/demo", port=8000)  # doctest: +SKIP
 serving small_cnn (4 classes) on http://127.0.0.1:8000 — page: /, API docs: /docs
 
+Limits, timeouts and who may call: :class:`~visiontrain.use.serve.app.Limits` and
+:class:`~visiontrain.use.serve.guard.Access` (docs/use.md#serve has the table).
+
 In tests and benchmarks, :func:`running_server` runs the same server in a thread on a free port.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import socket
 import sys
 import threading
@@ -19,24 +23,37 @@ from typing import Any
 
 from visiontrain.errors import VisiontrainError
 from visiontrain.use.exported import require
+from visiontrain.use.serve.guard import TOKEN_ENV, is_ip
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def build_app(model_path: str | Path, *, device: str = "auto", tta: str = "none", top_k: int = 5,
+              token: str | None = None, allowed_hosts: tuple[str, ...] = (), cors: tuple[str, ...] = (),
               **limits: Any) -> Any:
-    """Load the model the operator named (never one a request names) and make the app."""
+    """Load the model the operator named (never one a request names) and make the app.
+
+    ``limits`` are :class:`~visiontrain.use.serve.app.Limits` fields; ``token``, ``allowed_hosts`` and ``cors``
+    make its :class:`~visiontrain.use.serve.guard.Access`. Bad limits fail here, before the model is loaded.
+    """
     require("fastapi", "serve")
     from visiontrain.use.exported import load_model
     from visiontrain.use.serve.app import Limits, create_app
+    from visiontrain.use.serve.guard import Access, check_token
     from visiontrain.use.tta import check_tta
 
     check_tta(tta)
     limit = Limits(**limits)
+    if token is not None:
+        try:
+            check_token(token)
+        except ValueError as exc:
+            raise VisiontrainError(f"bad serve token: {exc}") from None
+    access = Access(token, tuple(allowed_hosts), tuple(cors))
     # Requests run side by side in `threads` workers: one onnxruntime thread each keeps the cores from being
     # oversubscribed (see docs/benchmarks.md: on 2 cores, 4 clients went from 290 to 850 req/s).
     model = load_model(model_path, device=device, threads=1 if limit.threads > 1 else None)
-    return create_app(model, limit, tta=tta, top_k=top_k)
+    return create_app(model, limit, tta=tta, top_k=top_k, access=access)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -56,16 +73,31 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _uvicorn_server(app: Any, log_level: str) -> Any:
+    """uvicorn on h11 with the app's read deadlines and connection cap; our own log lines in its format."""
     uvicorn = require("uvicorn", "serve")
-    config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "info", timeout_keep_alive=5,
-                            limit_concurrency=256, server_header=False)
+    from visiontrain.use.serve.app import Limits
+    from visiontrain.use.serve.protocol import protocol_class
+
+    limits = getattr(app.state, "limits", None) or Limits()
+    protocol = protocol_class(limits.header_timeout_s, limits.read_timeout_s, limits.max_connections)
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["visiontrain.serve"] = {"handlers": ["default"], "level": log_level.upper(),
+                                                  "propagate": False}
+    # ws="none": no request may switch the connection to another protocol (and out of the deadlines).
+    config = uvicorn.Config(app, http=protocol, ws="none", log_level=log_level, log_config=log_config,
+                            access_log=log_level == "info", timeout_keep_alive=limits.keep_alive_s,
+                            server_header=False)
     return uvicorn.Server(config)
 
 
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, *, device: str = "auto",
-          tta: str = "none", top_k: int = 5, log_level: str = "info", **limits: Any) -> None:
-    """Serve until Ctrl-C. Binding beyond loopback is allowed but warned about: there is no authentication."""
-    app = build_app(model_path, device=device, tta=tta, top_k=top_k, **limits)
+          tta: str = "none", top_k: int = 5, log_level: str = "info", token: str | None = None,
+          allowed_hosts: tuple[str, ...] = (), cors: tuple[str, ...] = (), **limits: Any) -> None:
+    """Serve until Ctrl-C. Binding beyond loopback without a ``token`` is allowed but warned about."""
+    if not is_ip(host.strip("[]")):  # the name it was started with is one its clients use
+        allowed_hosts = (*allowed_hosts, host)
+    app = build_app(model_path, device=device, tta=tta, top_k=top_k, token=token, allowed_hosts=allowed_hosts,
+                    cors=cors, **limits)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
@@ -73,9 +105,9 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, *, 
     name = info.get("name") or Path(model_path).name
     print(f"serving {name} ({len(info.get('classes', []))} classes) on http://{shown}:{actual} — page: /, "
           "API docs: /docs (Ctrl-C to stop)", flush=True)
-    if host not in _LOOPBACK:
-        print(f"visiontrain: warning: listening on {host}: anyone who can reach it can use the model (no "
-              "authentication); put it behind a proxy with auth for real use", file=sys.stderr, flush=True)
+    if host not in _LOOPBACK and token is None:
+        print(f"visiontrain: warning: listening on {host} without a token: anyone who can reach it can use the "
+              f"model; set {TOKEN_ENV} (or --token) or put it behind a proxy with auth", file=sys.stderr, flush=True)
     server = _uvicorn_server(app, log_level)
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])

@@ -2,16 +2,19 @@
 
 The model is fixed when the app is made (:func:`create_app`); no request can name a file or URL to load.
 Uploads are bounded before they are read: a declared ``Content-Length`` over the limit gets 413 at once and
-a body streamed past it is cut off with 413 (:class:`BodyLimit`), so nothing large is ever spooled. Then
-only image content types are accepted (415), the decoder refuses images over the pixel limit (413) and
-anything that is not an image (400). Decoding and inference run in worker threads (at most ``threads`` at
-once), so the event loop keeps answering while a model runs; a request that takes longer than the timeout
-gets 504. Every error is JSON ``{"error": "..."}``.
+a body streamed past it is cut off with 413 (:class:`BodyLimit`), so nothing large is ever spooled; a response
+sent before its request's body was read closes the connection, so the rest of the body is never swallowed.
+Then only image content types are accepted (415), the header is read and an image that would decode to more
+than the pixel budget is refused (413), anything that is not an image gets 400. Decoding and inference run in
+worker threads, several at once, with a bounded queue (503 past it; see :mod:`~visiontrain.use.serve.work`),
+so the event loop keeps answering while a model runs; a request that takes longer than the timeout gets 504.
+Who may call is checked first (:mod:`~visiontrain.use.serve.guard`). Every error is JSON ``{"error": "..."}``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
@@ -21,12 +24,13 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from visiontrain.data.images import image_to_tensor, open_image
-from visiontrain.errors import ImageError
+from visiontrain.errors import ConfigError
 from visiontrain.use.exported import ExportedModel
 from visiontrain.use.loading import LoadedModel
-from visiontrain.use.predict import classify, fit_size
+from visiontrain.use.serve.guard import Access, Guard
+from visiontrain.use.serve.work import Lane, Large, predict_small, predict_upload
 
 log = logging.getLogger("visiontrain.serve")
 
@@ -38,18 +42,42 @@ _PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask of the server."""
+    """What one request, and all of them together, may ask of the server (defaults: ``visiontrain serve``'s)."""
 
     max_bytes: int = 10 * 2**20  # request body, bytes
-    max_pixels: int = 40_000_000  # declared width x height of the image (decompression bombs)
-    timeout_s: float = 30.0  # decoding + inference, seconds
-    threads: int = 4  # requests decoded/predicted at the same time
+    max_pixels: int = 2**24  # pixels decoded for one image (a JPEG counts at its reduced decode size)
+    timeout_s: float = 30.0  # waiting for a worker + decoding + inference, seconds
+    threads: int = 4  # images decoded/predicted at the same time (plus threads // 4, at least 1, large ones)
+    queue: int = 16  # requests that may wait for a worker (a quarter of that for large images); then 503
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this, seconds
+    read_timeout_s: float = 30.0  # ... and its body within this after them
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 128  # open connections; past it a new one gets 503
     max_top_k: int = 100
     content_types: tuple[str, ...] = field(default=RAW_TYPES)
 
+    def __post_init__(self) -> None:
+        for name, (low, high) in _BOUNDS.items():
+            value, counts = getattr(self, name), isinstance(low, int)
+            ok = not isinstance(value, bool) and isinstance(value, int if counts else int | float) \
+                and math.isfinite(value) and (low <= value if counts else low < value) and value <= high
+            if not ok:
+                kind = f"an integer in {low:,}..{high:,}" if counts else f"seconds above {low:g}, at most {high:g}"
+                raise ConfigError(f"serve limit {name} must be {kind}, got {value!r}")
+
+
+# What a limit may be: counts are integers in [low, high]; durations are seconds in (low, high].
+_BOUNDS: dict[str, tuple[int, int] | tuple[float, float]] = {
+    "max_bytes": (1, 2**31), "max_pixels": (1, 2**31), "threads": (1, 256), "queue": (0, 10_000),
+    "max_connections": (1, 100_000), "max_top_k": (1, 10_000), "timeout_s": (0.0, 86_400.0),
+    "header_timeout_s": (0.0, 3600.0), "read_timeout_s": (0.0, 86_400.0), "keep_alive_s": (0.0, 3600.0)}
+TIMED_OUT = "visiontrain.timed_out"  # scope key: the protocol closed this request for being too slow
+
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over ``max_bytes``, decided before the body is read or spooled."""
+    """ASGI middleware: 413 for a body over ``max_bytes``, decided before the body is read or spooled; and a
+    response that starts before the request's body was all read closes the connection (``Connection: close``)
+    — else the server would go on reading and discarding whatever the client still sends."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -58,39 +86,55 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             status = 413 if declared.isdigit() else 400
             await JSONResponse({"error": self._message() if status == 413 else "bad Content-Length header"},
                                status_code=status, headers={"Connection": "close"})(scope, receive, send)
             return
         seen = 0
+        body_done = declared in (None, b"0") and b"transfer-encoding" not in headers  # no body to read
 
         async def limited() -> dict:
-            nonlocal seen
+            nonlocal seen, body_done
             message = await receive()
             seen += len(message.get("body", b""))
+            body_done = body_done or not message.get("more_body", False)
             if seen > self.max_bytes:  # chunked uploads declare no length: count as they come
                 raise HTTPException(413, self._message())
             return message
 
-        await self.app(scope, limited, send)
+        async def closing(message: dict) -> None:
+            if message["type"] == "http.response.start" and not body_done:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, limited, closing)
 
     def _message(self) -> str:
         return f"request body too large: the limit is {self.max_bytes:,} bytes"
 
 
 def create_app(model: LoadedModel | ExportedModel, limits: Limits | None = None, *, tta: str = "none",
-               top_k: int = 5) -> FastAPI:
+               top_k: int = 5, access: Access | None = None) -> FastAPI:
     """The service for one loaded model (see the module docstring for its limits)."""
     limits = limits or Limits()
-    limiter = anyio.CapacityLimiter(limits.threads)
+    access = access or Access()
+    small = Lane("image workers", limits.threads, limits.queue)
+    large = Lane("large-image workers", max(1, limits.threads // 4), max(1, limits.queue // 4))
     app = FastAPI(title="visiontrain prediction service", version="1",
                   description=f"Image classifier over {len(model.classes)} classes.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_bytes)
+    if access.cors:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(access.cors), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"], max_age=600)
+    app.add_middleware(Guard, access=access)
     _add_error_handlers(app)
     info = model_info(model, limits, tta)
-    app.state.model_info = info
+    app.state.model_info, app.state.limits = info, limits
     page = resources.files("visiontrain.use.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -111,9 +155,10 @@ def create_app(model: LoadedModel | ExportedModel, limits: Limits | None = None,
         data, name = await read_upload(request, limits)
         try:
             with anyio.fail_after(limits.timeout_s):
-                predictions = await anyio.to_thread.run_sync(_predict_bytes, model, data, name, top_k, tta,
-                                                             limits.max_pixels, limiter=limiter,
-                                                             abandon_on_cancel=True)
+                predictions = await small.run(predict_small, model, data, name, top_k, tta, limits.max_pixels)
+                if isinstance(predictions, Large):
+                    predictions = await large.run(predict_upload, model, data, name, top_k, tta, limits.max_pixels,
+                                                  predictions.target)
         except TimeoutError:
             raise HTTPException(504, f"prediction took longer than {limits.timeout_s:g} s") from None
         return {"predictions": predictions, "top": predictions[0]}
@@ -147,19 +192,6 @@ def _check_type(media: str, limits: Limits) -> None:
                                  f"{', '.join(limits.content_types)} (or multipart/form-data)")
 
 
-def _predict_bytes(model: LoadedModel | ExportedModel, data: bytes, name: str, top_k: int, tta: str,
-                   max_pixels: int) -> list[dict[str, Any]]:
-    if not data:
-        raise HTTPException(400, "empty upload: the request carried no image bytes")
-    try:
-        image = image_to_tensor(open_image(data, model.prep.channels, max_pixels=max_pixels, name=name))
-    except ImageError as exc:
-        status = 413 if exc.reason.startswith("decompression bomb") else 400
-        raise HTTPException(status, f"cannot use the upload: {exc.reason}") from None
-    x = fit_size(model.transform()(image), model.prep.size)
-    return classify(model, x.unsqueeze(0), top_k, tta)[0]
-
-
 def model_info(model: LoadedModel | ExportedModel, limits: Limits, tta: str) -> dict[str, Any]:
     """What ``GET /model`` says; never the model's path on the server's disk."""
     meta = model.meta
@@ -171,7 +203,7 @@ def model_info(model: LoadedModel | ExportedModel, limits: Limits, tta: str) -> 
         "input": {"channels": model.prep.channels, "size": model.prep.size},
         "metrics": meta.get("metrics") or {},
         "tta": tta,
-        "limits": {k: v for k, v in asdict(limits).items() if k != "threads"},
+        "limits": {k: v for k, v in asdict(limits).items() if k not in ("threads", "queue", "max_connections")},
     }
 
 
@@ -186,6 +218,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
 
+    @app.exception_handler(ClientDisconnect)
+    async def went_away(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        if not request.scope.get(TIMED_OUT):  # the protocol said why it closed the connection already
+            client = request.client
+            log.warning("client %s went away before its request was read (%s %s)",
+                        f"{client.host}:{client.port}" if client else "?", request.method, request.url.path)
+        return JSONResponse({"error": "client disconnected"}, status_code=400)  # never delivered
+
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -194,8 +234,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "content": {"application/json": {"example": {"error": text}}}}
-    for code, text in ((400, "not a readable image"), (413, "body or image too large"),
-                       (415, "content type not accepted"), (422, "bad query parameter"), (504, "timed out"))}
+    for code, text in ((400, "not a readable image, or a Host not allowed"), (401, "missing or wrong token"),
+                       (403, "cross-origin request refused"), (413, "body or image too large"),
+                       (415, "content type not accepted"), (422, "bad query parameter"),
+                       (503, "busy: try again after Retry-After seconds"), (504, "timed out"))}
 
 _PREDICT_BODY = {"requestBody": {"required": True, "description": "an image: a multipart file field or the raw bytes",
                                  "content": {
