@@ -11,10 +11,10 @@ import yaml
 
 import visiontrain
 from visiontrain.config import RunConfig, load_config
+from visiontrain.config.recipes import RECIPES, resolve
 from visiontrain.engine import precision
 from visiontrain.engine.precision import Precision, cpu_has_native_bf16, resolve_precision
 from visiontrain.errors import ConfigError
-from visiontrain.recipes import RECIPES, resolve
 
 
 def test_a_recipe_fills_keys_the_user_left_alone() -> None:

@@ -9,101 +9,16 @@ import os
 import sys
 import threading
 import traceback
-import typing
 import unicodedata
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
+from visiontrain.cli_flags import add_config_flags, flag_overrides
 from visiontrain.config import RunConfig, load_config, parse_override
 from visiontrain.data.guard import worker_error
 from visiontrain.errors import ConfigError, VisiontrainError
 from visiontrain.fileio import storage_error
 from visiontrain.trust import read_config_file
-
-# flag → (config key, type, help). The YAML file takes the same names (with _ or -).
-TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
-    ("--recipe", "recipe", str, "a preset of model, schedule, batch size, precision and epochs (see `visiontrain "
-     "recipes`, e.g. fast); every other flag and config key overrides it"),
-    ("--data", "data.name", str, "dataset name (mnist, cifar10, …; see `visiontrain data list`), a folder with "
-     "one sub-folder per class, a .csv/.jsonl manifest, or module:Class for your own Dataset [default: mnist]"),
-    ("--data-dir", "data.dir", str, "where datasets are cached/downloaded [default: data]"),
-    ("--model", "model.name", str, "model name (see `visiontrain models`) or any torchvision classifier "
-     "[default: small_cnn]"),
-    ("--epochs", "train.epochs", int, "passes over the training set [default: 2]"),
-    ("--batch-size", "data.batch_size", int, "images per training step [default: 128]"),
-    ("--lr", "optim.lr", float, "(peak) learning rate [default: 0.003]"),
-    ("--optimizer", "optim.name", str, "sgd, adam, adamw or rmsprop [default: adam]"),
-    ("--schedule", "optim.schedule", str, "learning-rate schedule: none, cosine, onecycle, step "
-     "[default: onecycle]"),
-    ("--device", "train.device", str, "auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps [default: auto]"),
-    ("--seed", "train.seed", int, "random seed for weights, split and shuffling, 0 to 2**32-1 [default: 0]"),
-    ("--workers", "data.workers", int, "DataLoader worker processes for image folders; more than 4 per CPU core "
-     "are capped to that (with a note), above 1024 refused [default: 0]"),
-    ("--image-size", "data.image_size", int, "square input side in pixels [default: the model's or the data's]"),
-    ("--val-split", "data.val_split", float, "fraction of train held out when the data has no val split "
-     "[default: 0.1]"),
-    ("--data-arg", "data.args", dict, "a dataset argument KEY=VALUE (repeatable), e.g. --data-arg root=data/train"),
-    ("--augment", "data.transforms.train", str, "training augmentation preset: none, digits, cifar, photos, "
-     "strong [default: the data's own]"),
-    ("--normalize", "data.normalize", str, "auto (the data's statistics), dataset, imagenet or none [default: auto]"),
-    ("--bad-images", "data.bad_images", str, "error: stop before training, naming the file; skip: train on the "
-     "rest and list them in bad_images.txt [default: error]"),
-    ("--max-pixels", "data.max_pixels", int, "refuse images declaring more pixels (decompression bombs) "
-     "[default: 67108864]"),
-    ("--follow-symlinks", "data.follow_symlinks", bool, "follow folder symlinks in a data folder, never out of it, "
-     "in a loop or into another class's folder; file symlinks inside it are always used [default: off]"),
-    ("--download", "data.download", bool, "download a registered dataset whose files are missing [default: on]"),
-    ("--cache", "data.cache", str, "auto, memory or off: decode an image folder once into memory [default: auto]"),
-    ("--split-file", "data.split_file", str, "reuse the train/val split of an earlier run (its split.json)"),
-    ("--weight-decay", "optim.weight_decay", float, "weight decay on weights (never biases/norms) [default: 0]"),
-    ("--momentum", "optim.momentum", float, "SGD/RMSprop momentum [default: 0.9]"),
-    ("--nesterov", "optim.nesterov", bool, "Nesterov momentum for SGD"),
-    ("--warmup-epochs", "optim.warmup_epochs", float, "linear learning-rate warm-up, in epochs [default: 0]"),
-    ("--loss", "train.loss", str, "auto (cross_entropy for classes, mse for values), cross_entropy, bce, mse, l1, "
-     "smooth_l1 [default: auto]"),
-    ("--label-smoothing", "train.label_smoothing", float, "cross-entropy label smoothing [default: 0]"),
-    ("--class-weights", "train.class_weights", str, "'auto' weighs classes by inverse frequency"),
-    ("--precision", "train.precision", str, "32, bf16 or fp16 mixed precision"
-     ", or auto (bf16 where the GPU or CPU computes in it natively, else 32) [default: 32]"),
-    ("--accumulate", "train.accumulate", int, "batches per optimizer step (gradient accumulation) [default: 1]"),
-    ("--clip-grad-norm", "train.clip_grad_norm", float, "clip the global gradient norm to this value"),
-    ("--ema-decay", "train.ema_decay", float, "keep an EMA of the weights with this decay (e.g. 0.999)"),
-    ("--mixup", "train.mixup_alpha", float, "MixUp alpha (0 = off) [default: 0]"),
-    ("--cutmix", "train.cutmix_alpha", float, "CutMix alpha (0 = off) [default: 0]"),
-    ("--monitor", "train.monitor", str, "metric that picks the best checkpoint, e.g. val/loss [default: val/accuracy]"),
-    ("--early-stop", "train.early_stop_patience", int, "stop after N epochs without improvement of --monitor"),
-    ("--keep-last", "train.keep_last", int, "also keep the last N per-epoch checkpoints [default: 0]"),
-    ("--checkpoint-every", "train.checkpoint_every", int, "also checkpoint every N steps, for resume [default: 0]"),
-    ("--deterministic", "train.deterministic", bool, "use deterministic algorithms (bit-identical reruns)"),
-    ("--channels-last", "train.channels_last", bool, "NHWC memory format [default: on]"),
-    ("--compile", "train.compile", bool, "torch.compile the model"),
-    ("--threads", "train.threads", int, "CPU threads for torch [default: torch's choice]"),
-    ("--pretrained", "model.pretrained", str, "start from pretrained weights: a torchvision weights name "
-     "(DEFAULT, IMAGENET1K_V1; read from the torch hub cache, offline) or a .safetensors/.pth file or run"),
-    ("--head", "model.head", list[int], "hidden widths of a new classification head, e.g. --head 128"),
-    ("--in-channels", "model.in_channels", int, "channels the model reads: 1 adapts an RGB stem to gray "
-     "[default: the model's own]"),
-    ("--freeze", "model.freeze", list[str], "freeze parameters matching these globs, e.g. 'features.*'"),
-    ("--freeze-backbone", "model.freeze_backbone", bool, "train only the classification head"),
-    ("--unfreeze-at", "model.unfreeze_at", int, "unfreeze the frozen layers from this epoch (1-based) on"),
-    ("--backbone-lr-scale", "model.backbone_lr_scale", float, "learning-rate multiplier for all but the head "
-     "[default: 1]"),
-    ("--init-from", "model.init_from", str, "partially initialise from a .safetensors/.pth file or a run; "
-     "prints and saves a report (init_report.json)"),
-    ("--init-match", "model.init_match", str, "pair --init-from tensors by name or order [default: name]"),
-    ("--rename", "model.rename", list[str], "--init-from key renames OLD=NEW (prefix) or re:PATTERN=REPL"),
-    ("--strict", "model.strict", bool, "--init-from must fill and use every tensor"),
-    ("--trust-pickle", "model.trust_pickle", bool, "let --pretrained/--init-from unpickle a whole-model .pth "
-     "(torch.save(model)); this runs code from the file: only for files you made yourself [default: off]"),
-    ("--batch-size-per-device", "train.batch_size_per_device", int, "with several processes (torchrun): images "
-     "per process per step; the global batch is this x processes [default: --batch-size is global]"),
-    ("--scale-lr", "train.scale_lr", bool, "with several processes: multiply --lr by the process count"),
-    ("--sync-bn", "train.sync_bn", bool, "with several processes: BatchNorm statistics over the global batch"),
-    ("--out", "out", str, "runs root folder [default: runs]"),
-    ("--name", "name", str, "run folder name under --out (one name: no / or ..) [default: <data>-<model>-<time>]; "
-     "an existing name gets a -2, -3 … suffix"),
-]
-
 
 TRUST_CODE_HELP = ("let the run's own files (its config.yaml, a checkpoint's sidecar, a --config YAML inside a run "
                    "folder) name code: import the dataset they name as module:Class or file.py:Class, unpickle "
@@ -137,15 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a model (no arguments: a small CNN on MNIST)",
+                           usage="visiontrain train [--config FILE | --resume RUN] [FLAG ...] [--set KEY=VALUE ...]",
                            description="Train a model. With no arguments: a small CNN on MNIST, offline.")
     train.add_argument("--config", help="YAML config file; flags given here override its values")
     train.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run from its last "
                        "checkpoint (its config.yaml; flags given here override it, e.g. --epochs)")
-    for flag, _key, kind, text in TRAIN_FLAGS:
-        if kind is bool:
-            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            train.add_argument(flag, default=None, help=text, **_value_kind(kind))
+    add_config_flags(train)
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set model.args.width=32 (repeatable)")
     train.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
@@ -158,14 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "with its suggested rate")
 
     finder = sub.add_parser("lr-find", help="learning-rate range test: a plot and a suggested --lr",
+                            usage="visiontrain lr-find [--config FILE] [FLAG ...] [--steps N] [--set KEY=VALUE ...]",
                             description="Learning-rate range test on the model and data given by the same flags "
                             "as `train`; writes lr_find.png and prints the suggested rate.")
     finder.add_argument("--config", help="YAML config file; flags given here override its values")
-    for flag, _key, kind, text in TRAIN_FLAGS:
-        if kind is bool:
-            finder.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            finder.add_argument(flag, default=None, help=text, **_value_kind(kind))
+    add_config_flags(finder)
     finder.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     finder.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     finder.add_argument("--steps", type=int, default=100, help="steps of the sweep [default: 100]")
@@ -208,31 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _value_kind(kind: Any) -> dict[str, Any]:
-    """argparse keywords for a flag's value type: ``list[int]`` takes one or more ints."""
-    if typing.get_origin(kind) is list:
-        return {"type": typing.get_args(kind)[0], "nargs": "+"}
-    if kind is dict:  # repeatable KEY=VALUE, each setting one key inside the mapping
-        return {"type": _key_value, "action": "append", "metavar": "KEY=VALUE"}
-    return {"type": kind}
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    if "=" not in text or not text.partition("=")[0].strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return parse_override(text)
-
-
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults ← YAML file ← flags ← --set overrides. A run's config.yaml (``--resume``, or a ``--config`` inside
     a run folder) may not name code unless ``--trust-code`` or the flags restate it (visiontrain.trust)."""
-    overrides: dict[str, Any] = {}
-    for flag, key, kind, _text in TRAIN_FLAGS:
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is not None and kind is dict:
-            overrides.update({f"{key}.{k}": v for k, v in value})
-        elif value is not None:
-            overrides[key] = value
+    overrides = flag_overrides(args)
     for item in args.set:
         key, value = parse_override(item)
         overrides[key] = value
@@ -243,8 +131,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cfg = saved_config(args.resume, trust_code=trust, given=overrides)
     else:
         raw = read_config_file(args.config, trust_code=trust, given=overrides) if args.config else {}
-        if getattr(args, "recipe", None):  # under the YAML's keys and the flags, not over them (config._with_recipe)
-            raw = {**raw, "recipe": args.recipe}
+        recipe = getattr(args, "cfg.recipe", None)
+        if recipe:  # under the YAML's keys and the flags, not over them (config.run._with_recipe)
+            raw = {**raw, "recipe": recipe}
         cfg = load_config(raw, where=args.config or "config")
     return cfg.override(overrides, where="command line") if overrides else cfg
 
@@ -361,7 +250,7 @@ def _datasets(args: argparse.Namespace) -> int:
 
 # Command groups that live beside their code. Each module has ``register(subparsers) -> {name: handler}``
 # where a handler takes the parsed args and returns the exit code.
-COMMAND_GROUPS: list[str] = ["visiontrain.recipes", "visiontrain.use.runs", "visiontrain.models.commands",
+COMMAND_GROUPS: list[str] = ["visiontrain.config.recipes", "visiontrain.use.runs", "visiontrain.models.commands",
                              "visiontrain.data.commands", "visiontrain.use.commands"]
 
 COMMANDS = {"train": _train, "lr-find": _lr_find, "evaluate": _evaluate, "predict": _predict,

@@ -23,9 +23,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import visiontrain.runner
-from visiontrain.cli import TRAIN_FLAGS
 from visiontrain.cli import main as cli_main
-from visiontrain.config import ALIASES, RunConfig, load_config, parse_override, read_yaml
+from visiontrain.config import ALIASES, RunConfig, keys, load_config, parse_override, read_yaml
 from visiontrain.data.manifest import manifest_source
 from visiontrain.data.synthetic import make_shapes
 from visiontrain.engine.checkpoint import save_checkpoint
@@ -114,8 +113,8 @@ class _Reached(Exception):
     """The argv was valid: training would start here (the fuzz never trains)."""
 
 
-_FLAGS = [flag for flag, *_ in TRAIN_FLAGS] + ["--config", "--resume", "--set", "--lr-find", "--overwrite",
-                                               "--quiet", "--bogus", "-x"]
+_FLAGS = [leaf.flag for leaf in keys()] + ["--config", "--resume", "--set", "--lr-find", "--overwrite",
+                                          "--quiet", "--bogus", "-x"]
 _WORDS = (st.sampled_from(["abc", "-1", "0", "1e9", "nan", "inf", "", " ", "x=1", "=", "a.b=c", "1.5", "none",
                            "--", "-", "😀", "true", "[1, 2", "data.nope=1", "train.epochs=-3", "--epochs"])
           | st.text(max_size=10))

@@ -28,8 +28,8 @@ TINY = ["--data", "synthetic", "--data-arg", "train=48", "--data-arg", "val=16",
 # a traceback, or tried to allocate terabytes.
 TRAIN: dict[str, tuple[list[str], str]] = {
     "seed beyond any generator": (["--seed", "1180591620717411303424"], "train.seed"),
-    "seed above 2**32-1": (["--seed", "4294967296"], "train.seed must be 0 to 4294967295"),
-    "negative seed": (["--seed", "-1"], "train.seed must be 0 to 4294967295"),
+    "seed above 2**32-1": (["--seed", "4294967296"], "train.seed must be 0 to 4,294,967,295"),
+    "negative seed": (["--seed", "-1"], "train.seed must be 0 to 4,294,967,295"),
     "lr inf": (["--lr", "inf"], "optim.lr must be a finite number"),
     "lr nan": (["--lr", "nan"], "optim.lr must be a finite number"),
     "YAML .inf": (["--set", "optim.weight_decay=.inf"], "optim.weight_decay must be a finite number"),
@@ -37,7 +37,7 @@ TRAIN: dict[str, tuple[list[str], str]] = {
     "workers 100000": (["--workers", "100000"], "data.workers must be 0 to 1024"),
     "epochs 10**12": (["--epochs", "1000000000000"], "train.epochs must be 1 to 1,000,000"),
     "image size 10**6": (["--image-size", "1000000"], "data.image_size must be 8 to 8192"),
-    "head of 10**9": (["--head", "1000000000"], "model.head widths must be 1 to 65,536"),
+    "head of 10**9": (["--head", "1000000000"], "model.head values must be 1 to 65,536"),
     "int beyond 2**62": (["--set", "data.cache_mb=10000000000000000000000"], "data.cache_mb is out of range"),
     "empty data": (["--data", ""], "data.name must name a dataset"),
     "blank data": (["--data", "  "], "data.name must name a dataset"),
@@ -140,7 +140,7 @@ def test_workers_are_capped_at_a_few_per_core_with_a_note(tmp_path: Path, capsys
 
 def test_the_help_says_how_workers_are_bounded(main_cli) -> None:
     text = " ".join(main_cli("train", "--help").out.split())
-    assert "more than 4 per CPU core are capped to that" in text and "above 1024 refused" in text
+    assert "more than 4 per CPU core are capped to that" in text and "(0 to 1024)" in text
 
 
 # -- a loss that stops being finite ------------------------------------------------------------------------

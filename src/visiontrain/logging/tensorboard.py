@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from visiontrain.config import hparam_values
 from visiontrain.engine.callbacks import Callback
 from visiontrain.engine.metrics import HEADLINE
 from visiontrain.engine.state import TrainState
@@ -80,10 +81,7 @@ class TensorBoardLogger(Callback):
         """Hyperparameters with the final metrics, so runs compare side by side in the HParams tab."""
         from torch.utils.tensorboard.summary import hparams
 
-        cfg = state.config
-        params = {"model": cfg.model.name, "data": cfg.data.name, "optimizer": cfg.optim.name, "lr": cfg.optim.lr,
-                  "schedule": cfg.optim.schedule, "batch_size": cfg.data.batch_size, "epochs": cfg.train.epochs,
-                  "weight_decay": cfg.optim.weight_decay, "precision": cfg.train.precision, "seed": cfg.train.seed}
+        params = hparam_values(state.config)  # the keys the config schema marks as hyperparameters
         metrics = {f"hparams/{k}": v for k, v in state.epoch_metrics.items()
                    if isinstance(v, float) and k.split("/")[-1] in HEADLINE}
         if state.best is not None:
