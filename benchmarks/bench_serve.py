@@ -143,7 +143,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = args.models or [str(_train_small(Path(tmp)))]
         if args.onnx:
-            from visiontrain.use.export import export
+            from visiontrain.use.export.write import export
 
             models += [str(export(m, "onnx", Path(tmp) / f"onnx{i}").path) for i, m in enumerate(models)]
         print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "

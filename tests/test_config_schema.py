@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from visiontrain.cli import build_parser, config_from_args
-from visiontrain.cli_flags import BEGIN, END, knob_table
+from visiontrain.cli.flags import BEGIN, END, knob_table
 from visiontrain.config import Leaf, RunConfig, flat_names, keys, load_config, read_yaml
 from visiontrain.errors import ConfigError
 
@@ -151,7 +151,7 @@ def test_the_docs_knob_table_is_generated_from_the_schema() -> None:
     assert BEGIN in text and END in text
     current = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     assert current == knob_table(), ("docs/training.md's knob table is stale; regenerate it with "
-                                     "`python -m visiontrain.cli_flags docs/training.md`")
+                                     "`python -m visiontrain.cli.flags docs/training.md`")
     for leaf in keys():
         assert f"| `{leaf.key}` |" in current
 

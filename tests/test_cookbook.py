@@ -130,12 +130,13 @@ def serve(path: str) -> None:
     """Import everything once, then fork one child per request (see the module docstring)."""
     import runpy  # noqa: F401 (the children use it)
 
-    for module in ("visiontrain", "visiontrain.cli", "visiontrain.runner", "visiontrain.use.commands",
-                   "visiontrain.use.evaluate", "visiontrain.use.predict", "visiontrain.use.export",
-                   "visiontrain.models.commands", "visiontrain.models.doctor", "visiontrain.models.zoo",
-                   "visiontrain.data.commands", "visiontrain.data.custom", "visiontrain.data.show", "visiontrain.plots",
-                   "torchvision", "torch.utils.tensorboard", "tensorboard.backend.event_processing.event_accumulator",
-                   "matplotlib.pyplot", "safetensors.torch"):
+    for module in ("visiontrain", "visiontrain.cli", "visiontrain.trainer.training", "visiontrain.cli.use",
+                   "visiontrain.use.evaluate", "visiontrain.use.predict", "visiontrain.use.export.write",
+                   "visiontrain.cli.models", "visiontrain.models.doctor", "visiontrain.models.zoo",
+                   "visiontrain.cli.data", "visiontrain.data.custom", "visiontrain.data.show",
+                   "visiontrain.watch.plots", "torchvision", "torch.utils.tensorboard",
+                   "tensorboard.backend.event_processing.event_accumulator", "matplotlib.pyplot",
+                   "safetensors.torch"):
         __import__(module)
     from visiontrain.cli import build_parser
 

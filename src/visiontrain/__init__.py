@@ -10,10 +10,12 @@ from __future__ import annotations
 # First, and for its side effect: refuses a torch < 2.10, whose weights-only loader is unsafe (versions.py).
 from visiontrain import versions as _versions  # noqa: F401
 from visiontrain.config import RunConfig
+from visiontrain.data import DATASETS
 from visiontrain.errors import VisiontrainError
-from visiontrain.runner import Run, find_lr, train
+from visiontrain.models import MODELS
+from visiontrain.trainer import Run, find_lr, train
 from visiontrain.use.evaluate import evaluate
-from visiontrain.use.export import export
+from visiontrain.use.export.write import export
 from visiontrain.use.loading import LoadedModel, load
 from visiontrain.use.predict import predict
 
@@ -22,15 +24,11 @@ __version__ = "0.1.0"
 
 def list_models(pattern: str = "*") -> list[str]:
     """Names of the built-in models matching a glob (torchvision classifiers are accepted too)."""
-    from visiontrain.models import MODELS
-
     return MODELS.list(pattern)
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
     """Names of the registered datasets matching a glob (any folder-per-class path works too)."""
-    from visiontrain.data import DATASETS
-
     return DATASETS.list(pattern)
 
 

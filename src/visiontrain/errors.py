@@ -41,7 +41,7 @@ class CheckpointError(VisiontrainError):
 
 class TrustError(VisiontrainError):
     """A value read from a file would decide what code runs (an import spec, an unpickling, a loader argument);
-    only the user may say that (see visiontrain.trust)."""
+    only the user may say that (see visiontrain.config.trust)."""
 
 
 class DivergedError(VisiontrainError):

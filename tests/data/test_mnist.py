@@ -184,7 +184,7 @@ def test_wrong_hash_is_refused_before_anything_is_unpickled(
     def no_unpickling(*args: object, **kwargs: object) -> None:
         raise AssertionError("unpickler built for a wheel that failed its hash check")
 
-    monkeypatch.setattr(mnist, "_NumpyOnlyUnpickler", no_unpickling)
+    monkeypatch.setattr(mnist, "load_array_pickle", no_unpickling)
     monkeypatch.setattr(pickle, "loads", no_unpickling)
     with pytest.raises(DataError, match="sha256"):
         mnist._read_wheel(wheel)  # the real hash is expected by default

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 import visiontrain
+from visiontrain.cli.output import print_train_result
 from visiontrain.config import DataConfig
 from visiontrain.data import build_data, load_source
 from visiontrain.data.sources import stratified_split
 from visiontrain.data.synthetic import SHAPES, make_shapes
 from visiontrain.errors import DataError
-from visiontrain.use.report import print_train_result
 
 ALPHABETICAL = sorted(SHAPES)  # what a folder tree of the shapes lists
 

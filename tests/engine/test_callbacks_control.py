@@ -31,7 +31,7 @@ from visiontrain.engine.resume import read_resume
 # ~2 s per epoch here and have nothing to do with stopping or resuming.
 LAUNCH = """
 import sys
-import visiontrain.runner as runner
+import visiontrain.trainer.wiring as runner
 from visiontrain.engine.callbacks import Callback
 
 class _NoPictures(Callback):
@@ -126,7 +126,7 @@ class _NoPictures(Callback):
 
 @pytest.fixture(autouse=True)
 def _no_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("visiontrain.runner.Pictures", _NoPictures)
+    monkeypatch.setattr("visiontrain.trainer.wiring.Pictures", _NoPictures)
 
 
 def _config(out: Path, name: str, **train: Any) -> dict[str, Any]:

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import visiontrain
+from visiontrain.checkpoint.format import FORMAT, load_weights, read_sidecar, save_checkpoint
 from visiontrain.data.synthetic import make_shapes
 from visiontrain.engine.callbacks import Callback
-from visiontrain.engine.checkpoint import FORMAT, load_weights, read_sidecar, save_checkpoint
 from visiontrain.errors import CheckpointError
 from visiontrain.models import ModelInput, create_model
 

@@ -30,7 +30,7 @@ import safetensors.torch
 import torch
 
 from visiontrain import faults
-from visiontrain.engine.checkpoint import load_weights, read_sidecar
+from visiontrain.checkpoint.format import load_weights, read_sidecar
 from visiontrain.engine.resume import read_resume
 from visiontrain.engine.timing import is_timing
 from visiontrain.errors import CheckpointError

@@ -20,10 +20,10 @@ import torch
 
 import visiontrain
 from visiontrain.config import TrainConfig
-from visiontrain.engine.build import seed_everything
 from visiontrain.engine.callbacks import Callback
 from visiontrain.engine.losses import class_weights
 from visiontrain.engine.precision import Precision
+from visiontrain.engine.setup import seed_everything
 from visiontrain.errors import ConfigError
 
 SMALL = {"train": 256, "val": 64, "test": 32, "size": 16}
@@ -37,7 +37,7 @@ class _NoPictures(Callback):
 @pytest.fixture(scope="module", autouse=True)
 def _no_pictures() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("visiontrain.runner.Pictures", _NoPictures)
+        mp.setattr("visiontrain.trainer.wiring.Pictures", _NoPictures)
         yield
 
 

@@ -35,15 +35,15 @@ import safetensors.torch
 import torch
 
 import visiontrain
+from visiontrain.checkpoint.format import load_weights, read_sidecar
 from visiontrain.engine.callbacks import Callback
-from visiontrain.engine.checkpoint import load_weights, read_sidecar
 from visiontrain.engine.resume import read_resume
 from visiontrain.engine.timing import is_timing
 from visiontrain.errors import CheckpointError
 
 LAUNCH = """
 import sys
-import visiontrain.runner as runner
+import visiontrain.trainer.wiring as runner
 from visiontrain.engine.callbacks import Callback
 
 class _NoPictures(Callback):
@@ -354,7 +354,7 @@ class _NoPictures(Callback):
 
 @pytest.fixture
 def no_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("visiontrain.runner.Pictures", _NoPictures)
+    monkeypatch.setattr("visiontrain.trainer.wiring.Pictures", _NoPictures)
 
 
 def _seeded(out: Path, name: str, seed: int) -> visiontrain.Run:

@@ -11,9 +11,9 @@ import torch
 import torchvision
 from torch import nn
 
+from visiontrain.checkpoint.weights import read_weights
 from visiontrain.models import ModelInput, create_model
 from visiontrain.models.partial import load_partial
-from visiontrain.models.statedict import read_weights
 
 
 def _ddp_file(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -69,7 +69,7 @@ def test_full_model_pickle_is_refused_in_one_line(tmp_path: Path, main_cli, one_
 
 
 def test_inspect_a_visiontrain_run_rebuilds_its_model(tmp_path: Path, main_cli) -> None:
-    from visiontrain.engine.checkpoint import save_checkpoint
+    from visiontrain.checkpoint.format import save_checkpoint
 
     model = create_model("lenet5", ModelInput(1, 28, 3))
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)

@@ -15,14 +15,14 @@ from visiontrain.engine.callbacks import Callback
 from visiontrain.engine.optim import SCHEDULES, build_optimizer
 from visiontrain.errors import ConfigError
 from visiontrain.models import ModelInput
-from visiontrain.models.build import build_model
+from visiontrain.models.assembly import build_model
 from visiontrain.models.surgery import is_locked, unfreeze
 
 
 @pytest.fixture(autouse=True)
 def _no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     """The end-of-run PNG plots take seconds per run here and are not what these tests check."""
-    pictures = pytest.importorskip("visiontrain.logging.pictures")
+    pictures = pytest.importorskip("visiontrain.watch.pictures")
     monkeypatch.setattr(pictures.Pictures, "on_epoch_end", lambda self, state: None)
     monkeypatch.setattr(pictures.Pictures, "on_fit_end", lambda self, state: None)
 

@@ -12,10 +12,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from visiontrain.checkpoint.weights import read_weights
 from visiontrain.errors import CheckpointError, ConfigError, ModelError
 from visiontrain.models import ModelInput, create_model
 from visiontrain.models.partial import load_partial
-from visiontrain.models.statedict import read_weights
 
 
 def _conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:

@@ -17,7 +17,7 @@ from visiontrain.data import Preprocessing
 from visiontrain.engine.callbacks import Callback
 from visiontrain.errors import ModelError
 from visiontrain.models import ModelInput
-from visiontrain.models.build import build_model, model_spec, rebuild_model
+from visiontrain.models.assembly import build_model, model_spec, rebuild_model
 from visiontrain.models.pretrained import hub_file
 
 WEIGHTS = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
@@ -95,7 +95,7 @@ class _Keep(Callback):
 
 
 def test_finetuned_checkpoint_loads_back_without_the_cache(torch_home: Path, tmp_path: Path, monkeypatch) -> None:
-    pictures = pytest.importorskip("visiontrain.logging.pictures")  # plots cost seconds and are not checked
+    pictures = pytest.importorskip("visiontrain.watch.pictures")  # plots cost seconds and are not checked
     monkeypatch.setattr(pictures.Pictures, "on_epoch_end", lambda self, state: None)
     monkeypatch.setattr(pictures.Pictures, "on_fit_end", lambda self, state: None)
     keep = _Keep()

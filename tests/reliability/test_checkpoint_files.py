@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import visiontrain
-from visiontrain.engine.validate import DTYPE_BYTES, check_safetensors
+from visiontrain.checkpoint.validate import DTYPE_BYTES, check_safetensors
+from visiontrain.checkpoint.weights import read_weights
 from visiontrain.errors import CheckpointError
 from visiontrain.models.doctor import inspect_weights
-from visiontrain.models.statedict import read_weights
 
 
 @pytest.fixture(scope="module")

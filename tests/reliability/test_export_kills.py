@@ -33,14 +33,14 @@ import torch
 import visiontrain
 from visiontrain.models import ModelInput, create_model
 from visiontrain.models.doctor import convert_to_safetensors
-from visiontrain.use import export_files
-from visiontrain.use.evaluation_report import write_report
-from visiontrain.use.export import FILE_NAMES, export, verify
-from visiontrain.use.exported import load_exported
+from visiontrain.use.export import files as export_files
+from visiontrain.use.export.runtime import load_exported
+from visiontrain.use.export.write import FILE_NAMES, export, verify
+from visiontrain.use.report import write_report
 
 WRITERS = ["onnx", "onnx-external", "torchscript", "pt2"]  # onnx-external: weights in a data file beside it
 _ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-_EXTERNAL = ("import sys; import visiontrain.use.export_files as f; f.INLINE_LIMIT = 0; "
+_EXTERNAL = ("import sys; import visiontrain.use.export.files as f; f.INLINE_LIMIT = 0; "
              "from visiontrain.cli import main; sys.exit(main(sys.argv[1:]))")
 
 

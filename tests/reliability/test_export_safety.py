@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from visiontrain.data.synthetic import make_shapes
-from visiontrain.use.export import export
-from visiontrain.use.exported import UntrustedExport, load_exported
+from visiontrain.use.export.runtime import UntrustedExport, load_exported
+from visiontrain.use.export.write import export
 from visiontrain.use.serve import build_app
 
 KINDS = ["sample-inputs-pickle", "weight-pickle", "constant-pickle", "guard-source", "shape-expression"]

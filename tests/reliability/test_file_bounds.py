@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 import visiontrain
+from visiontrain.checkpoint.format import save_checkpoint
 from visiontrain.config import DataConfig
 from visiontrain.data.manifest import manifest_source
 from visiontrain.data.synthetic import make_shapes
-from visiontrain.engine.checkpoint import save_checkpoint
 from visiontrain.errors import CheckpointError, DataError
 from visiontrain.limits import MAX_JSON_DEPTH
 from visiontrain.models import ModelInput, create_model

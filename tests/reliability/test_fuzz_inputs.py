@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import visiontrain.runner
+import visiontrain.trainer.training
+from visiontrain.checkpoint.format import save_checkpoint
 from visiontrain.cli import main as cli_main
 from visiontrain.config import ALIASES, RunConfig, keys, load_config, parse_override, read_yaml
 from visiontrain.data.manifest import manifest_source
 from visiontrain.data.synthetic import make_shapes
-from visiontrain.engine.checkpoint import save_checkpoint
 from visiontrain.errors import ConfigError, DataError, VisiontrainError
 from visiontrain.models import ModelInput, create_model
 from visiontrain.use.loading import load
@@ -144,8 +144,8 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def reached(*_args: Any, **_kw: Any) -> None:
         raise _Reached
 
-    monkeypatch.setattr(visiontrain.runner, "train", reached)
-    monkeypatch.setattr(visiontrain.runner, "find_lr", reached)
+    monkeypatch.setattr(visiontrain.trainer.training, "train", reached)
+    monkeypatch.setattr(visiontrain.trainer.training, "find_lr", reached)
 
 
 def test_train_flags_with_random_values_are_one_line_and_exit_2(no_training: None) -> None:

@@ -13,10 +13,10 @@ import safetensors.torch
 import torch
 
 import visiontrain
+from visiontrain.checkpoint.format import read_sidecar
 from visiontrain.data.loaders import FileDataset, FileLoader
 from visiontrain.data.sources import FileSplit
 from visiontrain.engine.callbacks import Callback
-from visiontrain.engine.checkpoint import read_sidecar
 from visiontrain.engine.resume import read_resume
 from visiontrain.errors import VisiontrainError
 from visiontrain.limits import WORKERS_PER_CORE, usable_cores

@@ -124,7 +124,7 @@ def test_trust_pickle_loads_a_whole_model_everywhere_with_a_warning(whole_model,
     assert info["tensors"] == len(model.state_dict())
     r = main_cli("checkpoint", "convert", path, "--to", "safetensors", "--trust-pickle")
     assert r.code == 0 and "warning: --trust-pickle" in r.err
-    converted = visiontrain.models.statedict.read_weights(tmp_path / "method1.safetensors")
+    converted = visiontrain.checkpoint.weights.read_weights(tmp_path / "method1.safetensors")
     assert all(torch.equal(converted.tensors[k], v) for k, v in model.state_dict().items())
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from visiontrain.checkpoint.format import read_sidecar
 from visiontrain.config import RunConfig
-from visiontrain.engine.checkpoint import read_sidecar
-from visiontrain.runner import make_run_dir
+from visiontrain.trainer.folders import make_run_dir
 
 TINY = ["--data", "synthetic", "--data-arg", "train=48", "--data-arg", "val=16", "--data-arg", "test=16",
         "--epochs", "1", "--batch-size", "16", "--quiet"]

@@ -21,8 +21,8 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from visiontrain.checkpoint.format import save_checkpoint
 from visiontrain.data.synthetic import make_shapes
-from visiontrain.engine.checkpoint import save_checkpoint
 from visiontrain.models import ModelInput, create_model
 from visiontrain.use.loading import load
 from visiontrain.use.serve import running_server

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import visiontrain
-from visiontrain.engine.checkpoint import read_sidecar
+from visiontrain.checkpoint.format import read_sidecar
 from visiontrain.engine.resume import read_resume
 from visiontrain.errors import VisiontrainError
 from visiontrain.fileio import atomic_write_bytes, storage_error
@@ -30,7 +30,7 @@ DRIVER = '''
 import resource, signal, subprocess, sys
 from pathlib import Path
 
-import visiontrain.runner as runner
+import visiontrain.trainer.training as runner
 from visiontrain.cli import main
 from visiontrain.engine.callbacks import Callback
 
@@ -172,12 +172,12 @@ def test_a_full_disk_at_fsync_keeps_the_old_file_and_leaves_no_temp(tmp_path: Pa
                                             (errno.EDQUOT, "Disk quota exceeded"), (errno.EFBIG, "File too large")])
 def test_storage_errors_raised_anywhere_in_a_command_are_one_line(code: int, text: str, monkeypatch, main_cli,
                                                                   one_line_error) -> None:
-    import visiontrain.runner
+    import visiontrain.trainer.training
 
     def boom(*_args: object, **_kw: object) -> None:
         raise OSError(code, os.strerror(code), "runs/x/metrics.jsonl")
 
-    monkeypatch.setattr(visiontrain.runner, "train", boom)
+    monkeypatch.setattr(visiontrain.trainer.training, "train", boom)
     one_line_error(main_cli("train", "--data", "synthetic"), "cannot write runs/x/metrics.jsonl", text,
                    "--resume RUN")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from visiontrain.use.evaluation_report import classification_metrics, reliability_bins, write_report
+from visiontrain.use.report import classification_metrics, reliability_bins, write_report
 
 CLASSES = ["a", "b", "c"]
 # Seven images; no confidence sits on a bin edge (multiples of 1/15), so the binning is unambiguous.

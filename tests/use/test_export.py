@@ -12,8 +12,8 @@ from PIL import Image
 
 import visiontrain
 from visiontrain.data.synthetic import make_shapes
-from visiontrain.use.export import ExportError, export
-from visiontrain.use.exported import META_KEY, load_exported
+from visiontrain.use.export.runtime import META_KEY, load_exported
+from visiontrain.use.export.write import ExportError, export
 
 FORMATS = ["onnx", "torchscript", "pt2"]
 
@@ -103,7 +103,7 @@ def test_files_without_visiontrain_metadata_are_refused(tmp_path: Path, main_cli
 @pytest.mark.parametrize("opset", ["1", "6", "24", "0", "-3"])
 def test_an_opset_the_exporter_cannot_write_is_refused_before_exporting(opset: str, tmp_path: Path, synthetic_run,
                                                                        main_cli, one_line_error) -> None:
-    from visiontrain.use.export_files import onnx_opsets
+    from visiontrain.use.export.files import onnx_opsets
 
     low, high = onnx_opsets()
     assert low <= 18 <= high  # torch 2.14: 7 to 23 (torch.onnx._constants); 18 is what it writes natively

@@ -9,7 +9,7 @@ import torch
 
 from visiontrain.data import Preprocessing
 from visiontrain.models import MODELS, ModelInput, create_model
-from visiontrain.use.export import export
+from visiontrain.use.export.write import export
 from visiontrain.use.loading import LoadedModel
 
 

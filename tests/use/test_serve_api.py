@@ -24,7 +24,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from visiontrain.data.synthetic import SHAPES, make_shapes
-from visiontrain.use.exported import load_model
+from visiontrain.use.export.runtime import load_model
 from visiontrain.use.serve import build_app, running_server
 from visiontrain.use.serve.app import Limits, create_app
 
@@ -217,7 +217,7 @@ def test_inference_does_not_block_the_event_loop_and_times_out(slow_server) -> N
 
 
 def test_serve_cli_with_an_onnx_export(synthetic_run, tmp_path: Path) -> None:
-    from visiontrain.use.export import export
+    from visiontrain.use.export.write import export
 
     onnx = export(synthetic_run.dir, "onnx", tmp_path).path
     env = {**os.environ, "VISIONTRAIN_SERVE_TOKEN": "from-the-environment"}  # not on the command line: ps shows that

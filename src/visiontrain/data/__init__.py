@@ -17,7 +17,7 @@ import torch
 
 from visiontrain.config import DataConfig
 from visiontrain.data import torchvision_sets  # noqa: F401  (registers cifar10, cifar100, fashion_mnist, kmnist)
-from visiontrain.data.loaders import BadImageLog, FileDataset, FileLoader, Loader, Normalizer, TensorLoader, printable
+from visiontrain.data.loaders import BadImageLog, FileDataset, FileLoader, Loader, Normalizer, TensorLoader
 from visiontrain.data.pipeline import (
     LoaderPlan,
     check_eval,
@@ -31,6 +31,8 @@ from visiontrain.data.sources import DATASETS, DESCRIPTIONS, DataSource, FileSpl
 from visiontrain.data.splits import split_json
 from visiontrain.data.transforms import Spec, resolve, split_normalize, tta_crops
 from visiontrain.errors import DataError
+from visiontrain.fileio import atomic_write_text
+from visiontrain.text import utf8_safe
 
 __all__ = ["DATASETS", "DESCRIPTIONS", "DataBundle", "FileDataset", "FileLoader", "FileSplit", "Normalizer",
            "Preprocessing", "TensorLoader", "TensorSplit", "build_data", "load_source"]
@@ -95,14 +97,12 @@ class DataBundle:
         if self.bad_images.entries:
             out["bad_images.txt"] = self.bad_images.text()
         if self.source.skipped_links:
-            out["skipped_links.txt"] = "".join("\t".join(map(printable, entry)) + "\n"
+            out["skipped_links.txt"] = "".join("\t".join(map(utf8_safe, entry)) + "\n"
                                                for entry in self.source.skipped_links)
         return out
 
     def write_artifacts(self, run_dir: str | Path) -> None:
         """Write :meth:`artifacts` into ``run_dir``; images found bad later (mid-epoch) are added as they come."""
-        from visiontrain.fileio import atomic_write_text
-
         folder = Path(run_dir)
         for name, text in self.artifacts().items():
             atomic_write_text(folder / name, text)

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-from visiontrain.data.loaders import printable
-from visiontrain.data.sources import DataSource, FileSplit, Split, TensorSplit
+from visiontrain.data.loaders import FileDataset
+from visiontrain.data.types import DataSource, FileSplit, Split, TensorSplit
+from visiontrain.text import printable, utf8_safe
 
 IMBALANCE_RATIO = 3.0  # warn when the largest class has this many times the images of the smallest
 _SHOW = 10  # duplicate groups shown in the text report (all of them are in --json)
@@ -33,10 +34,10 @@ def describe(source: DataSource) -> dict[str, Any]:
     report: dict[str, Any] = {
         "name": source.name, "task": source.task, "classes": source.classes, "channels": source.channels,
         "size": source.size, "splits": {name: _split_counts(split, source) for name, split in source.splits.items()},
-        "images": _image_kinds(source), "bad_images": [{"path": printable(p), "reason": printable(r)}
+        "images": _image_kinds(source), "bad_images": [{"path": utf8_safe(p), "reason": utf8_safe(r)}
                                                        for p, r in source.bad_images],
         "notes": list(source.notes),
-        "skipped_links": [{"link": printable(link), "target": printable(target), "reason": reason}
+        "skipped_links": [{"link": utf8_safe(link), "target": utf8_safe(target), "reason": reason}
                           for link, target, reason in source.skipped_links],
     }
     report["warnings"] = _imbalance(report["splits"].get("train", {}), source)
@@ -123,7 +124,7 @@ def _groups(entries: list[tuple[str, str, str]]) -> dict[str, list[list[str]]]:
     for members in groups.values():
         if len(members) < 2:
             continue
-        entry = [f"{split}: {printable(label)}" for split, label in members]
+        entry = [f"{split}: {utf8_safe(label)}" for split, label in members]
         (across if len({split for split, _ in members}) > 1 else within).append(entry)
     return {"within_split": within, "across_splits": across}
 
@@ -148,8 +149,6 @@ def _memory_digests(split: Split, name: str) -> list[tuple[str, str]]:
         images = split.images.contiguous()
         return [(f"{name}[{i}]", hashlib.blake2b(images[i].numpy().tobytes(), digest_size=16).hexdigest())
                 for i in range(len(split))]
-    from visiontrain.data.loaders import FileDataset
-
     dataset = FileDataset(split, 3, None)
     out = []
     for i in range(len(split)):
@@ -234,6 +233,5 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"… {len(report['skipped_links']) - _SHOW} more skipped links (--json lists all)")
     lines += [f"note: {n}" for n in report["notes"]]
     lines += [f"warning: {w}" for w in report["warnings"]]
-    from visiontrain.cli import printable  # class names are folder names and manifest labels: escape them
 
     return "\n".join(printable(line) for line in lines)

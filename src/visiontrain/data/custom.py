@@ -3,7 +3,7 @@
 ``--data mypkg.data:MyData --data-arg root=data/train`` imports ``MyData`` (a module on the path, run from
 the current folder, or a file: ``--data my_data.py:Mydata``) and builds it with the data args as keyword
 arguments. Importing runs that module's code: it is your code, named by you — never by a run's files (callers
-check a spec read from a file with :func:`visiontrain.trust.check_file_values` first). A class with a ``train``
+check a spec read from a file with :func:`visiontrain.config.trust.check_file_values` first). A class with a ``train``
 parameter gives a train split (``train=True``) and a test split (``train=False``).
 
 Items are ``(image, label)``: the image a PIL image, a [C,H,W] tensor (float in [0, 1] or uint8) or an
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from visiontrain.config import DataConfig
-from visiontrain.data.sources import DataSource, ItemSplit, Split
+from visiontrain.data.types import DataSource, ItemSplit, Split
 from visiontrain.errors import DataError
 from visiontrain.limits import MAX_CLASSES
 

@@ -18,7 +18,7 @@ from visiontrain.config import DataConfig
 from visiontrain.data.images import is_image_file
 from visiontrain.data.links import LinkRules
 from visiontrain.data.scan import natural_shape, scan_files, skipped_note
-from visiontrain.data.sources import DataSource, FileSplit, Split
+from visiontrain.data.types import DataSource, FileSplit, Split
 from visiontrain.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

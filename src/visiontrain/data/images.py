@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from visiontrain.data.transforms import adapt_channels
 from visiontrain.errors import ImageError
 
 _EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -181,8 +182,6 @@ def item_to_tensor(image: object, channels: int, name: str) -> torch.Tensor:
     if x.shape[0] not in (1, 3):
         raise ImageError(name, f"the Dataset returned a {x.shape[0]}-channel image", "return 1 or 3 channels")
     if x.shape[0] != channels:
-        from visiontrain.data.transforms import adapt_channels  # deferred: transforms imports torchvision
-
         x = adapt_channels(x, channels)
     return x.contiguous()
 

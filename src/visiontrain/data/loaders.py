@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from visiontrain.data.augment import BatchPipeline, one_thread
 from visiontrain.data.guard import DEFAULT_ITEM_TIMEOUT_S, item_deadline, loader_errors
 from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, item_to_tensor, open_image
-from visiontrain.data.sources import FileSplit, ItemSplit, TensorSplit
 from visiontrain.data.transforms import adapt_channels
+from visiontrain.data.types import FileSplit, ItemSplit, TensorSplit
 from visiontrain.errors import DataError, VisiontrainError
 from visiontrain.limits import cap_workers
+from visiontrain.text import utf8_safe
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -79,16 +80,11 @@ class BadImageLog:
             self._on_change()
 
     def text(self) -> str:
-        lines = [f"{printable(path)}\t{printable(reason)}" for path, reason in self.entries]
+        lines = [f"{utf8_safe(path)}\t{utf8_safe(reason)}" for path, reason in self.entries]
         return "".join(line + "\n" for line in lines)
 
     def on_change(self, callback: Callable[[], None]) -> None:
         self._on_change = callback
-
-
-def printable(text: str) -> str:
-    """``text`` safe to write as UTF-8 even when a file name holds undecodable bytes (shown as \\xNN)."""
-    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class TensorLoader:

@@ -25,7 +25,7 @@ import torch
 
 from visiontrain.config import DataConfig
 from visiontrain.data.scan import natural_shape, scan_files, skipped_note
-from visiontrain.data.sources import DataSource, FileSplit, Split
+from visiontrain.data.types import DataSource, FileSplit, Split
 from visiontrain.errors import DataError
 from visiontrain.limits import MAX_CLASSES, MAX_MANIFEST_BYTES, parse_json, read_capped
 

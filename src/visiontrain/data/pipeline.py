@@ -29,9 +29,9 @@ from visiontrain.data.loaders import (
     InMemory,
     Loader,
     TensorLoader,
+    collate_marked,
     decode_to_memory,
 )
-from visiontrain.data.sources import FileSplit, ItemSplit, Split, TensorSplit, channel_stats
 from visiontrain.data.transforms import (
     DETERMINISTIC,
     Spec,
@@ -40,7 +40,9 @@ from visiontrain.data.transforms import (
     is_deterministic,
     margin_size,
 )
+from visiontrain.data.types import FileSplit, ItemSplit, Split, TensorSplit, channel_stats
 from visiontrain.errors import ConfigError
+from visiontrain.limits import cap_workers
 
 _CACHE_WORKERS_FROM = 1000  # images: below this, worker start-up costs more than it saves
 
@@ -165,9 +167,6 @@ def sample_stats(split: Split, channels: int, limit: int = 500, seed: int = 0, m
     resolution) and summed image by image, whole images, no crop.
     """
     from torch.utils.data import DataLoader
-
-    from visiontrain.data.loaders import FileDataset, collate_marked
-    from visiontrain.limits import cap_workers
 
     if isinstance(split, TensorSplit):
         images = adapt_channels(split.images, channels) if split.images.shape[1] != channels else split.images

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from visiontrain.data.images import ImageInfo, probe_image
-from visiontrain.data.sources import FileSplit
+from visiontrain.data.types import FileSplit
 from visiontrain.errors import DataError, ImageError
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+from visiontrain.fileio import atomic_write_bytes
+
 _MIN_TILE = 96  # small images (MNIST's 28 px) are enlarged, pixel for pixel, to at least this side
 _STRIP = 16  # label strip height under each image, in pixels
 
@@ -60,9 +62,7 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | Image
 
 def save_grid(images: torch.Tensor, labels: list[str], out: Path, name: str, tag: str) -> tuple[Path, Path]:
     """Write ``<out>/<name>.png`` and the same images (plus the labelled grid) as TensorBoard events in ``out``."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    from visiontrain.fileio import atomic_write_bytes
+    from torch.utils.tensorboard import SummaryWriter  # heavy: only when a grid is written
 
     out.mkdir(parents=True, exist_ok=True)
     grid = labelled_grid(images, labels)

@@ -14,8 +14,6 @@ The MNIST-style sets are IDX files (no pickle); ``.gz`` copies are unpacked next
 from __future__ import annotations
 
 import gzip
-import io
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,9 +24,10 @@ import torchvision.datasets as tvd
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 from visiontrain.config import DataConfig
-from visiontrain.data.mnist import _ALLOWED_GLOBALS, _atomic_write
-from visiontrain.data.sources import DataSource, Split, TensorSplit, register_dataset
+from visiontrain.data.arrays import load_array_pickle
+from visiontrain.data.types import DataSource, Split, TensorSplit, register_dataset
 from visiontrain.errors import DataError
+from visiontrain.fileio import atomic_write_bytes
 
 # Published per-channel statistics (normalize: auto); `normalize: dataset` computes them instead.
 STATS = {
@@ -39,16 +38,6 @@ STATS = {
 }
 
 
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Builds builtin containers and numpy arrays only: any other global (os.system, eval…) is refused."""
-
-    def find_class(self, module: str, name: str) -> object:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"forbidden global {module}.{name}") from None
-
-
 def safe_unpickle(path: Path) -> Any:
     """Read a CIFAR pickle (written by Python 2) without ever running code from it."""
     try:
@@ -56,7 +45,7 @@ def safe_unpickle(path: Path) -> Any:
     except OSError as exc:
         raise DataError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     try:
-        return _ArraysOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+        return load_array_pickle(data)
     except Exception as exc:  # safe to catch broadly: only numpy code can have run, and the file is bad
         raise DataError(f"{path}: not a readable CIFAR batch file ({type(exc).__name__}: {exc}); delete the "
                         "folder and download again, or copy the original files") from None
@@ -152,7 +141,7 @@ def _gunzip_missing(raw: Path, names: list[str]) -> None:
         archive = raw / Path(name).name
         if not target.exists() and archive.is_file():
             try:
-                _atomic_write(target, [gzip.decompress(archive.read_bytes())])
+                atomic_write_bytes(target, gzip.decompress(archive.read_bytes()))
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
                 raise DataError(f"{archive}: not a readable .gz file ({exc}); copy it again") from None
 

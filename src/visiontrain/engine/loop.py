@@ -18,10 +18,10 @@ from collections.abc import Callable
 
 import torch
 
+from visiontrain.checkpoint.format import raw_model
 from visiontrain.data import Normalizer
 from visiontrain.data.loaders import Loader
 from visiontrain.engine.callbacks import Callbacks, StopTraining
-from visiontrain.engine.checkpoint import _unwrap
 from visiontrain.engine.metrics import evaluate_batches, headline
 from visiontrain.engine.saver import monitor_key
 from visiontrain.engine.state import TrainState
@@ -44,7 +44,7 @@ def fit(state: TrainState, loaders: dict[str, Loader], callbacks: Callbacks) -> 
             metrics = {f"train/{k}": v for k, v in train_one_epoch(state, loaders["train"], prepare,
                                                                    callbacks).items()}
             if state.eval_loader is not None:
-                full = evaluate_batches(_unwrap(state.model), state.eval_loader, prepare, state.device,
+                full = evaluate_batches(raw_model(state.model), state.eval_loader, prepare, state.device,
                                         len(state.classes), mistakes=MISTAKES_SHOWN, task=state.task,
                                         reduce=state.dist.reducer())
                 metrics.update({f"{state.eval_split}/{k}": v for k, v in headline(full).items()})

@@ -8,6 +8,7 @@ per-sample results, kept on the device until :meth:`compute`, so the figures are
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -159,3 +160,9 @@ def headline(metrics: dict) -> dict[str, float]:
 
 
 HEADLINE = ("accuracy", "loss", "top5", "mae", "rmse")
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Only the plain numbers of an epoch's metrics (no confusion matrices, no private keys)."""
+    return {k: v for k, v in metrics.items() if not k.startswith("_") and "/_" not in k
+            and isinstance(v, int | float)}

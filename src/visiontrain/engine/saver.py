@@ -16,14 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from visiontrain.checkpoint.format import save_checkpoint
 from visiontrain.engine.callbacks import Callback, Callbacks
-from visiontrain.engine.checkpoint import save_checkpoint
-from visiontrain.engine.metrics import HEADLINE
+from visiontrain.engine.metrics import HEADLINE, scalar_metrics
 from visiontrain.engine.resume import save_resume
 from visiontrain.engine.state import TrainState
 from visiontrain.faults import fault_point
-from visiontrain.logging.files import scalar_metrics
-from visiontrain.models.build import model_spec
+from visiontrain.models.assembly import model_spec
 
 
 def checkpoint_meta(state: TrainState) -> dict[str, Any]:

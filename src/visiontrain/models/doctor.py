@@ -22,9 +22,13 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from visiontrain.checkpoint.validate import check_safetensors_file
+from visiontrain.checkpoint.weights import WeightsFile
 from visiontrain.errors import CheckpointError, TrustError, VisiontrainError
 from visiontrain.fileio import remove_dead_temps, replace_together
-from visiontrain.models.statedict import WeightsFile, read_weights
+from visiontrain.models.factory import ModelInput
+from visiontrain.models.rebuild import read_model_weights, rebuild_model
+from visiontrain.models.zoo import fitting_models, on_meta
 
 WEIGHTS_FORMAT = "visiontrain.weights"
 _META_FIELDS = ("epoch", "step", "monitor", "created")
@@ -36,7 +40,7 @@ def inspect_weights(path: str | Path, find_models: bool = True, trust_pickle: bo
     >>> inspect_weights("resnet18.pth")["fits"][0]  # doctest: +SKIP
     {'name': 'resnet18', 'exact': True, 'classes': 1000, 'channels': 3, 'shapes_differ': 0}
     """
-    w = read_weights(path, trust_pickle=trust_pickle)
+    w = read_model_weights(path, trust_pickle=trust_pickle)
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in w.tensors.values())
     info: dict[str, Any] = {
         "file": str(w.path), "format": w.format, "nested_in": w.nested_in, "stripped_prefixes": w.stripped,
@@ -48,7 +52,6 @@ def inspect_weights(path: str | Path, find_models: bool = True, trust_pickle: bo
     if w.metadata.get("format") == "visiontrain.checkpoint":
         info["own_model"] = _own_model_fits(w)
     if find_models and not info.get("own_model", {}).get("fits"):
-        from visiontrain.models.zoo import fitting_models
 
         info["fits"] = fitting_models(w.tensors)
     return info
@@ -66,9 +69,6 @@ def _metadata(w: WeightsFile) -> dict[str, Any]:
 
 def _own_model_fits(w: WeightsFile) -> dict[str, Any]:
     """Rebuild the model the sidecar names and compare: the check ``visiontrain.load`` would make."""
-    from visiontrain.models.build import rebuild_model
-    from visiontrain.models.factory import ModelInput
-    from visiontrain.models.zoo import on_meta
 
     meta = w.metadata
     try:
@@ -94,7 +94,7 @@ def convert_to_safetensors(path: str | Path, out: str | Path | None = None, forc
     'ddp_model.safetensors'
     """
     src = Path(path)
-    w = read_weights(src, trust_pickle=trust_pickle)
+    w = read_model_weights(src, trust_pickle=trust_pickle)
     if w.format != "pytorch":
         raise CheckpointError(f"{src} is already {w.format}; only PyTorch state_dict files (.pth/.pt) need "
                               "converting")
@@ -109,7 +109,6 @@ def convert_to_safetensors(path: str | Path, out: str | Path | None = None, forc
     # the key order is kept in the metadata: safetensors sorts tensors, and --init-match order needs it
     metadata = {"format": WEIGHTS_FORMAT, "source": src.name, "order": json.dumps(list(tensors))}
     blob = safetensors.torch.save(tensors, metadata=metadata)
-    from visiontrain.models.zoo import fitting_models
 
     sidecar = {
         "format": WEIGHTS_FORMAT, "format_version": 1, "source": str(src),
@@ -128,7 +127,6 @@ def _unfinished(target: Path) -> bool:
     """A converted .safetensors whose sidecar never got renamed in: a conversion a killed process left."""
     if target.with_suffix(".json").exists():
         return False
-    from visiontrain.engine.validate import check_safetensors_file  # lazy: engine/ imports models/
 
     try:
         check_safetensors_file(target)  # the header is sound before the library reads it

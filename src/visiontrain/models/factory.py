@@ -10,54 +10,21 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from torch import nn
 
+from visiontrain.config.trust import check_builder_args
 from visiontrain.errors import ModelError
-from visiontrain.registry import Registry
-from visiontrain.trust import check_builder_args
+from visiontrain.models import timm_models, torchvision_models
+from visiontrain.models.entry import MODELS, ModelEntry, ModelInput, register_model
+from visiontrain.models.surgery import adapt_input_channels
 
-
-@dataclass(frozen=True)
-class ModelInput:
-    """What a model must accept and produce."""
-
-    channels: int
-    size: int  # square side in pixels
-    num_classes: int
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    builder: Callable[..., nn.Module]  # builder(inp: ModelInput, **args) -> nn.Module
-    description: str
-    source: str = "visiontrain"
-    channels: int | None = None  # the input channels the net is designed for, None = any
-    default_size: int | None = None  # preferred input side, None = the dataset's own
-    min_size: int = 8
-    # A fixed-channel net built for other channels gets its stem conv adapted (gray: RGB weights summed)
-    # instead of an error. The data pipeline still feeds `channels` unless the config asks otherwise.
-    adapt_channels: bool = False
-
-
-MODELS: Registry[ModelEntry] = Registry("model", ModelError)
-
-
-def register_model(name: str, description: str, **kwargs: object) -> Callable:
-    """Decorator for a builder ``fn(inp: ModelInput, **args) -> nn.Module``."""
-
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS.register(name, ModelEntry(fn, description, **kwargs))  # type: ignore[arg-type]
-        return fn
-
-    return wrap
+__all__ = ["MODELS", "ModelEntry", "ModelInput", "count_parameters", "create_model", "get_entry", "register_model"]
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for a name, including torchvision classifiers and ``timm/<name>``."""
-    from visiontrain.models import timm_models, torchvision_models  # lazy: keeps `import visiontrain` fast
-
     if name in MODELS:
         return MODELS.get(name)
     entry = timm_models.entry(name) if name.startswith("timm/") else torchvision_models.entry(name)
@@ -89,8 +56,6 @@ def create_model(name: str, inp: ModelInput, args: dict | None = None) -> nn.Mod
         raise ModelError(f"model {name!r} cannot be built with args {args} for {inp.channels}x{inp.size}x"
                          f"{inp.size} input: {exc}") from exc
     if adapt:
-        from visiontrain.models.surgery import adapt_input_channels
-
         adapt_input_channels(model, inp.channels)
     return model
 

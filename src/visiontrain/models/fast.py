@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from visiontrain.models.factory import ModelInput, register_model
+from visiontrain.models.entry import ModelInput, register_model
 
 
 def _stage(cin: int, cout: int, kernel: int, padding: int) -> list[nn.Module]:

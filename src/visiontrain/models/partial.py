@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from visiontrain.checkpoint.weights import WRAPPER_PREFIXES
 from visiontrain.errors import ConfigError, ModelError
-from visiontrain.models.statedict import WRAPPER_PREFIXES
 
 MATCHES = ("name", "order")
 _COUNTER = "num_batches_tracked"

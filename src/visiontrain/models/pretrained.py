@@ -7,7 +7,7 @@ file, the folder to put it in, and the URL to fetch it from. ``--pretrained FILE
 file, a state_dict ``.pth`` (``weights_only``) or a visiontrain run, for any model.
 
 The weights are loaded strictly into the architecture they were made for (its class count read from the
-weights), then the input stem and the head are adapted to the data by :mod:`visiontrain.models.build`.
+weights), then the input stem and the head are adapted to the data by :mod:`visiontrain.models.assembly`.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from torch import nn
 from visiontrain.errors import CheckpointError, ModelError
 from visiontrain.models.factory import ModelInput, create_model, get_entry
 from visiontrain.models.partial import load_partial
-from visiontrain.models.statedict import read_weights
+from visiontrain.models.rebuild import read_model_weights
 from visiontrain.models.surgery import adapt_input_channels, find_head, find_stem
+from visiontrain.models.zoo import on_meta  # shapes only: no memory, no time
 
 _FILE_SUFFIXES = {".pth", ".pt", ".bin", ".tar", ".ckpt", ".safetensors", ".json", ".pkl"}
 # Builder arguments torchvision sets when it loads these weights itself (they change the forward pass).
-_IMPLIED_ARGS = {"inception_v3": {"transform_input": True}, "googlenet": {"transform_input": True}}
+IMPLIED_ARGS = {"inception_v3": {"transform_input": True}, "googlenet": {"transform_input": True}}
 # Auxiliary heads in the published files that visiontrain builds without (see torchvision_models).
 _AUX_PREFIXES = {"inception_v3": ("AuxLogits.",), "googlenet": ("aux1.", "aux2.")}
 # Old DenseNet files name 'norm.1' what the module now calls 'norm1' (torchvision fixes it the same way).
@@ -101,7 +102,7 @@ def _from_enum(name: str, args: dict, inp: ModelInput, value: str) -> Pretrained
     except Exception as exc:  # a truncated download looks like many kinds of error
         raise CheckpointError(f"{path}: cannot read these cached weights ({type(exc).__name__}); delete the file "
                               f"and fetch it again from {weights.url}") from None
-    implied = dict(_IMPLIED_ARGS.get(name, {})) if inp.channels == 3 else {}
+    implied = dict(IMPLIED_ARGS.get(name, {})) if inp.channels == 3 else {}
     transforms = weights.transforms()
     crop = getattr(transforms, "crop_size", None)
     described = f"{type(weights).__name__}.{weights.name}" + (f" (made for {crop[0]} px)" if crop else "")
@@ -113,7 +114,7 @@ def _from_enum(name: str, args: dict, inp: ModelInput, value: str) -> Pretrained
 
 
 def _from_file(name: str, args: dict, inp: ModelInput, path: Path, trust_pickle: bool = False) -> Pretrained:
-    weights = read_weights(path, trust_pickle=trust_pickle)
+    weights = read_model_weights(path, trust_pickle=trust_pickle)
     tensors = weights.tensors
     probe = _probe(name, args, inp)
     head_key = find_head(probe, inp.num_classes) + ".weight"
@@ -128,8 +129,6 @@ def _from_file(name: str, args: dict, inp: ModelInput, path: Path, trust_pickle:
 
 
 def _probe(name: str, args: dict, inp: ModelInput) -> nn.Module:
-    from visiontrain.models.zoo import on_meta  # shapes only: no memory, no time
-
     with on_meta():
         return create_model(name, inp, args)
 

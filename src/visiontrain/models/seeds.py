@@ -11,7 +11,7 @@ import itertools
 import torch
 from torch import nn
 
-from visiontrain.models.factory import ModelInput, register_model
+from visiontrain.models.entry import ModelInput, register_model
 
 
 def _flat_features(features: nn.Module, inp: ModelInput) -> int:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from visiontrain.errors import ModelError
-from visiontrain.models.factory import ModelEntry, ModelInput
+from visiontrain.models.entry import ModelEntry, ModelInput
 
 
 def _timm():

@@ -13,7 +13,7 @@ import re
 import torchvision
 from torch import nn
 
-from visiontrain.models.factory import ModelEntry, ModelInput
+from visiontrain.models.entry import ModelEntry, ModelInput
 
 # Classifiers that need more than the generic 32 px to get through their downsampling.
 _MIN_SIZE = {"inception_v3": 75, "googlenet": 32, "alexnet": 63, "maxvit_t": 224}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from visiontrain.models.factory import ModelInput, register_model
+from visiontrain.models.entry import ModelInput, register_model
 
 _CONFIGS: dict[str, list[int | str]] = {
     "small": [64, "M", 128, "M", 256, 256, "M"],

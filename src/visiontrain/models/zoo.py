@@ -16,7 +16,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from visiontrain.models import timm_models
 from visiontrain.models.factory import MODELS, ModelInput, count_parameters, create_model, get_entry
+from visiontrain.models.torchvision_models import classifier_names, family
 
 # Factories whose results become parameters and buffers. Others (arange, tensor …) stay on the CPU so
 # builders that compute layer widths with tensor maths (RegNet) still get real numbers.
@@ -59,9 +61,6 @@ def on_meta() -> Iterator[None]:
 
 def all_names(pattern: str = "*", include_all: bool = False) -> list[str]:
     """Built-in names, plus torchvision classifiers with ``include_all``, plus ``timm/…`` for a timm glob."""
-    from visiontrain.models import timm_models
-    from visiontrain.models.torchvision_models import classifier_names
-
     names = list(MODELS) + (list(classifier_names()) if include_all else [])
     if pattern.startswith("timm/"):
         names = timm_models.names(pattern.removeprefix("timm/"))
@@ -155,8 +154,6 @@ def fitting_models(tensors: dict[str, torch.Tensor], limit: int = 5) -> list[dic
 def _candidates(keys: set[str], channels: int, classes: int) -> list[str]:
     """Built-in names, and the torchvision families whose first member shares most of the file's names
     (one probe per family instead of building all 80 classifiers)."""
-    from visiontrain.models.torchvision_models import classifier_names, family
-
     families: dict[str, list[str]] = {}
     for name in classifier_names():
         families.setdefault(family(name), []).append(name)

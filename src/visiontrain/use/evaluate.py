@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from visiontrain.config import DataConfig, load_config
+from visiontrain.config.trust import check_file_values
 from visiontrain.data import build_data
 from visiontrain.engine.metrics import evaluate_batches
-from visiontrain.engine.validate import check_batch_memory
 from visiontrain.errors import DataError
-from visiontrain.trust import check_file_values
+from visiontrain.models.checks import check_batch_memory
 from visiontrain.use.loading import LoadedModel, load
 from visiontrain.use.tta import TTAModel, check_tta
 
@@ -26,11 +26,11 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
     """Evaluate a checkpoint on a split of its own dataset (or of ``data``, with the same classes).
 
     A dataset the checkpoint names as ``module:Class`` is not imported from its sidecar unless ``trust_code`` or
-    ``data`` names it (see :mod:`visiontrain.trust`): a file never decides what code runs.
+    ``data`` names it (see :mod:`visiontrain.config.trust`): a file never decides what code runs.
 
     ``tta`` averages the probabilities of flipped or five-cropped views (see :mod:`visiontrain.use.tta`);
     ``mistakes=k`` adds the k most confident wrong predictions; ``outputs=True`` adds every image's
-    ``probabilities`` [N, K] and ``targets`` [N] as tensors (what :mod:`~visiontrain.use.evaluation_report` needs).
+    ``probabilities`` [N, K] and ``targets`` [N] as tensors (what :mod:`~visiontrain.use.report` needs).
 
     >>> r = visiontrain.evaluate("runs/mnist-demo", split="test")  # doctest: +SKIP
     >>> round(r["accuracy"], 3), len(r["confusion"])  # doctest: +SKIP

@@ -13,16 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from visiontrain.checkpoint.format import load_into, load_weights, read_sidecar, resolve_checkpoint
+from visiontrain.config.trust import check_file_values
 from visiontrain.data import Preprocessing
 from visiontrain.data.transforms import build_transforms
-from visiontrain.engine.checkpoint import load_into, load_weights, read_sidecar
-from visiontrain.engine.validate import check_head, check_model_budget
+from visiontrain.engine.setup import resolve_device
 from visiontrain.errors import CheckpointError, TrustError, VisiontrainError
 from visiontrain.models import ModelInput
-from visiontrain.models.build import rebuild_model
-from visiontrain.trust import check_file_values
-
-_PICKLE_SUFFIXES = {".pth", ".pt", ".pkl", ".pickle", ".tar", ".ckpt", ".bin"}
+from visiontrain.models.checks import check_head, check_model_budget
+from visiontrain.models.rebuild import rebuild_model
 
 
 class UsableModel:
@@ -64,39 +63,11 @@ class LoadedModel(UsableModel):
         return self.model(x)
 
 
-def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """A run folder, a checkpoints folder, a ``.json`` sidecar or a ``.safetensors`` file → the sidecar."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p} does not exist; pass a run folder (e.g. runs/<name>) or a checkpoint "
-                              "file (runs/<name>/checkpoints/best.json)")
-    if p.is_dir():
-        for candidate in (p / "checkpoints" / f"{which}.json", p / f"{which}.json",
-                          p / "checkpoints" / "last.json", p / "last.json"):
-            if candidate.is_file():
-                return candidate
-        raise CheckpointError(f"{p} holds no checkpoint (no checkpoints/{which}.json); did its training "
-                              "finish an epoch? pass another run folder")
-    if p.suffix == ".safetensors":
-        return p.with_suffix(".json")
-    if p.suffix in _PICKLE_SUFFIXES:
-        raise CheckpointError(f"{p} is a PyTorch pickle/state_dict file, not a visiontrain checkpoint; "
-                              "visiontrain loads safetensors + JSON checkpoints (a run folder or its "
-                              "checkpoints/best.json)")
-    return p
-
-
-def resolve_device(name: str) -> torch.device:
-    from visiontrain.runner import resolve_device as _resolve
-
-    return _resolve(name)
-
-
 def load(path: str | Path, device: str = "auto", which: str = "best", *, trust_code: bool = False) -> LoadedModel:
     """Load a checkpoint for prediction or evaluation.
 
     The sidecar's model must be one visiontrain builds by name, with plain arguments; ``trust_code`` is for
-    what :mod:`visiontrain.trust` lets only the user allow (today nothing in a sidecar's model entry needs it).
+    what :mod:`visiontrain.config.trust` lets only the user allow (today nothing in a sidecar's model entry needs it).
 
     >>> m = visiontrain.load("runs/mnist-small_cnn-20261121-120000")  # doctest: +SKIP
     >>> m.classes[:3]  # doctest: +SKIP

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from visiontrain.data.images import image_to_tensor, is_image_file, open_image
-from visiontrain.engine.validate import check_batch_memory
 from visiontrain.errors import ConfigError, DataError, ImageError
 from visiontrain.fileio import atomic_write_text
-from visiontrain.use.exported import ExportedModel, load_model
+from visiontrain.models.checks import check_batch_memory
+from visiontrain.use.export.runtime import ExportedModel, load_model
 from visiontrain.use.loading import LoadedModel
 from visiontrain.use.tta import check_tta, tta_logits
 

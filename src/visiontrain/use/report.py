@@ -1,85 +1,192 @@
-"""Human-readable output for the CLI: the end of a training run, evaluations, predictions, tables."""
+"""``visiontrain evaluate RUN --report DIR``: the metrics and pictures a person reads before trusting a model.
+
+From every image's probabilities and true class: top-1/top-5, per-class precision/recall/F1 with support,
+their macro and support-weighted averages (torchmetrics), the confusion matrix as counts and row-normalized,
+the expected calibration error with a reliability diagram, and the most confident mistakes as an image grid.
+Written as ``report.md`` (for people) and ``report.json`` (for programs) beside the PNG files, together
+(:func:`~visiontrain.fileio.replace_together`): ``report.json`` is the mark of a whole report — deleted first,
+renamed in last — so a folder with a ``report.json`` holds one report's files, never a mix of two; a folder
+without one is a report a killed process did not finish (the next run rewrites it and deletes its temps).
+
+>>> r = visiontrain.evaluate("runs/demo", outputs=True, mistakes=16)  # doctest: +SKIP
+>>> write_report(r, "report/")["macro"]["f1"]  # doctest: +SKIP
+0.987
+"""
 
 from __future__ import annotations
 
-import shlex
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from visiontrain.cli import printable
-from visiontrain.logging.console import describe, percent
+import torch
+
+from visiontrain.fileio import remove_dead_temps, replace_together
+
+N_BINS = 15  # calibration bins over [0, 1], the usual choice (Guo et al. 2017)
+FILES = {"confusion": "confusion.png", "confusion_counts": "confusion_counts.png",
+         "reliability": "reliability.png", "mistakes": "mistakes.png", "markdown": "report.md", "json": "report.json"}
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """Rows as aligned columns; every cell escaped (a class name or run name from a file may hold an escape
-    sequence that would otherwise act on the terminal)."""
-    cells = [[printable(str(r.get(c, ""))) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+def classification_metrics(probabilities: torch.Tensor, targets: torch.Tensor, classes: Sequence[str],
+                           n_bins: int = N_BINS) -> dict[str, Any]:
+    """Metrics of probabilities [N, K] against true indices [N] (torchmetrics does the counting).
+
+    ``macro`` is the plain mean over classes that occur in the targets or the predictions; ``weighted``
+    weighs each class by its support (its number of true images).
+    """
+    import torchmetrics.functional.classification as tm  # deferred: importing it takes a moment
+    k = len(classes)
+    probs, target = probabilities.double(), targets.long()
+    per = {name: [_f(v) for v in fn(probs, target, k, average=None).tolist()] for name, fn in (
+        ("precision", tm.multiclass_precision), ("recall", tm.multiclass_recall), ("f1", tm.multiclass_f1_score))}
+    support = torch.bincount(target, minlength=k).tolist()
+    averages = {avg: {name: _f(fn(probs, target, k, average=avg)) for name, fn in (
+        ("precision", tm.multiclass_precision), ("recall", tm.multiclass_recall),
+        ("f1", tm.multiclass_f1_score))} for avg in ("macro", "weighted")}
+    confidence, predicted = probs.max(dim=1)
+    return {
+        "count": len(target),
+        "accuracy": _f(tm.multiclass_accuracy(probs, target, k, average="micro")),
+        "top5": _f(tm.multiclass_accuracy(probs, target, k, average="micro", top_k=min(5, k))),
+        **averages,
+        "per_class": [{"class": c, "precision": per["precision"][i], "recall": per["recall"][i],
+                       "f1": per["f1"][i], "support": support[i]} for i, c in enumerate(classes)],
+        "calibration": {
+            "ece": _f(tm.multiclass_calibration_error(probs, target, k, n_bins=n_bins, norm="l1")),
+            "n_bins": n_bins,
+            "mean_confidence": _f(confidence.mean()),
+            "bins": reliability_bins(confidence, predicted == target, n_bins),
+        },
+    }
 
 
-def print_train_result(run: Any) -> None:
-    s = run.summary
-    best = s.get("best") or {}
-    lines = [f"done in {s['wall_time_s']:.1f} s: {s['epochs_completed']} epochs on {s['device']}"]
-    run_dir = Path(s["run_dir"])
-    if s.get("stop_reason"):
-        lines[0] += f" (stopped: {s['stop_reason']})"
-        if "interrupted" in s["stop_reason"]:
-            lines.append(f"resume with: visiontrain train --resume {shlex.quote(str(run_dir))}")
-    if best:
-        lines.append(f"best {best.get('split', 'val')}: {describe(best)} (epoch {best['epoch']})")
-    if "test" in s:
-        lines.append(f"test:     {describe(s['test'])} (best checkpoint)")
-    lines += [
-        f"run folder:   {run_dir}",
-        f"checkpoints:  {run_dir / 'checkpoints'}/best.safetensors (+ .json), last.safetensors",
-        f"watch it:     tensorboard --logdir {shlex.quote(str(run_dir.parent))}",
-    ]
-    samples = sorted(p for p in (run_dir / "samples").glob("*") if p.is_file())  # copies keep their .jpg etc.
-    target = shlex.quote(str(samples[0])) if samples else "IMAGE.png"
-    lines.append(f"try it:       visiontrain predict {shlex.quote(str(run_dir))} {target}")
-    print("\n".join(lines))
+def reliability_bins(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int = N_BINS) -> list[dict[str, Any]]:
+    """Per equal-width confidence bin [lower, upper): count, mean confidence, accuracy (the top bin is closed)."""
+    index = (confidence.double() * n_bins).floor().long().clamp(0, n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        member = index == b
+        count = int(member.sum())
+        bins.append({"lower": b / n_bins, "upper": (b + 1) / n_bins, "count": count,
+                     "confidence": _f(confidence[member].double().mean()) if count else None,
+                     "accuracy": _f(correct[member].double().mean()) if count else None})
+    return bins
 
 
-def print_evaluation(r: dict[str, Any]) -> None:
-    print(printable(f"{r['checkpoint']} on {r['data']} [{r['split']}], {r['count']:,} images"))
-    print(f"accuracy {percent(r['accuracy'])}   top5 {percent(r['top5'])}   loss {r['loss']:.4f}")
-    classes, confusion = r["classes"], r["confusion"]
-    print("\nper-class accuracy:")
-    print_table([{"class": c, "accuracy": percent(a) if a == a else "n/a", "support": sum(row)}
-                 for c, a, row in zip(classes, r["per_class_accuracy"], confusion, strict=True)],
-                ["class", "accuracy", "support"])
-    if len(classes) > 20:
-        print(f"\nconfusion matrix: {len(classes)} classes, too wide to show; see --json")
-        return
-    names = [printable(c)[:8] for c in classes]
-    width = max(6, *(len(n) for n in names), *(len(str(v)) for row in confusion for v in row))
-    print("\nconfusion matrix (rows: true class, columns: predicted):")
-    print(" " * (width + 1) + " ".join(n.rjust(width) for n in names))
-    for name, row in zip(names, confusion, strict=True):
-        print(name.rjust(width) + " " + " ".join(str(v).rjust(width) for v in row))
+def write_report(result: dict[str, Any], folder: str | Path, mistakes_shown: int = 32) -> dict[str, Any]:
+    """Write the report of an ``evaluate(..., outputs=True, mistakes=k)`` result into ``folder``.
+
+    Returns the JSON report (also written as ``report.json``; ``report.md`` shows the same numbers).
+    """
+    from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(out)  # what a killed report left behind
+    classes = list(result["classes"])
+    metrics = classification_metrics(result["probabilities"], result["targets"], classes)
+    report = {key: result.get(key) for key in ("checkpoint", "data", "split", "tta", "loss")}
+    report.update(metrics)
+    report["confusion"] = result["confusion"]
+    pictures = {
+        "confusion": plots.png_bytes(plots.confusion_figure(result["confusion"], classes, normalize=True)),
+        "confusion_counts": plots.png_bytes(plots.confusion_figure(result["confusion"], classes, normalize=False)),
+        "reliability": plots.png_bytes(reliability_figure(metrics["calibration"])),
+    }
+    report["mistakes"], grid = _mistakes(result.get("mistakes"), classes, mistakes_shown)
+    if grid is not None:
+        pictures["mistakes"] = grid
+    report["files"] = {k: v for k, v in FILES.items() if k in pictures or k in ("markdown", "json")}
+    files = {out / FILES[k]: data for k, data in pictures.items()}
+    files[out / FILES["markdown"]] = markdown(report).encode("utf-8")
+    files[out / FILES["json"]] = (json.dumps(report, indent=2) + "\n").encode("utf-8")  # last: the mark
+    # a stale grid from an earlier report would mislead: it goes with the old report.json
+    replace_together(files, remove=[] if grid is not None else [out / FILES["mistakes"]])
+    return report
 
 
-def print_predictions(results: list[dict[str, Any]]) -> None:
-    for r in results:  # paths and class names come from files: escaped (printable)
-        path = printable(r["path"])
-        if "error" in r:
-            print(f"{path}: unreadable ({printable(r['error'])})")
-            continue
-        top = r["predictions"]
-        if "value" in top[0]:
-            print(f"{path}: {top[0]['value']:.6g}")
-            continue
-        rest = ", ".join(f"{printable(p['label'])} {percent(p['probability'])}" for p in top[1:])
-        print(f"{path}: {printable(top[0]['label'])} ({percent(top[0]['probability'])})"
-              + (f"  [{rest}]" if rest else ""))
+def _mistakes(found: dict[str, Any] | None, classes: list[str], shown: int) -> tuple[list[dict[str, Any]],
+                                                                                        bytes | None]:
+    from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
+
+    if not found or not found["true"]:
+        return [], None
+    images = found["images"][:shown]
+    if images.dim() == 5:  # multi-crop eval transforms: show the first crop of each
+        images = images[:, 0]
+    rows = [{"true": classes[t], "pred": classes[p], "confidence": c}
+            for t, p, c in zip(found["true"], found["pred"], found["confidence"], strict=True)][:shown]
+    captions = [f"{r['true'][:9]} → {r['pred'][:9]} ({r['confidence']:.2f})" for r in rows]
+    return rows, plots.png_bytes(plots.image_grid_figure(images, captions, title="most confident mistakes"))
 
 
-def model_rows(include_torchvision: bool = False) -> list[dict[str, Any]]:
-    """One row per model with its parameter count for 10 classes at its default input (built on 'meta')."""
-    from visiontrain.models.zoo import model_rows as zoo_rows
+def reliability_figure(calibration: dict[str, Any]):
+    """Accuracy against confidence per bin, the diagonal being perfect calibration; bar width shows the bin."""
+    import matplotlib.pyplot as plt
 
-    return zoo_rows(include_all=include_torchvision)
+    bins = [b for b in calibration["bins"] if b["count"]]
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6), height_ratios=[3, 1], sharex=True)
+    width = 1 / calibration["n_bins"]
+    ax.bar([b["lower"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge",
+           edgecolor="black", color="tab:blue", label="accuracy")
+    # The gap between accuracy and mean confidence, above the bar (over-confident) or inside it (under-).
+    ax.bar([b["lower"] for b in bins], [abs(b["confidence"] - b["accuracy"]) for b in bins],
+           bottom=[min(b["confidence"], b["accuracy"]) for b in bins], width=width, align="edge",
+           color="tab:red", alpha=0.45, hatch="//", edgecolor="tab:red", label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"reliability diagram (ECE {100 * calibration['ece']:.2f}%)")
+    ax.legend(loc="upper left")
+    hist.bar([b["lower"] for b in bins], [b["count"] for b in bins], width=width, align="edge", color="gray")
+    hist.set_xlabel("confidence (top-1 probability)")
+    hist.set_ylabel("images")
+    fig.tight_layout()
+    return fig
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: headline, averages, per-class table, calibration, pictures."""
+    pct = _pct
+    lines = [f"# Evaluation: {report.get('data')} [{report.get('split')}]", "",
+             f"- checkpoint: `{report.get('checkpoint')}`", f"- images: {report['count']:,}",
+             f"- test-time augmentation: {report.get('tta') or 'none'}", "",
+             "| metric | value |", "| --- | --- |",
+             f"| top-1 accuracy | {pct(report['accuracy'])} |", f"| top-5 accuracy | {pct(report['top5'])} |"]
+    if report.get("loss") is not None:
+        lines.append(f"| loss (cross-entropy) | {report['loss']:.4f} |")
+    for avg in ("macro", "weighted"):
+        m = report[avg]
+        lines.append(f"| {avg} precision / recall / F1 | {pct(m['precision'])} / {pct(m['recall'])} / "
+                     f"{pct(m['f1'])} |")
+    cal = report["calibration"]
+    lines += [f"| expected calibration error ({cal['n_bins']} bins) | {pct(cal['ece'])} |",
+              f"| mean confidence | {pct(cal['mean_confidence'])} |", "",
+              "## Per class", "", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {_cell(r['class'])} | {pct(r['precision'])} | {pct(r['recall'])} | {pct(r['f1'])} | {r['support']} |"
+              for r in report["per_class"]]
+    lines += ["", "## Confusion matrix", "", f"![row-normalized]({FILES['confusion']})",
+              f"![counts]({FILES['confusion_counts']})", "", "## Calibration", "",
+              f"![reliability diagram]({FILES['reliability']})", "", "## Most confident mistakes", ""]
+    if report["mistakes"]:
+        lines += [f"![mistakes]({FILES['mistakes']})", "", "| true | predicted | confidence |", "| --- | --- | --- |"]
+        lines += [f"| {_cell(m['true'])} | {_cell(m['pred'])} | {pct(m['confidence'])} |" for m in report["mistakes"]]
+    else:
+        lines.append("No mistakes.")
+    return "\n".join(lines) + "\n"
+
+
+def _f(value: float | torch.Tensor) -> float:
+    # torchmetrics answers in float32: 0.86 would print as 0.8600000143; six places is what a report needs.
+    return round(float(value), 6)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")

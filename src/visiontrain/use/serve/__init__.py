@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from visiontrain.errors import VisiontrainError
-from visiontrain.use.exported import require
+from visiontrain.optional import require
+from visiontrain.use.export.runtime import load_model
 from visiontrain.use.serve.guard import TOKEN_ENV, is_ip
+from visiontrain.use.tta import check_tta
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -36,13 +38,11 @@ def build_app(model_path: str | Path, *, device: str = "auto", tta: str = "none"
     ``limits`` are :class:`~visiontrain.use.serve.app.Limits` fields; ``token``, ``allowed_hosts`` and ``cors``
     make its :class:`~visiontrain.use.serve.guard.Access`. Bad limits fail here, before the model is loaded.
     ``trust_code`` lets a ``.pt2`` load, which runs code from the file (see
-    :func:`~visiontrain.use.exported.load_exported`).
+    :func:`~visiontrain.use.export.runtime.load_exported`).
     """
-    require("fastapi", "serve")
-    from visiontrain.use.exported import load_model
+    require("fastapi", "serve")  # app, guard and protocol import fastapi/uvicorn, an optional extra
     from visiontrain.use.serve.app import Limits, create_app
     from visiontrain.use.serve.guard import Access, check_token
-    from visiontrain.use.tta import check_tta
 
     check_tta(tta)
     limit = Limits(**limits)

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from visiontrain.errors import ConfigError
-from visiontrain.use.exported import ExportedModel
+from visiontrain.use.export.runtime import ExportedModel
 from visiontrain.use.loading import LoadedModel
 from visiontrain.use.serve.guard import Access, Guard
 from visiontrain.use.serve.work import Lane, Large, predict_small, predict_upload

@@ -8,7 +8,7 @@ from the connection, or from the previous response) and its body within ``read_t
 headers; else it gets a 408 (when it had started a request) and is closed. Past ``max_connections`` open
 connections, a new one is answered 503 (with ``Retry-After``) and closed, instead of waiting in line.
 
-This module imports uvicorn: import it only after :func:`visiontrain.use.exported.require` said it is there.
+This module imports uvicorn: import it only after :func:`visiontrain.optional.require` said it is there.
 """
 
 from __future__ import annotations

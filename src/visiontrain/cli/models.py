@@ -8,9 +8,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from visiontrain.cli import printable
+from visiontrain.cli.output import print_table
 from visiontrain.config import ModelConfig, parse_override
 from visiontrain.errors import ConfigError
+from visiontrain.text import printable
 
 _TRUST_HELP = ("unpickle a whole-model .pth (torch.save(model)) in full; this runs code from the file: only for "
                "files you made yourself")
@@ -52,7 +53,6 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
 
 
 def _models(args: argparse.Namespace) -> int:
-    from visiontrain.use.report import print_table
 
     if args.models_command == "show":
         return _show(args)
@@ -67,10 +67,9 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from visiontrain.models.build import build_model
+    from visiontrain.models.assembly import build_model
     from visiontrain.models.factory import ModelInput
     from visiontrain.models.zoo import default_input, layer_rows, on_meta
-    from visiontrain.use.report import print_table
 
     base = default_input(args.name, args.classes)
     inp = ModelInput(args.channels or base.channels, args.image_size or base.size, args.classes)
@@ -129,7 +128,6 @@ def _fits_text(fits: list[dict[str, Any]]) -> str:
 
 
 def _print_inspection(info: dict[str, Any], limit: int) -> None:
-    from visiontrain.use.report import print_table
 
     how = [f"nested under {info['nested_in']!r}"] if info["nested_in"] else []
     how += [f"{p!r} stripped from {n} keys" for p, n in info["stripped_prefixes"].items()]

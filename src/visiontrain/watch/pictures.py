@@ -9,7 +9,7 @@ from typing import Any
 
 from visiontrain.engine.callbacks import Callback
 from visiontrain.engine.state import TrainState
-from visiontrain.logging.tensorboard import TensorBoardLogger
+from visiontrain.watch.tensorboard import TensorBoardLogger
 
 
 class Pictures(Callback):
@@ -19,7 +19,7 @@ class Pictures(Callback):
         self.last_full: dict[str, Any] | None = None
 
     def on_epoch_end(self, state: TrainState) -> None:
-        from visiontrain import plots
+        from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
 
         m = state.epoch_metrics
         self.history.append({"epoch": state.epoch, **{k: v for k, v in m.items() if isinstance(v, float)}})
@@ -44,7 +44,7 @@ class Pictures(Callback):
         self.history = list(state.get("history", []))
 
     def on_fit_end(self, state: TrainState) -> None:
-        from visiontrain import plots
+        from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
 
         if not self.history:
             return
@@ -68,7 +68,7 @@ class Pictures(Callback):
 
     @staticmethod
     def _mistakes(full: dict[str, Any], state: TrainState) -> Any:
-        from visiontrain import plots
+        from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
 
         worst = full.get("mistakes")
         if not worst or not worst["true"]:

@@ -31,8 +31,9 @@ from torch import nn
 from visiontrain.errors import ConfigError, VisiontrainError
 from visiontrain.faults import fault_point
 from visiontrain.fileio import commit, temp_beside
-from visiontrain.use import export_files
-from visiontrain.use.exported import EXPORT_FORMAT, META_KEY, SUFFIXES, export_format, load_exported, require
+from visiontrain.optional import require
+from visiontrain.use.export import files as export_files
+from visiontrain.use.export.runtime import EXPORT_FORMAT, META_KEY, SUFFIXES, export_format, load_exported
 from visiontrain.use.loading import LoadedModel, load
 
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt2": "model.pt2"}
@@ -60,7 +61,7 @@ def export(model: LoadedModel | str | Path, format: str = "onnx", out: str | Pat
     ``out`` (a file, or a folder) defaults to ``<run>/exports/model.<ext>``. Raises :class:`ExportError` (and
     keeps the previous export, if any) when the export's logits differ from PyTorch's by more than
     ``tolerance x max(1, largest |logit|)`` (``ExportResult.tolerance`` is that bound). ``opset`` (ONNX) must be
-    one the installed exporter writes (:func:`~visiontrain.use.export_files.onnx_opsets`).
+    one the installed exporter writes (:func:`~visiontrain.use.export.files.onnx_opsets`).
     """
     if format not in _WRITERS:
         raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(_WRITERS)}")

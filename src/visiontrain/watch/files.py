@@ -8,15 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from visiontrain.engine.callbacks import Callback
+from visiontrain.engine.metrics import scalar_metrics
 from visiontrain.engine.state import TrainState
 from visiontrain.fileio import atomic_write_text
 from visiontrain.limits import parse_json
-
-
-def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Only the plain numbers of an epoch's metrics (no confusion matrices, no private keys)."""
-    return {k: v for k, v in metrics.items() if not k.startswith("_") and "/_" not in k
-            and isinstance(v, int | float)}
 
 
 class MetricsFile(Callback):

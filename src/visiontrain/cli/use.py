@@ -12,14 +12,45 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from visiontrain.cli.flags import TRUST_CODE_HELP
+from visiontrain.cli.output import print_evaluation, print_predictions
+from visiontrain.text import printable
 from visiontrain.use.tta import TTA_MODES
 
-TRUST_CODE_HELP = ("load a .pt2 export: torch.export.load runs code from the file, so only for a file you "
+PT2_TRUST_HELP = ("load a .pt2 export: torch.export.load runs code from the file, so only for a file you "
                    "exported yourself (ONNX and TorchScript exports need no flag)")
 TTA_HELP = f"test-time augmentation: {', '.join(TTA_MODES)} (average the probabilities of the views) [default: none]"
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
+    ev = sub.add_parser("evaluate", help="loss, top-1/top-5, per-class accuracy and confusion matrix")
+    ev.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    ev.add_argument("--data", help="dataset or folder to evaluate on [default: the run's own]")
+    ev.add_argument("--data-dir", help="dataset cache folder [default: the run's own]")
+    ev.add_argument("--split", default="test", help="split to evaluate: train, val or test [default: test]")
+    ev.add_argument("--batch-size", type=int, help="images per evaluation step")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or mps [default: auto]")
+    ev.add_argument("--json", action="store_true", help="print the full result as JSON")
+    ev.add_argument("--report", metavar="DIR", help="write a report there: per-class precision/recall/F1, "
+                    "confusion matrices, calibration (ECE, reliability diagram), confident mistakes; Markdown + JSON")
+    ev.add_argument("--tta", default="none", help="test-time augmentation: none, flip, five-crop [default: none]")
+    ev.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
+
+    pr = sub.add_parser("predict", help="classify image files, folders, globs or @list files")
+    pr.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint, or an export "
+                    "(.onnx through onnxruntime, .torchscript.pt, .pt2)")
+    pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="files, folders (recursive), globs, "
+                    "or @list.txt (one path per line)")
+    pr.add_argument("--top-k", type=int, default=5, help="how many classes to show per image [default: 5]")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or mps [default: auto]")
+    pr.add_argument("--json", action="store_true", help="print results as JSON")
+    pr.add_argument("--csv", metavar="FILE", help="write the results to a CSV file")
+    pr.add_argument("--batch-size", type=int, default=64, help="images per forward pass [default: 64]")
+    pr.add_argument("--tta", default="none", help="test-time augmentation: none, flip, five-crop [default: none]")
+    pr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bar on stderr [default: when stderr is a terminal]")
+    pr.add_argument("--trust-code", action="store_true", help=PT2_TRUST_HELP)
+
     ex = sub.add_parser("export", help="export a run as ONNX, TorchScript or torch.export (.pt2), verified",
                         description="Export a checkpoint with a dynamic batch size and its class names and "
                         "preprocessing in the file's metadata; the export is checked against PyTorch on sample "
@@ -64,12 +95,13 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
     sv.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
                     help="let pages from ORIGIN (e.g. https://app.example.com) call the API (repeat; * for any)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    sv.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
-    return {"export": _export_command, "serve": _serve_command}
+    sv.add_argument("--trust-code", action="store_true", help=PT2_TRUST_HELP)
+    return {"evaluate": evaluate_command, "predict": predict_command, "export": _export_command,
+            "serve": _serve_command}
 
 
 def _export_command(args: argparse.Namespace) -> int:
-    from visiontrain.use.export import export
+    from visiontrain.use.export.write import export
 
     r = export(args.checkpoint, args.format, args.out, tolerance=args.tolerance, opset=args.opset)
     if args.json:
@@ -116,7 +148,6 @@ def _bounded(kind: type, low: float, high: float, *, above: bool = False) -> Cal
 def evaluate_command(args: argparse.Namespace) -> int:
     """``visiontrain evaluate``: print (or --json) the result; ``--report DIR`` writes the full report."""
     from visiontrain.use.evaluate import evaluate
-    from visiontrain.use.report import print_evaluation
 
     report_dir = getattr(args, "report", None)
     result = evaluate(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir,
@@ -125,7 +156,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
                       trust_code=bool(getattr(args, "trust_code", False)))
     report = None
     if report_dir:
-        from visiontrain.use.evaluation_report import write_report
+        from visiontrain.use.report import write_report
 
         report = write_report(result, report_dir)
     plain = {k: v for k, v in result.items() if k not in ("probabilities", "targets", "mistakes")}
@@ -145,9 +176,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 def predict_command(args: argparse.Namespace) -> int:
     """``visiontrain predict``: screen, --json or --csv FILE; unreadable files are listed on stderr."""
-    from visiontrain.cli import printable
     from visiontrain.use.predict import predict, write_csv
-    from visiontrain.use.report import print_predictions
 
     progress = getattr(args, "progress", None)
     results = predict(args.checkpoint, args.inputs, top_k=args.top_k, device=args.device,

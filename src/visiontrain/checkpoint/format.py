@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from visiontrain import limits
-from visiontrain.engine.validate import check_safetensors, check_sidecar
+from visiontrain.checkpoint.validate import check_safetensors, check_sidecar
 from visiontrain.errors import CheckpointError
 from visiontrain.fileio import atomic_write_bytes, atomic_write_json
 from visiontrain.versions import library_versions
@@ -32,7 +32,7 @@ _REQUIRED = {"format": str, "format_version": int, "model": dict, "classes": lis
 
 def save_checkpoint(stem: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write ``stem.safetensors`` then ``stem.json``; returns the sidecar's path."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in raw_model(model).state_dict().items()}
     blob = safetensors.torch.save(tensors, metadata={"format": FORMAT})
     weights = stem.with_suffix(".safetensors")
     atomic_write_bytes(weights, blob)
@@ -90,7 +90,7 @@ def load_weights(sidecar_path: Path, meta: dict[str, Any]) -> dict[str, torch.Te
 
 def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
     """Strictly load ``tensors`` into ``model``: names and shapes must match exactly."""
-    expected = _unwrap(model).state_dict()
+    expected = raw_model(model).state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
@@ -105,10 +105,50 @@ def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -
                  f"{expected[typed[0]].dtype} in the model)" if typed else ""]
         raise CheckpointError(f"{where}: weights do not fit the model — " + "; ".join(p for p in parts if p)
                               + "; the sidecar's model name/arguments do not match these weights")
-    _unwrap(model).load_state_dict(tensors, strict=True)
+    raw_model(model).load_state_dict(tensors, strict=True)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # torch.compile and DDP wrap the model; checkpoints always hold the plain module's names.
-    inner = getattr(model, "_orig_mod", model)
-    return getattr(inner, "module", inner)
+_PICKLE_SUFFIXES = {".pth", ".pt", ".pkl", ".pickle", ".tar", ".ckpt", ".bin"}
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A run folder, a checkpoints folder, a ``.json`` sidecar or a ``.safetensors`` file → the sidecar."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist; pass a run folder (e.g. runs/<name>) or a checkpoint "
+                              "file (runs/<name>/checkpoints/best.json)")
+    if p.is_dir():
+        for candidate in (p / "checkpoints" / f"{which}.json", p / f"{which}.json",
+                          p / "checkpoints" / "last.json", p / "last.json"):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{p} holds no checkpoint (no checkpoints/{which}.json); did its training "
+                              "finish an epoch? pass another run folder")
+    if p.suffix == ".safetensors":
+        return p.with_suffix(".json")
+    if p.suffix in _PICKLE_SUFFIXES:
+        raise CheckpointError(f"{p} is a PyTorch pickle/state_dict file, not a visiontrain checkpoint; "
+                              "visiontrain loads safetensors + JSON checkpoints (a run folder or its "
+                              "checkpoints/best.json)")
+    return p
+
+
+_PARALLEL = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+
+
+def raw_model(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile and DDP wrappers, in either order: checkpoints always hold the plain
+    module's names. (Under torchrun with ``--compile`` the model is compiled first and DDP wraps that, so the
+    DDP wrapper comes off first; taking ``_orig_mod`` off first left ``_orig_mod.`` in every saved key.)
+
+    >>> m = nn.Linear(2, 2)
+    >>> raw_model(torch.compile(m, backend="eager")) is m
+    True
+    """
+    while True:
+        if isinstance(model, _PARALLEL):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model

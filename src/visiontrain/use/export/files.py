@@ -25,7 +25,7 @@ import torch
 
 from visiontrain.errors import ConfigError
 from visiontrain.fileio import pid_alive, remove_dead_temps
-from visiontrain.use.exported import require
+from visiontrain.optional import require
 
 INLINE_LIMIT = 1536 * 2**20  # bytes of weights an .onnx holds itself; more go to its data file
 _DATA = re.compile(r"^(?P<onnx>.+\.onnx)\.(?P<pid>\d+)-[^.]+\.data$")

@@ -18,6 +18,12 @@ from typing import Any
 
 from visiontrain.config import Leaf, keys, parse_override
 
+TRUST_CODE_HELP = ("let the run's own files (its config.yaml, a checkpoint's sidecar, a --config YAML inside a run "
+                   "folder) name code: import the dataset they name as module:Class or file.py:Class, unpickle "
+                   "with their model.trust_pickle. Without it such a run is refused in one line (restating --data "
+                   "SPEC or --trust-pickle yourself also works); only for runs you made yourself [default: off]")
+
+
 _BOOL_WORDS = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
 
 
@@ -132,7 +138,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 # -- the knob table of docs/training.md ------------------------------------------------------------------------
 
-BEGIN, END = "<!-- knobs:begin (made by `python -m visiontrain.cli_flags docs/training.md`) -->", "<!-- knobs:end -->"
+BEGIN, END = "<!-- knobs:begin (made by `python -m visiontrain.cli.flags docs/training.md`) -->", "<!-- knobs:end -->"
 
 
 def knob_table() -> str:

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from visiontrain.cli.output import print_table
 from visiontrain.config import RunConfig, load_config, parse_override
+from visiontrain.config.trust import read_config_file
 from visiontrain.errors import ConfigError
-from visiontrain.trust import read_config_file
+from visiontrain.text import slug
 
 _MAX_SHOWN = 1024  # images in one `data show` grid (a 32 x 32 sheet)
 # Where each registered dataset keeps its files under --data-dir (for `data list`'s "here?" column).
@@ -30,6 +32,8 @@ _KINDS = [
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
+    datasets = sub.add_parser("datasets", help="list the registered datasets")
+    datasets.add_argument("--json", action="store_true", help="print as JSON")
     data = sub.add_parser("data", help="list, inspect, show and measure datasets",
                           description="Datasets: list what exists, audit one (counts, sizes, duplicates, "
                           "leakage), show a grid of (augmented) samples, compute per-channel statistics.")
@@ -56,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     stats.add_argument("--limit", type=int, default=5000, help="at most this many images from a folder "
                        "[default: 5000]; in-memory datasets use all")
     stats.add_argument("--json", action="store_true", help="print as JSON")
-    return {"data": _data}
+    return {"data": _data, "datasets": _datasets}
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -103,7 +107,7 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         overrides[key] = value
     if not args.source and not args.config:
         raise ConfigError("name a SOURCE (a dataset, folder, manifest or module:Class) or give --config")
-    # a --config inside a run folder is the run's, not the user's: it may not name code (visiontrain.trust)
+    # a --config inside a run folder is the run's, not the user's: it may not name code (visiontrain.config.trust)
     cfg = load_config(read_config_file(args.config, trust_code=args.trust_code, given=overrides),
                       where=args.config) if args.config else RunConfig()
     return cfg.override(overrides, where="command line")
@@ -111,7 +115,6 @@ def config_from(args: argparse.Namespace) -> RunConfig:
 
 def _list(args: argparse.Namespace) -> int:
     from visiontrain.data import DESCRIPTIONS
-    from visiontrain.use.report import print_table
 
     root = Path(args.data_dir or "data")
     rows = [{"name": name, "here": _here(name, root), "description": text}
@@ -188,7 +191,7 @@ def _show(args: argparse.Namespace) -> int:
     names = [f"{float(v):.3g}" if source.task == "regression" else source.classes[int(v)] for v in labels]
     if images.dim() == 5:  # FiveCrop/TenCrop: every crop, each labelled
         names = [n for n in names for _ in range(images.shape[1])]
-    stem = f"{_slug(source.name)}-{args.split}{'-augmented' if args.augment else ''}"
+    stem = f"{slug(source.name, 'data')}-{args.split}{'-augmented' if args.augment else ''}"
     png, events = save_grid(images, names, Path(args.out), stem, f"data/{stem}")
     print(f"wrote {png} ({len(names)} images, {'training augmentation' if args.augment else 'evaluation view'}, "
           f"{prep.channels}x{prep.size}x{prep.size})")
@@ -213,7 +216,14 @@ def _model_input(model: str | None) -> tuple[int | None, int | None]:
     return entry.channels, entry.default_size
 
 
-def _slug(text: str) -> str:
-    import re
+def _datasets(args: argparse.Namespace) -> int:
+    from visiontrain.data import DESCRIPTIONS
 
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(text).name or text).strip("_") or "data"
+    rows = [{"name": k, "description": v} for k, v in sorted(DESCRIPTIONS.items())]
+    rows.append({"name": "PATH", "description": "a folder with one sub-folder per class (ImageFolder layout), "
+                 "optionally split into train/ val/ test/"})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, ["name", "description"])
+    return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,9 @@ import safetensors
 import safetensors.torch
 import torch
 
-from visiontrain.errors import CheckpointError, TrustError
+from visiontrain.checkpoint.format import load_weights, read_sidecar, resolve_checkpoint
+from visiontrain.checkpoint.validate import check_safetensors_file
+from visiontrain.errors import CheckpointError
 from visiontrain.limits import MAX_SIDECAR_BYTES, parse_json, read_capped
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -60,11 +62,17 @@ def sniff(path: Path) -> str:
                           "give a .safetensors, .pth/.pt or a run folder")
 
 
-def read_weights(path: str | Path, trust_pickle: bool = False) -> WeightsFile:
+# A visiontrain checkpoint's sidecar → its tensor names in the model's state_dict order (models.assembly
+# rebuilds the model it names, on the meta device); None when that is not possible.
+SidecarOrder = Callable[[dict[str, Any], Path], list[str] | None]
+
+
+def read_weights(path: str | Path, trust_pickle: bool = False, order: SidecarOrder | None = None) -> WeightsFile:
     """Tensors of a weights file or run folder, keys unwrapped from ``module.``/``_orig_mod.``.
 
     ``trust_pickle`` lets a ``.pth`` that pickles Python objects (a whole model) be unpickled in full —
-    which runs any code inside it; without it such a file is a :class:`CheckpointError`.
+    which runs any code inside it; without it such a file is a :class:`CheckpointError`. ``order`` gives a
+    visiontrain checkpoint's tensor order (safetensors sorts tensors by name; order matching needs the real one).
 
     >>> w = read_weights("runs/mnist-demo")  # doctest: +SKIP
     >>> w.format, len(w.tensors)  # doctest: +SKIP
@@ -76,7 +84,7 @@ def read_weights(path: str | Path, trust_pickle: bool = False) -> WeightsFile:
     kind = sniff(p)
     result = _READERS[kind](p, trust_pickle)
     if kind != "pytorch":
-        _restore_order(result)
+        _restore_order(result, order)
     result.tensors, result.stripped = strip_wrappers(result.tensors)
     if not result.tensors:
         raise CheckpointError(f"{p} holds no tensors")
@@ -84,9 +92,6 @@ def read_weights(path: str | Path, trust_pickle: bool = False) -> WeightsFile:
 
 
 def _read_safetensors(path: Path, _trust_pickle: bool = False) -> WeightsFile:
-    from visiontrain.engine.checkpoint import read_sidecar  # lazy: engine/ imports models/
-    from visiontrain.engine.validate import check_safetensors_file
-
     check_safetensors_file(path)  # offsets, sizes and dtypes, before the library touches the bytes
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
@@ -161,45 +166,26 @@ def _find_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str
 
 
 def _read_visiontrain(path: Path, _trust_pickle: bool = False) -> WeightsFile:
-    from visiontrain.engine.checkpoint import load_weights, read_sidecar
-    from visiontrain.use.loading import resolve_checkpoint  # lazy: use/ imports models/
-
     sidecar = resolve_checkpoint(path)
     meta = read_sidecar(sidecar)
     return WeightsFile(sidecar, "visiontrain", load_weights(sidecar, meta), meta)
 
 
-def _restore_order(w: WeightsFile) -> None:
+def _restore_order(w: WeightsFile, sidecar_order: SidecarOrder | None) -> None:
     """safetensors stores tensors sorted, not in state_dict order; order matching needs the real order. It
     comes from an ``order`` metadata entry (``checkpoint convert`` writes one) or, for a visiontrain
-    checkpoint, from rebuilding the model its sidecar names."""
+    checkpoint, from ``sidecar_order`` (rebuilding the model its sidecar names)."""
     order = None
     if isinstance(w.metadata.get("order"), str):
         try:
             order = parse_json(w.metadata["order"])
         except ValueError:
             order = None
-    elif w.metadata.get("format") == "visiontrain.checkpoint":
-        order = _model_order(w.metadata, w.path.with_suffix(".json"))
+    elif w.metadata.get("format") == "visiontrain.checkpoint" and sidecar_order is not None:
+        order = sidecar_order(w.metadata, w.path.with_suffix(".json"))
     w.ordered = isinstance(order, list) and set(order) == set(w.tensors)
     if w.ordered:
         w.tensors = {k: w.tensors[k] for k in order}  # type: ignore[union-attr]
-
-
-def _model_order(meta: dict[str, Any], sidecar: Path) -> list[str] | None:
-    from visiontrain.models.build import rebuild_model
-    from visiontrain.models.factory import ModelInput
-    from visiontrain.models.zoo import on_meta
-
-    try:
-        prep = meta["preprocessing"]
-        inp = ModelInput(int(prep["channels"]), int(prep["size"]), len(meta["classes"]))
-        with on_meta():
-            return list(rebuild_model(meta["model"], inp, where=sidecar).state_dict())
-    except TrustError:
-        raise  # a sidecar naming code is refused, not quietly read past
-    except Exception:  # an unreadable sidecar only costs the order, not the tensors
-        return None
 
 
 _READERS = {"safetensors": _read_safetensors, "pytorch": _read_pytorch, "visiontrain": _read_visiontrain}

@@ -2,9 +2,10 @@
 
 In order: the architecture (with ``--pretrained`` weights loaded, the stem adapted to the data's
 channels), the head replaced to fit the class count (and ``--head`` hidden widths), ``--init-from``
-partial loading with its report, then freezing (``--freeze``, ``--freeze-backbone``) with the gradual
-unfreezing callback and the backbone learning-rate scale. :func:`model_spec` is what a checkpoint
-records, and :func:`rebuild_model` turns it back into the same architecture without any weights files.
+partial loading with its report, then freezing (``--freeze``, ``--freeze-backbone``), the epoch at which
+the frozen tensors unfreeze (the engine's ``GradualUnfreeze`` does it) and the backbone learning-rate scale.
+:func:`model_spec` is what a checkpoint records; :func:`visiontrain.models.rebuild.rebuild_model` turns it
+back into the same architecture without any weights files.
 """
 
 from __future__ import annotations
@@ -19,16 +20,14 @@ from typing import Any
 
 from torch import nn
 
+from visiontrain.checkpoint.weights import WRAPPER_PREFIXES
 from visiontrain.config import ModelConfig
-from visiontrain.engine.callbacks import Callback
 from visiontrain.errors import ModelError
 from visiontrain.models.factory import ModelInput, create_model
-from visiontrain.models.finetune import GradualUnfreeze
 from visiontrain.models.partial import LoadReport, load_partial
-from visiontrain.models.pretrained import Pretrained, is_file_value, load_pretrained
-from visiontrain.models.statedict import WRAPPER_PREFIXES, read_weights
+from visiontrain.models.pretrained import IMPLIED_ARGS, Pretrained, is_file_value, load_pretrained
+from visiontrain.models.rebuild import read_model_weights
 from visiontrain.models.surgery import check_patterns, find_head, freeze, pattern_predicate, replace_head, under
-from visiontrain.trust import check_file_values
 
 
 @dataclass
@@ -43,7 +42,7 @@ class BuiltModel:
     pretrained: Pretrained | None = None
     head_replaced: bool = False
     lr_scale: Callable[[str], float] | None = None  # for build_optimizer (discriminative learning rates)
-    callbacks: list[Callback] = field(default_factory=list)  # gradual unfreezing
+    unfreeze_at: int | None = None  # epoch (1-based) from which the frozen tensors train too
 
     def preprocessing(self, prep: Any) -> Any:
         """``prep`` with the pretrained weights' own normalization, when they have one."""
@@ -97,7 +96,7 @@ def build_model(cfg: ModelConfig, inp: ModelInput) -> BuiltModel:
         replace_head(model, inp.num_classes, cfg.head, path=head)
     built = BuiltModel(model, model_spec(cfg, inp.channels), head, pretrained=pretrained, head_replaced=replaced)
     if cfg.init_from:
-        weights = read_weights(cfg.init_from, trust_pickle=cfg.trust_pickle)
+        weights = read_model_weights(cfg.init_from, trust_pickle=cfg.trust_pickle)
         if cfg.init_match == "order" and not weights.ordered:
             raise ModelError(f"--init-match order needs the tensor order of {cfg.init_from}, which a plain "
                              "safetensors file does not keep; use the original .pth (or a file written by "
@@ -120,7 +119,7 @@ def _apply_freezing(built: BuiltModel, cfg: ModelConfig) -> None:
         # names may come wrapped by torch.compile (`_orig_mod.fc.weight`): the head is the same either way
         built.lr_scale = lambda name: 1.0 if in_head(_plain(name)) else scale
     if cfg.unfreeze_at is not None and built.frozen:
-        built.callbacks.append(GradualUnfreeze(model, built.frozen, cfg.unfreeze_at, built.lr_scale))
+        built.unfreeze_at = cfg.unfreeze_at  # the trainer turns this into the engine's GradualUnfreeze
 
 
 def model_spec(cfg: ModelConfig, channels: int) -> dict[str, Any]:
@@ -130,27 +129,8 @@ def model_spec(cfg: ModelConfig, channels: int) -> dict[str, Any]:
     """
     args = dict(cfg.args)
     if cfg.pretrained and not is_file_value(cfg.pretrained):
-        from visiontrain.models.pretrained import _IMPLIED_ARGS
-
-        args.update(_IMPLIED_ARGS.get(cfg.name, {}) if channels == 3 else {})
+        args.update(IMPLIED_ARGS.get(cfg.name, {}) if channels == 3 else {})
     return {"name": cfg.name, "args": args, "head": list(cfg.head) if cfg.head is not None else None}
-
-
-def rebuild_model(spec: dict[str, Any], inp: ModelInput, where: str | Path = "checkpoint",
-                  trust_code: bool = False) -> nn.Module:
-    """The architecture a checkpoint's ``model`` entry describes (weights are loaded by the caller).
-
-    The entry comes from a file (``where``): it may not name code and its arguments must be plain values
-    (:func:`visiontrain.trust.check_file_values`).
-
-    >>> rebuild_model({"name": "resnet18", "args": {}, "head": [64]}, ModelInput(3, 32, 5)).fc[2].out_features
-    5
-    """
-    check_file_values({"model": spec}, where, trust_code=trust_code)
-    model = create_model(str(spec["name"]), inp, dict(spec.get("args") or {}))
-    if spec.get("head") is not None:
-        replace_head(model, inp.num_classes, [int(w) for w in spec["head"]], path=find_head(model, inp.num_classes))
-    return model
 
 
 def _plain(name: str) -> str:

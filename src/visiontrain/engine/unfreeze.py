@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from visiontrain.engine.callbacks import Callback
+from visiontrain.engine.optim import no_decay_names
 from visiontrain.engine.state import TrainState
 from visiontrain.models.surgery import unfreeze
 
@@ -60,8 +61,6 @@ class GradualUnfreeze(Callback):
 def add_param_groups(optimizer: torch.optim.Optimizer, schedule: object, model: nn.Module, ids: set[int],
                      lr_scale: Callable[[str], float] | None, weight_decay: float) -> int:
     """Add the parameters with ``id`` in ``ids`` as groups keyed by (lr scale, decay); returns how many."""
-    from visiontrain.engine.optim import no_decay_names
-
     skip = no_decay_names(model)
     grouped: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from visiontrain.config import RunConfig
 from visiontrain.data import DataBundle
-from visiontrain.data.sources import FileSplit, TensorSplit
+from visiontrain.data.types import FileSplit, TensorSplit
 from visiontrain.engine.metrics import HEADLINE
 from visiontrain.engine.state import TrainState
 from visiontrain.errors import VisiontrainError
 from visiontrain.fileio import atomic_write_bytes
 from visiontrain.models import count_parameters
+from visiontrain.text import slug
+from visiontrain.use.loading import LoadedModel, load
 from visiontrain.versions import library_versions
 
 
@@ -34,9 +35,7 @@ class Run:
     def last_checkpoint(self) -> Path:
         return self.dir / "checkpoints" / "last.json"
 
-    def load(self, which: str = "best"):
-        from visiontrain.use.loading import load
-
+    def load(self, which: str = "best") -> LoadedModel:
         return load(self.dir / "checkpoints" / f"{which}.json")
 
 
@@ -81,7 +80,7 @@ def write_samples(data: DataBundle, folder: Path, count: int = 4) -> None:
     for i in range(min(count, len(split))):
         value = split.labels[i]
         name = f"{float(value):.4g}" if value.is_floating_point() else data.classes[int(value)]
-        label = re.sub(r"[^A-Za-z0-9_.]+", "_", name) or "x"
+        label = slug(name, "x", last_part=False)
         target = folder / f"{split_name}_{i}_{label}.png"
         if isinstance(split, TensorSplit):
             array = split.images[i].permute(1, 2, 0).squeeze(-1).cpu().numpy()

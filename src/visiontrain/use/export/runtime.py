@@ -29,9 +29,11 @@ from typing import Any
 import torch
 
 from visiontrain.data import Preprocessing
-from visiontrain.errors import CheckpointError, VisiontrainError
+from visiontrain.engine.setup import resolve_device
+from visiontrain.errors import CheckpointError
 from visiontrain.limits import parse_json
-from visiontrain.use.loading import LoadedModel, UsableModel, load, resolve_device
+from visiontrain.optional import require
+from visiontrain.use.loading import LoadedModel, UsableModel, load
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 _Loaded = tuple[Forward, str | None]  # what a format's loader returns: the forward and the metadata text
@@ -186,14 +188,3 @@ _LOADERS: dict[str, Callable[[Path, torch.device, int | None], _Loaded]] = {
     "torchscript": _load_torchscript,
     "pt2": _load_pt2,
 }
-
-
-def require(module: str, extra: str) -> Any:
-    """Import an optional dependency, or say which extra installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise VisiontrainError(f"{module} is not installed; install it with: pip install 'visiontrain[{extra}]'") \
-            from None

@@ -1,0 +1,89 @@
+"""The composition root's wiring: from one config to the training state (data, model, optimizer, schedule,
+precision, loss, EMA, mixing) and to the callbacks that watch and steer it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from visiontrain.checkpoint.format import raw_model
+from visiontrain.config import RunConfig
+from visiontrain.data import DataBundle, build_data
+from visiontrain.engine import distributed
+from visiontrain.engine.callbacks import Callback, Callbacks
+from visiontrain.engine.control import EarlyStopping, EMAUpdate, GracefulInterrupt
+from visiontrain.engine.loop import input_preparer
+from visiontrain.engine.losses import build_loss, class_weights
+from visiontrain.engine.optim import Schedule, build_optimizer
+from visiontrain.engine.precision import Precision
+from visiontrain.engine.saver import BestSaver, CheckpointSaver, monitor_mode
+from visiontrain.engine.setup import build_ema, build_mixing, prepare_model, resolve_device, seed_everything
+from visiontrain.engine.state import TrainState
+from visiontrain.engine.timing import LoaderBound, TimeTotals
+from visiontrain.engine.unfreeze import GradualUnfreeze
+from visiontrain.models import ModelInput, get_entry
+from visiontrain.models.assembly import BuiltModel, build_model
+from visiontrain.watch.console import ConsoleLogger
+from visiontrain.watch.files import MetricsFile
+from visiontrain.watch.pictures import Pictures
+from visiontrain.watch.tensorboard import TensorBoardLogger
+
+
+def build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    d, device = distributed.setup(resolve_device(cfg.train.device), cfg.train.dist_timeout_s)
+    cfg = distributed.effective_config(cfg, d)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    entry = get_entry(cfg.model.name)
+    data = build_data(cfg.data, cfg.train.seed, channels=cfg.model.in_channels or entry.channels,
+                      size=entry.default_size, pin_memory=device.type == "cuda", device=device)
+    if d.enabled:  # each process takes its part of every global batch
+        for name, loader in data.loaders.items():
+            loader.shard(d.rank, d.world, drop_tail=name == "train")
+    classes = data.classes
+    built = build_model(cfg.model, ModelInput(data.prep.channels, data.prep.size, len(classes)))
+    prep = built.preprocessing(data.prep)  # pretrained weights bring their own normalization
+    model = prepare_model(built.model, device, cfg.train)
+    optimizer = build_optimizer(model, cfg.optim, lr_scale=built.lr_scale)
+    model = distributed.wrap(model, d, device, cfg.train.sync_bn)
+    batches = len(data.loaders["train"])
+    steps = -(-batches // cfg.train.accumulate)
+    task = data.source.task
+    auto_key = "val/loss" if task == "regression" else "val/accuracy"
+    key = cfg.train.monitor if cfg.train.monitor != "auto" else auto_key
+    schedule = Schedule(optimizer, cfg.optim, steps, cfg.train.epochs, monitor_mode(key))
+    train_labels = data.source.splits["train"].labels if task == "classification" else None
+    weights = class_weights(cfg.train, train_labels, len(classes))
+    loss_fn = build_loss(cfg.train, task, weights.to(device) if weights is not None else None)
+    state = TrainState(cfg, model, optimizer, schedule, Precision(cfg.train.precision, device), loss_fn, device,
+                       prep, classes, Path(cfg.out), steps, batches, task=task, dist=d,
+                       batch_transform=build_mixing(cfg.train, len(classes)),
+                       ema=build_ema(raw_model(model), cfg.train.ema_decay))
+    state.eval_split = next((s for s in ("val", "test") if s in data.loaders), None)
+    return state, data, built
+
+
+def build_callbacks(state: TrainState, data: DataBundle, built: BuiltModel, extra: list[Callback], quiet: bool,
+                    started: float) -> Callbacks:
+    """The callbacks a run's config asks for, in the order they must see each event."""
+    cfg = state.config.train
+    if built.unfreeze_at is not None:  # gradual unfreezing: an engine callback, from what the model build says
+        extra = [GradualUnfreeze(raw_model(state.model), built.frozen, built.unfreeze_at, built.lr_scale), *extra]
+    prepare = input_preparer(state.prep.normalizer(), cfg.channels_last)
+    chain = Callbacks()
+    chain.items += [EMAUpdate(prepare)] if state.ema is not None else []
+    main = state.dist.main  # under torchrun only rank 0 writes logs, event files and checkpoints
+    chain.items += [] if quiet else [ConsoleLogger()]
+    tensorboard = TensorBoardLogger(state.run_dir)
+    chain.items += [MetricsFile(state.run_dir / "metrics.jsonl"), tensorboard,
+                    Pictures(state.run_dir / "plots", tensorboard)] if main else []
+    chain.items += [BestSaver(state.run_dir / "checkpoints", write=main)]
+    chain.items += [EarlyStopping(cfg.early_stop_patience)] if cfg.early_stop_patience else []
+    chain.items += [GracefulInterrupt(), TimeTotals(), *extra]
+    chain.items += [LoaderBound(data.loaders["train"])] if main else []  # one line when the data starves the model
+    # last: its resume point must hold every other callback's state after the event
+    saver = CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started)
+    chain.items += [saver] if main else []
+    return chain
