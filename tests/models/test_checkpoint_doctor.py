@@ -11,9 +11,9 @@ import torch
 import torchvision
 from torch import nn
 
-from visiontrain.checkpoint.weights import read_weights
 from visiontrain.models import ModelInput, create_model
 from visiontrain.models.partial import load_partial
+from visiontrain.models.rebuild import read_model_weights
 
 
 def _ddp_file(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -54,7 +54,7 @@ def test_convert_strips_prefixes_and_writes_a_sidecar(tmp_path: Path, main_cli, 
     assert side["format"] == "visiontrain.weights" and side["stripped_prefixes"] == {"module.": len(sd),
                                                                                        "_orig_mod.": len(sd)}
     assert side["weights"]["file"] == "ddp.safetensors" and side["fits"][0]["name"] == "mobilenet_v3_small"
-    assert read_weights(out).ordered  # the state_dict order survives, so --init-match order still works
+    assert read_model_weights(out).ordered  # the state_dict order survives, so --init-match order still works
     one_line_error(main_cli("checkpoint", "convert", path, "--to", "safetensors"), "exists", "--force")
     one_line_error(main_cli("checkpoint", "convert", out, "--to", "safetensors"), "is already safetensors")
 
@@ -84,7 +84,7 @@ def test_inspect_a_visiontrain_run_rebuilds_its_model(tmp_path: Path, main_cli) 
     assert "fits:      lenet5 (the model its sidecar names; `visiontrain.load` rebuilds it exactly)" in r.out
     assert 'metadata:  model: {"name": "lenet5", "args": {}, "head": [8]}' in r.out
     # the safetensors file alone still knows its state_dict order (from the sidecar's model)
-    weights = read_weights(tmp_path / "run" / "checkpoints" / "best.safetensors")
+    weights = read_model_weights(tmp_path / "run" / "checkpoints" / "best.safetensors")
     assert weights.ordered and list(weights.tensors) == list(model.state_dict())
     report = load_partial(create_model("lenet5", ModelInput(1, 28, 3)), weights.tensors, match="order")
     assert len(report.loaded) == 8 and [m["key"] for m in report.mismatched] == ["11.weight"]  # the new head

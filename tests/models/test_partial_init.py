@@ -12,10 +12,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from visiontrain.checkpoint.weights import read_weights
 from visiontrain.errors import CheckpointError, ConfigError, ModelError
 from visiontrain.models import ModelInput, create_model
 from visiontrain.models.partial import load_partial
+from visiontrain.models.rebuild import read_model_weights
 
 
 def _conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:
@@ -67,7 +67,7 @@ def mobilenet_tar(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Mobil
 
 def test_seed_mobilenet_first_seven_blocks_by_order(mobilenet_tar) -> None:
     path, full = mobilenet_tar
-    weights = read_weights(path)
+    weights = read_model_weights(path)
     assert weights.nested_in == "state_dict" and weights.stripped == {"module.": len(full.state_dict())}
     net = FirstSeven()
     report = load_partial(net, weights.tensors, match="order", source=str(path))
@@ -84,7 +84,7 @@ def test_seed_mobilenet_first_seven_blocks_by_order(mobilenet_tar) -> None:
 
 def test_rename_rules_prefix_and_regex(mobilenet_tar) -> None:
     path, full = mobilenet_tar
-    tensors = read_weights(path).tensors
+    tensors = read_model_weights(path).tensors
     net = FirstSeven()
     report = load_partial(net, tensors, rules=["module.model.0.=conv1.", r"re:^model\.1\.(\d)\.=conv2.\1."])
     assert report.renamed == 5 + 10 + 3  # two blocks: their tensors and their 3 BN counters
@@ -103,7 +103,7 @@ def test_by_name_into_a_new_class_count_reports_the_head(tmp_path: Path) -> None
     file = tmp_path / "old.safetensors"
     safetensors.torch.save_file(old.state_dict(), str(file))
     new = create_model("cifar_resnet20", ModelInput(3, 32, 7), {"width": 8})
-    report = load_partial(new, read_weights(file).tensors, source=str(file))
+    report = load_partial(new, read_model_weights(file).tensors, source=str(file))
     assert [m["key"] for m in report.mismatched] == ["fc.weight", "fc.bias"]
     assert report.mismatched[0]["file_shape"] == [4, 32] and report.mismatched[0]["model_shape"] == [7, 32]
     assert not report.missing and not report.unexpected
@@ -120,17 +120,17 @@ def test_every_file_kind_reads_and_pickles_are_refused(tmp_path: Path) -> None:
     sd = nn.Linear(3, 2).state_dict()
     legacy = tmp_path / "legacy.pt"
     torch.save({"model_state_dict": sd, "optimizer": {}}, legacy, _use_new_zipfile_serialization=False)
-    assert read_weights(legacy).nested_in == "model_state_dict"
+    assert read_model_weights(legacy).nested_in == "model_state_dict"
     compiled = tmp_path / "compiled.bin"
     torch.save({f"_orig_mod.module.{k}": v for k, v in sd.items()}, compiled)
-    assert set(read_weights(compiled).tensors) == {"weight", "bias"}
+    assert set(read_model_weights(compiled).tensors) == {"weight", "bias"}
     whole = tmp_path / "whole.pth"
     torch.save(nn.Linear(3, 2), whole)
     with pytest.raises(CheckpointError, match=r"not a plain state_dict.*torch.save\(model.state_dict\(\), path\)"):
-        read_weights(whole)
+        read_model_weights(whole)
     with pytest.raises(CheckpointError, match="not a safetensors file, a PyTorch state_dict"):
         (tmp_path / "notes.txt").write_text("hello")
-        read_weights(tmp_path / "notes.txt")
+        read_model_weights(tmp_path / "notes.txt")
 
 
 class _Evil:
@@ -148,5 +148,5 @@ def test_a_malicious_pickle_never_runs(tmp_path: Path) -> None:
     torch.save({"weight": _Evil()}, tmp_path / "evil2.pth")  # the same inside torch's zip format
     for file in (path, tmp_path / "evil2.pth"):
         with pytest.raises(CheckpointError, match="not a plain state_dict"):
-            read_weights(file)
+            read_model_weights(file)
     assert not (tmp_path / "pwned").exists()

@@ -17,8 +17,9 @@ from visiontrain.data import Preprocessing
 from visiontrain.engine.callbacks import Callback
 from visiontrain.errors import ModelError
 from visiontrain.models import ModelInput
-from visiontrain.models.assembly import build_model, model_spec, rebuild_model
+from visiontrain.models.assembly import build_model, model_spec
 from visiontrain.models.pretrained import hub_file
+from visiontrain.models.rebuild import rebuild_model
 
 WEIGHTS = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
 

@@ -10,7 +10,8 @@ import torch
 from visiontrain.config import ModelConfig
 from visiontrain.errors import ModelError
 from visiontrain.models import ModelInput, create_model, get_entry
-from visiontrain.models.assembly import build_model, rebuild_model
+from visiontrain.models.assembly import build_model
+from visiontrain.models.rebuild import rebuild_model
 
 timm = pytest.importorskip("timm")
 

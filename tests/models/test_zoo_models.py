@@ -15,7 +15,8 @@ import visiontrain
 from visiontrain.config import ModelConfig
 from visiontrain.errors import ModelError
 from visiontrain.models import MODELS, ModelInput, create_model, get_entry
-from visiontrain.models.assembly import build_model, rebuild_model
+from visiontrain.models.assembly import build_model
+from visiontrain.models.rebuild import rebuild_model
 from visiontrain.models.surgery import find_head, replace_head
 from visiontrain.models.torchvision_models import classifier_names, family
 from visiontrain.models.zoo import on_meta

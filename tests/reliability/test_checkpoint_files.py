@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 import visiontrain
 from visiontrain.checkpoint.validate import DTYPE_BYTES, check_safetensors
-from visiontrain.checkpoint.weights import read_weights
 from visiontrain.errors import CheckpointError
 from visiontrain.models.doctor import inspect_weights
+from visiontrain.models.rebuild import read_model_weights
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_crafted_safetensors_are_refused_everywhere_naming_the_file(case: str, c
     # 2. a bare .safetensors for --pretrained/--init-from/checkpoint inspect: no hash to check first (bytes that
     # do not start like a safetensors header are turned away by the format sniffing before that)
     fragment = fragment if blob[8:9] == b"{" else "not a safetensors file"
-    _refused(lambda: read_weights(weights), str(weights), fragment)
+    _refused(lambda: read_model_weights(weights), str(weights), fragment)
     one_line_error(main_cli("checkpoint", "inspect", weights), str(weights), fragment)
 
 
@@ -92,7 +92,7 @@ def test_the_header_is_checked_before_it_is_read(tmp_path: Path, monkeypatch: py
     """A declared 60 MB header in a 100-byte file is refused from the first 8 bytes: nothing big is read."""
     path = tmp_path / "w.safetensors"
     path.write_bytes(_blob({"a": _t("F32", [2], 0, 8)}, bytes(8), length=60 * 2**20))
-    _refused(lambda: read_weights(path), "runs past the end")
+    _refused(lambda: read_model_weights(path), "runs past the end")
 
 
 def test_a_truncated_checkpoint_is_refused(ckpt: Path) -> None:
@@ -101,7 +101,7 @@ def test_a_truncated_checkpoint_is_refused(ckpt: Path) -> None:
     for cut in (0, 5, 8, 100, len(data) // 2, len(data) - 1):
         weights.write_bytes(data[:cut])
         _refused(lambda: visiontrain.load(ckpt / "best.json"), str(weights), "SHA-256 differs")  # the pair check
-        _refused(lambda: read_weights(weights), str(weights), "safetensors file")
+        _refused(lambda: read_model_weights(weights), str(weights), "safetensors file")
 
 
 @pytest.mark.parametrize(("change", "fragment"), [
@@ -254,7 +254,7 @@ def test_random_bytes_as_safetensors_never_escape_as_another_exception(blob: byt
     for data in (blob, struct.pack("<Q", len(blob)) + blob):
         path.write_bytes(data)
         try:
-            read_weights(path)
+            read_model_weights(path)
         except CheckpointError as exc:
             assert "\n" not in str(exc)
 
