@@ -3,7 +3,7 @@
 Every number a user types or a file holds is checked against a limit before it costs anything: a config
 file is read up to 1 MiB (``--config /dev/zero`` stops there), JSON from a file may nest at most
 :data:`MAX_JSON_DEPTH` deep (no ``RecursionError``), ``--workers`` is capped at a few per core, and the model
-a checkpoint describes must fit its weights file and the machine's memory (engine/validate.py).
+a checkpoint describes must fit its weights file and the machine's memory (models/checks.py).
 
 >>> parse_json('{"a": [1, 2]}')
 {'a': [1, 2]}

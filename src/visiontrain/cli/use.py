@@ -1,5 +1,4 @@
-"""The commands that use a trained model: ``export`` and ``serve`` (registered here), and the bodies of
-``evaluate`` and ``predict`` (whose flags cli.py declares)."""
+"""The commands that use a trained model: ``evaluate``, ``predict``, ``export`` and ``serve``."""
 
 from __future__ import annotations
 
