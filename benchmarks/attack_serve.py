@@ -23,14 +23,14 @@ import http.client
 import io
 import json
 import os
-import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 from PIL import Image
+
+from visiontrain.use.serve.client import start_server
 
 HOST = "127.0.0.1"  # loopback only, by construction: the address is not a flag
 
@@ -49,26 +49,7 @@ def _small_bodies(size: int, count: int = 8) -> list[bytes]:
 
 
 def _start_server(model: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "visiontrain", "serve", model, "--host", HOST, "--port", "0",
-                             "--log-level", "error", *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    match = re.search(rf"http://{re.escape(HOST)}:(\d+)", proc.stdout.readline())
-    if not match:
-        proc.kill()
-        raise SystemExit("the server did not start")
-    port = int(match.group(1))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection(HOST, port, timeout=60)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return proc, port
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server never answered /health")
+    return start_server(model, "--log-level", "error", *extra, host=HOST)
 
 
 def _post(port: int, body: bytes, timeout: float) -> str:

@@ -17,10 +17,8 @@ import http.client
 import io
 import json
 import platform
-import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,6 +26,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+
+from visiontrain.use.serve.client import start_server
 
 HOST = "127.0.0.1"  # loopback only, by construction: the address is not a flag
 
@@ -54,27 +54,8 @@ def _train_small(folder: Path) -> Path:
 
 def _start_server(model: str, threads: int, clients: int) -> tuple[subprocess.Popen, int]:
     # A queue as long as the clients are many: this measures throughput, not the server's load shedding (503).
-    proc = subprocess.Popen([sys.executable, "-m", "visiontrain", "serve", model, "--host", HOST, "--port", "0",
-                             "--log-level", "warning", "--threads", str(threads), "--queue", str(max(16, clients))],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline()
-    match = re.search(rf"http://{re.escape(HOST)}:(\d+)", line)
-    if not match:
-        proc.kill()
-        raise SystemExit(f"the server did not start: {line!r}")
-    port = int(match.group(1))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # the socket listens at once; wait until the app answers
-        try:
-            conn = http.client.HTTPConnection(HOST, port, timeout=60)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return proc, port
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server never answered /health")
+    return start_server(model, "--log-level", "warning", "--threads", str(threads), "--queue", str(max(16, clients)),
+                        host=HOST)
 
 
 def _client(port: int, bodies: list[bytes], stop_at: float, budget: list[int], lock: threading.Lock,

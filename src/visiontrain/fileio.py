@@ -32,39 +32,29 @@ os.umask(_UMASK)
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    tmp = temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the mode a plain open() would
-                os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
+        with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        fault_point("before-rename", path.name)
-        os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise VisiontrainError(f"cannot write {path}: {exc.strerror or exc}; the previous file, if any, "
-                               "is intact — free disk space or fix the folder's permissions") from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _cannot_write(Path(path), exc) from exc
         raise
-    _fsync_dir(path.parent)
-    return path
+    return _rename(tmp, Path(path))
 
 
 def temp_beside(path: str | Path) -> Path:
-    """A new, empty temp file in ``path``'s folder, for writers that want a file name (the exporters); put it in
-    place with :func:`commit`. Its name is one :func:`remove_stale_temps` and :func:`remove_dead_temps` know."""
+    """A new, empty temp file in ``path``'s folder (writers that want a file name, such as the exporters, put it
+    in place with :func:`commit`). Its name is one :func:`remove_stale_temps` and :func:`remove_dead_temps` know."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; an export should be readable like any file
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
     return Path(tmp)
 
 
@@ -73,15 +63,32 @@ def commit(tmp: str | Path, path: str | Path) -> Path:
     tmp, path = Path(tmp), Path(path)
     try:
         _fsync_file(tmp)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _cannot_write(path, exc) from exc
+    return _rename(tmp, path)
+
+
+def _rename(tmp: Path, path: Path) -> Path:
+    try:
         fault_point("before-rename", path.name)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise VisiontrainError(f"cannot write {path}: {exc.strerror or exc}; the previous file, if any, "
-                               "is intact — free disk space or fix the folder's permissions") from exc
+        raise _cannot_write(path, exc) from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     _fsync_dir(path.parent)
     return path
+
+
+def _cannot_write(path: Path, exc: OSError) -> VisiontrainError:
+    return VisiontrainError(f"cannot write {path}: {exc.strerror or exc}; the previous file, if any, is intact — "
+                            "free disk space or fix the folder's permissions")
 
 
 def replace_together(files: dict[Path, bytes], remove: Iterable[Path] = ()) -> None:
@@ -96,12 +103,8 @@ def replace_together(files: dict[Path, bytes], remove: Iterable[Path] = ()) -> N
     temps: list[Path] = []
     try:
         for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
-            temps.append(Path(name))
-            with os.fdopen(fd, "wb") as fh:
-                if hasattr(os, "fchmod"):
-                    os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
+            temps.append(temp_beside(path))
+            with open(temps[-1], "wb") as fh:
                 fh.write(files[path])
                 fh.flush()
                 os.fsync(fh.fileno())

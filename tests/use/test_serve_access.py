@@ -4,9 +4,7 @@ anything is loaded)."""
 
 from __future__ import annotations
 
-import http.client
 import io
-import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +16,7 @@ pytest.importorskip("uvicorn")
 
 from visiontrain.data.synthetic import SHAPES, make_shapes
 from visiontrain.use.serve import build_app, running_server
+from visiontrain.use.serve.client import call
 
 TOKEN = "s3cret-Token_for.tests"
 APP_ORIGIN = "https://app.example"
@@ -31,20 +30,6 @@ def _png() -> tuple[bytes, str]:
 
 
 PNG, TRUTH = _png()
-
-
-def call(url: str, method: str = "GET", path: str = "/", body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        raw = resp.read()
-        data = json.loads(raw) if resp.getheader("content-type", "").startswith("application/json") else raw
-        return resp.status, data, {k.lower(): v for k, v in resp.getheaders()}
-    finally:
-        conn.close()
 
 
 def predict(url: str, **headers: str) -> tuple[int, Any, dict[str, str]]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.client
 import io
-import json
 import os
 import re
 import socket
@@ -27,6 +25,7 @@ from visiontrain.data.synthetic import SHAPES, make_shapes
 from visiontrain.use.export.runtime import load_model
 from visiontrain.use.serve import build_app, running_server
 from visiontrain.use.serve.app import Limits, create_app
+from visiontrain.use.serve.client import call
 
 MAX_BYTES = 64 * 1024
 
@@ -36,21 +35,6 @@ def _png(seed: int, size: int = 32) -> tuple[bytes, str]:
     buf = io.BytesIO()
     Image.fromarray(images[0].permute(1, 2, 0).numpy()).save(buf, format="PNG")
     return buf.getvalue(), SHAPES[int(labels[0])]
-
-
-def call(url: str, method: str = "GET", path: str = "/", body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        raw = resp.read()
-        kind = resp.getheader("content-type", "")
-        data = json.loads(raw) if kind.startswith("application/json") else raw.decode()
-        return resp.status, data, {k.lower(): v for k, v in resp.getheaders()}
-    finally:
-        conn.close()
 
 
 def multipart(data: bytes, filename: str = "shape.png", content_type: str = "image/png") -> tuple[bytes, dict]:
