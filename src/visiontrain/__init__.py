@@ -1,8 +1,12 @@
 """visiontrain: train, evaluate and use image classifiers — the complete PyTorch routine as one API.
 
 >>> import visiontrain
->>> run = visiontrain.train({"data": "synthetic", "epochs": 1})  # doctest: +SKIP
->>> visiontrain.predict(run.dir, ["shape.png"])  # doctest: +SKIP
+>>> run = visiontrain.train({"data": "synthetic", "data_args": {"train": 200, "val": 40, "test": 40}, "epochs": 1,
+...                          "plots": False})
+>>> run.summary["epochs_completed"], run.summary["data"]["classes"]
+(1, ['circle', 'square', 'triangle', 'cross'])
+>>> visiontrain.predict(run.dir, ["shape.png"], top_k=1)
+[{'path': 'shape.png', 'predictions': [{'label': '...', 'index': ..., 'probability': ...}]}]
 """
 
 from __future__ import annotations

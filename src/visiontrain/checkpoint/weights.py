@@ -46,7 +46,7 @@ class WeightsFile:
 
 
 def sniff(path: Path) -> str:
-    """The file's format from its first bytes (suffixes lie: the seed's MobileNet is a ``.tar``)."""
+    """The format from the file's first bytes (suffixes lie: the notes' MobileNet is a .tar, docs/cookbook.md §11)."""
     if path.is_dir() or path.suffix == ".json":
         return "visiontrain"
     try:
@@ -74,9 +74,9 @@ def read_weights(path: str | Path, trust_pickle: bool = False, order: SidecarOrd
     which runs any code inside it; without it such a file is a :class:`CheckpointError`. ``order`` gives a
     visiontrain checkpoint's tensor order (safetensors sorts tensors by name; order matching needs the real one).
 
-    >>> w = read_weights("runs/mnist-demo")  # doctest: +SKIP
-    >>> w.format, len(w.tensors)  # doctest: +SKIP
-    ('visiontrain', 12)
+    >>> w = read_weights("runs/demo")  # a run folder: its best checkpoint
+    >>> w.format, len(w.tensors), tuple(w.tensors["0.weight"].shape)
+    ('visiontrain', 20, (16, 3, 5, 5))
     """
     p = Path(path)
     if not p.exists():
@@ -125,7 +125,8 @@ def _read_pytorch(path: Path, trust_pickle: bool = False) -> WeightsFile:
         obj = _unpickle_trusted(path)
     except Exception as exc:  # a damaged file fails in many ways (zip, pickle, even torch's safetensors sniffing)
         raise CheckpointError(f"{path}: not a readable PyTorch file ({_first_line(exc)})") from None
-    if isinstance(obj, torch.nn.Module):  # the seeds' "method 1": the whole model; its weights are what we need
+    # the notes' "method 1" (docs/cookbook.md §8, save and load): the whole model; its weights are what we need
+    if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     tensors, nested = _find_state_dict(obj, path)
     return WeightsFile(path, "pytorch", tensors, nested_in=nested)

@@ -63,7 +63,8 @@ RECIPES.register("fast_long", Recipe(
     {**_FAST, "model.args": {"widths": [32, 64]}, "train.epochs": 8, "data.transforms.train": "digits"},
     measured="MNIST test accuracy; see docs/benchmarks.md"))
 RECIPES.register("seeds", Recipe(
-    "the study notes' routine (seed 002): seed_net, plain SGD lr 0.01, batch 64, constant rate, no augmentation",
+    "the study notes' routine (seed 002, docs/cookbook.md §14): seed_net, plain SGD lr 0.01, batch 64, constant "
+    "rate, no augmentation",
     {"model.name": "seed_net", "data.batch_size": 64, "data.transforms.train": "none", "optim.name": "sgd",
      "optim.lr": 0.01, "optim.momentum": 0.0, "optim.nesterov": False, "optim.weight_decay": 0.0,
      "optim.schedule": "none", "optim.warmup_epochs": 0.0, "train.precision": "32", "train.label_smoothing": 0.0},

@@ -1,4 +1,5 @@
-"""A user's own ``torch.utils.data.Dataset`` by import path — the seeds' ``Mydata``.
+"""A user's own ``torch.utils.data.Dataset`` by import path — the seeds' ``Mydata`` (docs/cookbook.md §12, your
+own Dataset class).
 
 ``--data mypkg.data:MyData --data-arg root=data/train`` imports ``MyData`` (a module on the path, run from
 the current folder, or a file: ``--data my_data.py:Mydata``) and builds it with the data args as keyword
@@ -7,7 +8,8 @@ check a spec read from a file with :func:`visiontrain.config.trust.check_file_va
 parameter gives a train split (``train=True``) and a test split (``train=False``).
 
 Items are ``(image, label)``: the image a PIL image, a [C,H,W] tensor (float in [0, 1] or uint8) or an
-array; the label a class index, a class name (the seeds return the folder name) or a float (regression).
+array; the label a class index, a class name (the seeds return the folder name: docs/cookbook.md §12) or a float
+(regression).
 A ``classes`` attribute names the classes; a ``targets`` attribute (one label per item) saves the pass
 that otherwise reads every item once to learn the labels.
 """

@@ -123,8 +123,16 @@ def probe_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS
     as an image, unsupported formats, cut-short headers and decompression bombs. A file cut short in its
     pixel data passes; the full decode reports it later.
 
-    >>> probe_image("cat.jpg")  # doctest: +SKIP
+    >>> from PIL import Image
+    >>> Image.new("RGB", (640, 480)).save("cat.jpg")
+    >>> probe_image("cat.jpg")
     ImageInfo(width=640, height=480, mode='RGB', format='JPEG', decoded=None)
+    >>> probe_image("cat.jpg", draft=64).decoded  # a JPEG decodes at 1/2, 1/4 or 1/8 of its size
+    (160, 120)
+    >>> probe_image(b"<html><body>Not found</body></html>", name="dog.jpg")
+    Traceback (most recent call last):
+    ...
+    visiontrain.errors.ImageError: dog.jpg: not an image Pillow can read ... (it is an HTML/XML/SVG document); ...
 
     Raises:
         ImageError: as :func:`open_image` does, for everything found in the header.

@@ -1,6 +1,7 @@
 """``visiontrain data show``: a labelled grid of (augmented) samples as a PNG and in TensorBoard.
 
-The notes do this by hand (``writer.add_images("input", imgs, step)``); here one command shows exactly what
+The notes do this by hand (``writer.add_images("input", imgs, step)``: docs/cookbook.md §1, tensorboard, and §3,
+datasets and the DataLoader); here one command shows exactly what
 the model will see — the same loaders, the same transforms — with each image's class written under it.
 """
 

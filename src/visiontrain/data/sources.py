@@ -45,8 +45,9 @@ def load_source(cfg: DataConfig, seed: int) -> DataSource:
     A source without its own val split gets one from ``cfg.split_file`` or, else, a seeded, stratified
     ``cfg.val_split`` of train held out.
 
-    >>> load_source(DataConfig(name="synthetic"), seed=0).classes  # doctest: +SKIP
-    ['circle', 'square', 'triangle', 'cross']
+    >>> source = load_source(DataConfig(name="synthetic", args={"train": 40, "val": 8, "test": 8}), seed=0)
+    >>> source.classes, len(source.splits["train"]), len(source.splits["val"])
+    (['circle', 'square', 'triangle', 'cross'], 40, 8)
     """
     source = _find_source(cfg, seed)
     train = source.splits["train"]

@@ -6,8 +6,13 @@ names arbitrary code. Transforms work on uint8 image tensors [C,H,W] or batches 
 float and normalization happen once per batch on the training device (see ``loaders.Normalizer``), so a
 ``Normalize`` spec sets that step's mean/std instead of running inside the uint8 pipeline.
 
->>> build_transforms([{"name": "RandomCrop", "size": 32, "padding": 4}, {"name": "RandomHorizontalFlip"}])
-... # doctest: +SKIP
+>>> pipeline = build_transforms([{"name": "RandomCrop", "size": 32, "padding": 4}, {"name": "RandomHorizontalFlip"}])
+>>> pipeline(torch.zeros(3, 32, 32, dtype=torch.uint8)).shape
+torch.Size([3, 32, 32])
+>>> build_transforms([{"name": "os.system"}])
+Traceback (most recent call last):
+...
+visiontrain.errors.ConfigError: transforms: unknown transform 'os.system'; choose one of: AugMix, AutoAugment, ...
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ ALLOWED: dict[str, Any] = {
     "TrivialAugmentWide": v2.TrivialAugmentWide,
     "AugMix": v2.AugMix,
 }
-# Accepted so that pipelines copied from the notes work: the loaders already yield tensors, and
+# Accepted so that pipelines copied from the notes (docs/cookbook.md §2, transforms) work: the loaders already
+# yield tensors, and
 # Normalize becomes the on-device normalization (see split_normalize).
 PASSTHROUGH = frozenset({"ToTensor", "ToImage", "Normalize"})
 # Same output for the same input: these may be cached (applied once) and run on a whole batch at once.

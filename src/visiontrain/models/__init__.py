@@ -1,5 +1,6 @@
-"""Models: the notes' networks, CIFAR-style ResNets and VGGs, row-reading LSTM/GRU, torchvision's
-classifiers and (optionally) timm's behind one factory; fine-tuning surgery and partial loading."""
+"""Models: the notes' networks (docs/cookbook.md §4, the layer demos), CIFAR-style ResNets and VGGs, row-reading
+LSTM/GRU, torchvision's classifiers and (optionally) timm's behind one factory; fine-tuning surgery and partial
+loading."""
 
 from visiontrain.models import fast as _fast  # noqa: F401  (registers the built-in models)
 from visiontrain.models import recurrent as _recurrent  # noqa: F401

@@ -37,8 +37,11 @@ _META_FIELDS = ("epoch", "step", "monitor", "created")
 def inspect_weights(path: str | Path, find_models: bool = True, trust_pickle: bool = False) -> dict[str, Any]:
     """A JSON-able description of a weights file or run (``trust_pickle``: see :func:`read_weights`).
 
-    >>> inspect_weights("resnet18.pth")["fits"][0]  # doctest: +SKIP
-    {'name': 'resnet18', 'exact': True, 'classes': 1000, 'channels': 3, 'shapes_differ': 0}
+    >>> import torch, torchvision
+    >>> torch.save(torchvision.models.resnet18().state_dict(), "resnet18.pth")
+    >>> info = inspect_weights("resnet18.pth")
+    >>> info["format"], info["tensors"], info["fits"][0]
+    ('pytorch', 122, {'name': 'resnet18', 'exact': True, 'classes': 1000, 'channels': 3, 'shapes_differ': 0})
     """
     w = read_model_weights(path, trust_pickle=trust_pickle)
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in w.tensors.values())
@@ -90,8 +93,12 @@ def convert_to_safetensors(path: str | Path, out: str | Path | None = None, forc
                            trust_pickle: bool = False) -> dict[str, Any]:
     """Write ``out`` (default: beside the input, ``.safetensors``) and its ``.json`` sidecar.
 
-    >>> convert_to_safetensors("ddp_model.pth")["weights"]  # doctest: +SKIP
-    'ddp_model.safetensors'
+    >>> import torch, torchvision
+    >>> weights = torchvision.models.resnet18().state_dict()
+    >>> torch.save({"module." + k: v for k, v in weights.items()}, "ddp_model.pth")  # as saved from DDP
+    >>> done = convert_to_safetensors("ddp_model.pth")
+    >>> done["weights"], done["sidecar"], done["stripped_prefixes"], done["fits"][0]["name"]
+    ('ddp_model.safetensors', 'ddp_model.json', {'module.': 122}, 'resnet18')
     """
     src = Path(path)
     w = read_model_weights(src, trust_pickle=trust_pickle)

@@ -1,4 +1,5 @@
-"""Partial weight loading with a report (seed 001 §9): by name, after rename rules, or by order and shape.
+"""Partial weight loading with a report (seed 001 §9 of the notes; docs/cookbook.md §11, partial loading and
+freezing): by name, after rename rules, or by order and shape.
 
 ``load_partial`` never guesses silently: every tensor of the model is either loaded (and from which file
 key), missing (kept its fresh initialisation), or shape-mismatched; every tensor of the file that was not
@@ -7,9 +8,9 @@ used is unexpected. ``strict`` turns any of those gaps into an error.
 Rename rules are ``OLD=NEW``: keys starting with ``OLD`` start with ``NEW`` instead (``module.model.0.=conv1.``);
 ``re:PATTERN=REPLACEMENT`` is a regular-expression substitution (``re:^model\\.(\\d+)\\.=blocks.\\1.``).
 Rules apply in order, after the DDP/compile wrappers are stripped (a literal rule may keep them).
-Order matching pairs the model's tensors with the file's in order while the shapes agree — the seed's
-MobileNet case, where the names differ but the order holds. BatchNorm's ``num_batches_tracked`` counters
-are bookkeeping, not weights: they are never reported missing nor paired by order.
+Order matching pairs the model's tensors with the file's in order while the shapes agree — the notes'
+MobileNet case (docs/cookbook.md §11), where the names differ but the order holds. BatchNorm's
+``num_batches_tracked`` counters are bookkeeping, not weights: they are never reported missing nor paired by order.
 """
 
 from __future__ import annotations
@@ -116,9 +117,15 @@ def load_partial(model: nn.Module, tensors: dict[str, torch.Tensor], *, match: s
                  rules: Iterable[str] = (), strict: bool = False, source: str = "weights") -> LoadReport:
     """Load what fits of ``tensors`` into ``model`` and report the rest.
 
-    >>> report = load_partial(net, torch.load("old.pth", weights_only=True), match="order")  # doctest: +SKIP
-    >>> report.summary()  # doctest: +SKIP
-    'loaded 65 of 65 model tensors by order (file has 137); 0 missing, 72 unexpected, 0 with another shape'
+    >>> trained = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 10))  # keys 0.weight … 2.bias
+    >>> class Net(nn.Module):  # the same body under other names, and a 3-class head
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.body, self.head = nn.Linear(4, 8), nn.Linear(8, 3)
+    >>> load_partial(Net(), trained.state_dict(), match="order").summary()
+    'loaded 2 of 4 model tensors by order (file has 4); 1 missing, 1 unexpected, 1 with another shape'
+    >>> load_partial(Net(), trained.state_dict(), rules=["0.=body."]).summary()
+    'loaded 2 of 4 model tensors by name (file has 4); 2 missing, 2 unexpected, 0 with another shape'
     """
     if match not in MATCHES:
         raise ConfigError(f"unknown init match {match!r}; choose one of: {', '.join(MATCHES)}")

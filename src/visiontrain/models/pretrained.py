@@ -57,9 +57,19 @@ def is_file_value(value: str) -> bool:
 def load_pretrained(name: str, args: dict, inp: ModelInput, value: str, trust_pickle: bool = False) -> Pretrained:
     """Build ``name`` as the weights ``value`` need it, load them strictly, adapt the stem to ``inp``.
 
+    A weights file (here one made on the spot), for gray 32 px images:
+
+    >>> from safetensors.torch import save_file
+    >>> save_file(create_model("resnet18", ModelInput(3, 224, 1000)).state_dict(), "resnet18.safetensors")
+    >>> p = load_pretrained("resnet18", {}, ModelInput(1, 32, 10), "resnet18.safetensors")
+    >>> p.num_classes, p.model.conv1.in_channels  # the file's head (assembly replaces it); the stem made gray
+    (1000, 1)
+
+    torchvision's ImageNet weights, when their file is in the torch hub cache (never downloaded here):
+
     >>> p = load_pretrained("resnet18", {}, ModelInput(3, 224, 10), "DEFAULT")  # doctest: +SKIP
-    >>> p.num_classes  # doctest: +SKIP
-    1000
+    >>> p.num_classes, p.mean  # doctest: +SKIP
+    (1000, (0.485, 0.456, 0.406))
     """
     if is_file_value(value):
         return _from_file(name, args, inp, Path(value), trust_pickle)

@@ -1,4 +1,5 @@
-"""Recurrent classifiers that read an image row by row (sequential MNIST), as in seed 002's LSTM/GRU notes.
+"""Recurrent classifiers that read an image row by row (sequential MNIST), as in seed 002's LSTM/GRU notes
+(docs/cookbook.md §16, recurrent models).
 
 Step ``t`` of the sequence is row ``t`` of the image (all channels side by side), so a 28x28 digit is a
 28-step sequence of 28 values. The last layer's final hidden state (both directions when bidirectional)

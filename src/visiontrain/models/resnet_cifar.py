@@ -1,8 +1,8 @@
 """CIFAR-style ResNets: a 3x3 stem without max-pooling, so 32 px inputs keep their detail.
 
 ``cifar_resnet20/32/56`` are He et al.'s CIFAR nets (three stages of 16/32/64 channels, 6n+2 layers);
-``cifar_resnet18/34`` are ImageNet ResNet-18/34 (seed 001 §4.2) with the 3x3 stem. Blocks are
-Conv-BN-ReLU (seed 001 §7); shortcuts are 1x1 projections when the shape changes.
+``cifar_resnet18/34`` are He et al.'s ImageNet ResNet-18/34 with the 3x3 stem. Blocks are Conv-BN-ReLU;
+shortcuts are 1x1 projections when the shape changes.
 """
 
 from __future__ import annotations
@@ -78,6 +78,6 @@ def cifar_resnet18(inp: ModelInput, width: int = 64) -> nn.Module:
     return CifarResNet(inp, [2, 2, 2, 2], [width, 2 * width, 4 * width, 8 * width])
 
 
-@register_model("cifar_resnet34", "ResNet-34 (seed 001 §4.2) with a 3x3 stem, for 32 px inputs (arg: width)")
+@register_model("cifar_resnet34", "ResNet-34 with a 3x3 stem and no max-pool, for 32 px inputs (arg: width)")
 def cifar_resnet34(inp: ModelInput, width: int = 64) -> nn.Module:
     return CifarResNet(inp, [3, 4, 6, 3], [width, 2 * width, 4 * width, 8 * width])

@@ -1,7 +1,8 @@
-"""The networks of the study notes, adapted to any input size, channel count and class count.
+"""The networks of the study notes (docs/cookbook.md §4, the layer demos, shows each beside its original), adapted
+to any input size, channel count and class count.
 
-Each keeps the layer structure of its note so a learner recognises it; only the sizes that the notes
-hard-code for one dataset (``Linear(1024, 64)`` for 32 px CIFAR) are computed from the input instead.
+Each keeps the layer structure of its original so a learner recognises it; only the sizes hard-coded there for one
+dataset (``Linear(1024, 64)`` for 32 px CIFAR) are computed from the input instead.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def small_cnn(inp: ModelInput, width: int = 16, dropout: float = 0.0) -> nn.Modu
     return nn.Sequential(*features, *head, nn.Linear(_flat_features(features, inp), inp.num_classes))
 
 
-@register_model("cifar10_net", "the notes' CIFAR10 model (seed 000 Model / seed 004 Tudui): Conv5-Pool x3, "
+@register_model("cifar10_net", "the notes' CIFAR10 Model / Tudui (docs/cookbook.md §4): Conv5-Pool x3, "
                 "Linear 1024-64-10", min_size=8)
 def cifar10_net(inp: ModelInput) -> nn.Module:
     features = nn.Sequential(
@@ -46,7 +47,7 @@ def cifar10_net(inp: ModelInput) -> nn.Module:
 
 
 class _ConvBlock(nn.Module):
-    """Conv3x3 → ReLU → optional MaxPool, as in seed 001 §3.4."""
+    """Conv3x3 → ReLU → optional MaxPool, as in seed 001 §3.4 (docs/cookbook.md §4)."""
 
     def __init__(self, cin: int, cout: int, use_pool: bool = True) -> None:
         super().__init__()
@@ -58,7 +59,8 @@ class _ConvBlock(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """The notes' MNIST ConvNet (seed 001 §3.4): two conv blocks, then 1024-256-classes with dropout."""
+    """The notes' MNIST ConvNet (seed 001 §3.4, docs/cookbook.md §4): two conv blocks, then 1024-256-classes with
+    dropout."""
 
     def __init__(self, inp: ModelInput, dropout: float = 0.5) -> None:
         super().__init__()
@@ -75,13 +77,14 @@ class ConvNet(nn.Module):
         return self.classifier(torch.flatten(self.conv2(self.conv1(x)), 1))
 
 
-@register_model("mnist_convnet", "the notes' MNIST ConvNet (seed 001 §3.4): 2 conv blocks, 1024-256 MLP")
+@register_model("mnist_convnet", "the notes' MNIST ConvNet (docs/cookbook.md §4): 2 conv blocks, 1024-256 MLP")
 def mnist_convnet(inp: ModelInput, dropout: float = 0.5) -> nn.Module:
     return ConvNet(inp, dropout)
 
 
 class SeedNet(nn.Module):
-    """The FashionMNIST Net of seed 002: conv5 → conv3 → ReLU → pool → one Linear."""
+    """The FashionMNIST Net of seed 002 (docs/cookbook.md §14, FashionMNIST): conv5 → conv3 → ReLU → pool → one
+    Linear."""
 
     def __init__(self, inp: ModelInput) -> None:
         super().__init__()
@@ -97,7 +100,8 @@ class SeedNet(nn.Module):
         return self.fc1(torch.flatten(x, 1))
 
 
-@register_model("seed_net", "seed 002's FashionMNIST Net: conv5, conv3, ReLU, pool, Linear", min_size=8)
+@register_model("seed_net", "the notes' FashionMNIST Net (docs/cookbook.md §14): conv5, conv3, ReLU, pool, Linear",
+                min_size=8)
 def seed_net(inp: ModelInput) -> nn.Module:
     return SeedNet(inp)
 

@@ -2,7 +2,8 @@
 
 * :func:`find_head` finds the classification layer whatever the model calls it (``fc``, ``classifier.6``,
   ``head``, ``heads.head``, SqueezeNet's 1x1 ``classifier.1`` conv …) and :func:`replace_head` swaps it
-  for one that fits a new class count, optionally with hidden layers (seed 001's 256→128→10).
+  for one that fits a new class count, optionally with hidden layers (seed 001's 256→128→10, docs/cookbook.md §11:
+  partial loading and freezing).
 * :func:`adapt_input_channels` lets a 3-channel ImageNet stem read gray images by summing its RGB
   weights — exactly what the net computes on a gray image repeated to RGB, at a third of the cost.
 * :func:`freeze` turns off gradients by a name predicate and keeps the frozen BatchNorm layers in eval
@@ -30,9 +31,11 @@ def find_head(model: nn.Module, num_classes: int | None = None) -> str:
     """Dotted name of the classification layer: the last ``Linear`` with ``num_classes`` outputs (else the
     last 1x1 ``Conv2d`` with them, as in SqueezeNet; else the last ``Linear``).
 
-    >>> import torchvision
-    >>> find_head(torchvision.models.vgg11(num_classes=10), 10)
-    'classifier.6'
+    >>> import torch, torchvision
+    >>> with torch.device("meta"):  # shapes only: no memory, no time
+    ...     vgg = torchvision.models.vgg11(num_classes=10)
+    >>> find_head(vgg, 10), find_head(torchvision.models.squeezenet1_1(num_classes=10), 10)
+    ('classifier.6', 'classifier.1')
     """
     linears = [(n, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     convs = [(n, m.out_channels) for n, m in model.named_modules()

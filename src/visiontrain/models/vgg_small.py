@@ -1,4 +1,5 @@
-"""VGG-style nets sized for small images (seed 003/004's VGG16, with BatchNorm and a global-pool head).
+"""VGG-style nets sized for small images: the notes' VGG16 (seed 003/004; docs/cookbook.md §10, changing a
+torchvision model) with BatchNorm and a global-pool head.
 
 A layer list reads like torchvision's VGG configs: numbers are 3x3 Conv-BN-ReLU widths (in units of
 ``width``/64), ``"M"`` a 2x2 max-pool. Pools that would shrink the map below 1 px are skipped, so the
@@ -52,7 +53,7 @@ def vgg11_cifar(inp: ModelInput, width: int = 64, dropout: float = 0.3) -> nn.Mo
     return SmallVGG(inp, _CONFIGS["vgg11"], width, dropout)
 
 
-@register_model("vgg16_cifar", "VGG-16 (seed 003/004) with BatchNorm and a global-pool head, for small images "
-                "(args: width, dropout)")
+@register_model("vgg16_cifar", "the notes' VGG-16 (docs/cookbook.md §10) with BatchNorm and a global-pool head, "
+                "for small images (args: width, dropout)")
 def vgg16_cifar(inp: ModelInput, width: int = 64, dropout: float = 0.3) -> nn.Module:
     return SmallVGG(inp, _CONFIGS["vgg16"], width, dropout)

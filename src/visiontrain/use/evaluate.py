@@ -32,9 +32,10 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
     ``mistakes=k`` adds the k most confident wrong predictions; ``outputs=True`` adds every image's
     ``probabilities`` [N, K] and ``targets`` [N] as tensors (what :mod:`~visiontrain.use.report` needs).
 
-    >>> r = visiontrain.evaluate("runs/mnist-demo", split="test")  # doctest: +SKIP
-    >>> round(r["accuracy"], 3), len(r["confusion"])  # doctest: +SKIP
-    (0.991, 10)
+    >>> import visiontrain
+    >>> r = visiontrain.evaluate("runs/demo", split="test")
+    >>> r["count"], r["accuracy"] > 0.9, len(r["confusion"])
+    (100, True, 4)
     """
     check_tta(tta)  # before any loading: a typo should cost nothing
     loaded = model if isinstance(model, LoadedModel) else load(model, device=device, trust_code=trust_code)

@@ -69,9 +69,10 @@ def load(path: str | Path, device: str = "auto", which: str = "best", *, trust_c
     The sidecar's model must be one visiontrain builds by name, with plain arguments; ``trust_code`` is for
     what :mod:`visiontrain.config.trust` lets only the user allow (today nothing in a sidecar's model entry needs it).
 
-    >>> m = visiontrain.load("runs/mnist-small_cnn-20261121-120000")  # doctest: +SKIP
-    >>> m.classes[:3]  # doctest: +SKIP
-    ['0', '1', '2']
+    >>> import visiontrain
+    >>> m = visiontrain.load("runs/demo")  # a run folder (its best checkpoint), or a checkpoint's .json
+    >>> m.classes[:3], m.prep.size
+    (['circle', 'square', 'triangle'], 32)
     """
     sidecar = resolve_checkpoint(path, which)
     meta = read_sidecar(sidecar)

@@ -71,9 +71,12 @@ def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path
     Returns ``[{"path", "predictions": [{"label", "index", "probability"}]}]``, or ``{"path", "error"}``
     for a file that could not be read. ``model`` is a run folder, a checkpoint or an export file.
 
-    >>> visiontrain.predict("runs/mnist-demo", ["digit.png"], top_k=3)  # doctest: +SKIP
-    [{'path': 'digit.png', 'predictions': [{'label': '7', 'index': 7, 'probability': 0.998}, ...]}]
-    >>> visiontrain.predict("runs/mnist-demo/exports/model.onnx", ["digit.png"], tta="flip")  # doctest: +SKIP
+    >>> import visiontrain
+    >>> visiontrain.predict("runs/demo", ["shape.png"], top_k=3)
+    [{'path': 'shape.png', 'predictions': [{'label': 'circle', 'index': 0, 'probability': ...}, ...]}]
+    >>> exported = visiontrain.export("runs/demo", "torchscript").path  # or "onnx", with the onnx extra
+    >>> visiontrain.predict(exported, ["shape.png", "missing.png"], top_k=1, tta="flip")
+    [{'path': 'shape.png', 'predictions': [{'label': 'circle', ...}]}, {'path': 'missing.png', 'error': ...}]
     """
     check_tta(tta)
     if top_k < 1 or batch_size < 1:

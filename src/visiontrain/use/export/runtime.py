@@ -12,9 +12,10 @@ A ``.pt2`` is loaded only when the caller trusts it (``trust_code=True``, ``--tr
 ``torch.export.load`` runs code from it — a pickle in any member (its safe load falls back to a full unpickle,
 pytorch#153410), the Python source of its guards, and its shape expressions (``sympy.sympify`` is ``eval``).
 
->>> m = load_model("runs/demo/exports/model.onnx")  # doctest: +SKIP
->>> m.classes, m.format  # doctest: +SKIP
-(['circle', 'square', 'triangle', 'cross'], 'onnx')
+>>> from visiontrain.use.export import export
+>>> m = load_model(export("runs/demo", "torchscript").path)  # a run folder or checkpoint loads the same way
+>>> m.classes, m.format
+(['circle', 'square', 'triangle', 'cross'], 'torchscript')
 """
 
 from __future__ import annotations

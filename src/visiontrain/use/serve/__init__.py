@@ -1,6 +1,6 @@
 """``visiontrain serve``: a trained model (run folder, checkpoint or export) behind HTTP, with a web page.
 
->>> serve("runs/demo", port=8000)  # doctest: +SKIP
+>>> serve("runs/demo", port=8000)  # serves until Ctrl-C  # doctest: +SKIP
 serving small_cnn (4 classes) on http://127.0.0.1:8000 — page: /, API docs: /docs
 
 Limits, timeouts and who may call: :class:`~visiontrain.use.serve.app.Limits` and
@@ -121,7 +121,8 @@ def running_server(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: 
                    start_timeout: float = 30.0) -> Iterator[str]:
     """Run ``app`` under uvicorn in a thread; yields its base URL and stops it on exit.
 
-    >>> with running_server(build_app("runs/demo")) as url:  # doctest: +SKIP
+    >>> import urllib.request
+    >>> with running_server(build_app("runs/demo")) as url:
     ...     urllib.request.urlopen(url + "/health").read()
     b'{"status":"ok"}'
     """
