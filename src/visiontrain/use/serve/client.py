@@ -2,7 +2,7 @@
 server started as its own process, ready once ``/health`` answers. The tests and benchmarks use it.
 
 >>> status, body, headers = call("http://127.0.0.1:8000", path="/health")  # doctest: +SKIP
->>> status, body
+>>> status, body  # doctest: +SKIP
 (200, {'status': 'ok'})
 """
 
