@@ -11,7 +11,8 @@ within a phase):
 - ``decide``: judges the measurements (the best checkpoint, ``state.best``);
 - ``observe``: shows and records them (console, ``metrics.jsonl``, TensorBoard, pictures, timings);
 - ``control``: steers the run (early stopping, Ctrl-C, gradual unfreezing) — a user's callback by default;
-- ``persist``: writes the resume point, which must hold every other callback's state after the event.
+- ``persist``: writes files that outlast the run; the resume point is written last of all, so that it holds
+  every callback's state after the event.
 
 ``on_fit_end`` is always called, also when training failed: then ``state.error`` holds the exception, and a
 callback closes what it opened but writes nothing from the broken state.
