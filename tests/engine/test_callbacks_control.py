@@ -27,26 +27,14 @@ from visiontrain.engine.control import EarlyStopping, GracefulInterrupt
 from visiontrain.engine.distributed import SINGLE
 from visiontrain.engine.resume import read_resume
 
-# The real CLI (visiontrain.cli.main) with the per-epoch matplotlib pictures replaced by a no-op: they cost
-# ~2 s per epoch here and have nothing to do with stopping or resuming.
-LAUNCH = """
-import sys
-import visiontrain.trainer.wiring as runner
-from visiontrain.engine.callbacks import Callback
-
-class _NoPictures(Callback):
-    def __init__(self, *args, **kwargs):
-        pass
-
-runner.Pictures = _NoPictures
-from visiontrain.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+# The real CLI; --plots off: the per-epoch matplotlib pictures cost ~2 s per epoch here and have nothing to do
+# with stopping or resuming (the resume reads the setting back from the run's config.yaml).
+LAUNCH = [sys.executable, "-m", "visiontrain"]
 # 1200 images in batches of 32: 38 steps per epoch, 76 in all; no periodic checkpoints, so the only
 # mid-epoch resume point is the one Ctrl-C writes.
 CTRL_C = ["--data", "synthetic", "--set", "data.args.train=1200", "--set", "data.args.val=100",
           "--set", "data.args.test=50", "--set", "data.args.size=16", "--batch-size", "32", "--epochs", "2",
-          "--set", "train.log_every=1", "--device", "cpu"]
+          "--set", "train.log_every=1", "--device", "cpu", "--plots", "off"]
 
 
 def _env() -> dict[str, str]:
@@ -71,7 +59,7 @@ def _steps(path: Path) -> list[int]:
 
 def test_ctrl_c_checkpoints_mid_epoch_prints_the_resume_command_and_the_resume_finishes(tmp_path: Path) -> None:
     run_dir = Path("runs") / "C"
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, "train", *CTRL_C, "--name", "C"], cwd=tmp_path,
+    proc = subprocess.Popen([*LAUNCH, "train", *CTRL_C, "--name", "C"], cwd=tmp_path,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
@@ -93,7 +81,7 @@ def test_ctrl_c_checkpoints_mid_epoch_prints_the_resume_command_and_the_resume_f
     assert stopped["stop_reason"] == "interrupted (Ctrl-C)" and stopped["stopped_early"]
     assert stopped["steps"] == meta["step"] == max(_steps(tmp_path / run_dir / "metrics.jsonl"))
 
-    resumed = subprocess.run([sys.executable, "-c", LAUNCH, "train", "--resume", str(run_dir), "--quiet"],
+    resumed = subprocess.run([*LAUNCH, "train", "--resume", str(run_dir), "--quiet"],
                              cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"batch {meta['batch_in_epoch']} (step {meta['step']}); sample stream verified" in resumed.stderr
@@ -119,19 +107,9 @@ def test_graceful_interrupt_first_ctrl_c_requests_a_stop_the_second_interrupts()
     assert signal.getsignal(signal.SIGINT) == previous
 
 
-class _NoPictures(Callback):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-@pytest.fixture(autouse=True)
-def _no_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("visiontrain.trainer.wiring.Pictures", _NoPictures)
-
-
 def _config(out: Path, name: str, **train: Any) -> dict[str, Any]:
     return {"data": {"name": "synthetic", "batch_size": 32, "args": {"train": 256, "val": 64, "test": 32, "size": 16}},
-            "train": {"log_every": 1, "device": "cpu", **train}, "out": str(out), "name": name}
+            "train": {"log_every": 1, "device": "cpu", "plots": False, **train}, "out": str(out), "name": name}
 
 
 def test_early_stopping_stops_after_patience_and_its_counters_survive_a_resume(tmp_path: Path) -> None:

@@ -3,14 +3,14 @@ EMA weights differ from the raw ones and are saved and loadable; clipping bounds
 accumulation equals a batch of 64; label smoothing and class weights reach the loss; MixUp/CutMix mix the
 targets and still train; bf16 and fp16 autocast on the CPU; keep-last, monitor=val/loss, reduce-on-plateau.
 
-The per-epoch pictures (matplotlib figures: ~2 s per epoch on a small CPU, >90% of these runs) are
-replaced by a no-op here; they are not what these tests are about.
+The per-epoch pictures (matplotlib figures: ~2 s per epoch on a small CPU, >90% of these runs) are off here
+(``train.plots: false``); they are not what these tests are about.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +29,12 @@ from visiontrain.errors import ConfigError
 SMALL = {"train": 256, "val": 64, "test": 32, "size": 16}
 
 
-class _NoPictures(Callback):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_pictures() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("visiontrain.trainer.wiring.Pictures", _NoPictures)
-        yield
-
-
 def _train(out: Path, name: str, *, model: str = "small_cnn", batch: int = 32, data: dict | None = None,
            optim: dict | None = None, callbacks: list[Callback] | None = None, **train: Any) -> visiontrain.Run:
     config = {"data": {"name": "synthetic", "batch_size": batch, "args": dict(SMALL), **(data or {})},
               "model": {"name": model}, "optim": optim or {},
-              "train": {"epochs": 1, "log_every": 1, "device": "cpu", **train}, "out": str(out), "name": name}
+              "train": {"epochs": 1, "log_every": 1, "device": "cpu", "plots": False, **train}, "out": str(out),
+              "name": name}
     return visiontrain.train(config, callbacks=callbacks, quiet=True)
 
 

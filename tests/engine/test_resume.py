@@ -12,9 +12,9 @@ and must end the same. Run E is killed before it has any resume point — right 
 beginning in its own folder: it too must end equal to A, with no step logged twice and no temp file left.
 A resume with changed data is refused; the same seed gives the same weights.
 
-The subprocesses run the real CLI (``visiontrain.cli.main``) with the per-epoch matplotlib pictures replaced
-by a no-op (they cost ~2 s per epoch here and have nothing to resume); the slow tier in
-test_fault_injection.py runs ``python -m visiontrain`` untouched.
+The subprocesses run the real CLI (``python -m visiontrain``) with ``--plots off``: the per-epoch matplotlib
+pictures cost ~2 s per epoch here and have nothing to resume; the slow tier in test_fault_injection.py runs
+with the pictures on.
 """
 
 from __future__ import annotations
@@ -36,29 +36,14 @@ import torch
 
 import visiontrain
 from visiontrain.checkpoint.format import load_weights, read_sidecar
-from visiontrain.engine.callbacks import Callback
 from visiontrain.engine.resume import read_resume
 from visiontrain.engine.timing import is_timing
 from visiontrain.errors import CheckpointError
 
-LAUNCH = """
-import sys
-import visiontrain.trainer.wiring as runner
-from visiontrain.engine.callbacks import Callback
-
-class _NoPictures(Callback):
-    def __init__(self, *args, **kwargs):
-        pass
-
-runner.Pictures = _NoPictures
-from visiontrain.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
 # 600 images in batches of 32, two batches per optimizer step: 19 batches, 10 steps per epoch (the last
 # cycle is one batch); 30 steps in all, a resume point every 4 steps (never at an epoch's last step) and
 # after every epoch. Step s of epoch e is batch 2 * (s - 10 * e) of that epoch.
-DATA = ["--data", "synthetic", "--set", "data.args.train=600", "--set", "data.args.val=100",
+DATA = ["--plots", "off", "--data", "synthetic", "--set", "data.args.train=600", "--set", "data.args.val=100",
         "--set", "data.args.test=50", "--set", "data.args.size=16", "--batch-size", "32"]
 BASE = [*DATA, "--epochs", "3", "--checkpoint-every", "4", "--set", "train.log_every=1", "--deterministic",
         "--device", "cpu", "--quiet", "--accumulate", "2", "--ema-decay", "0.9", "--mixup", "0.2",
@@ -89,7 +74,7 @@ def vt(args: list[str], cwd: Path, fault: str | None = None, timeout: float = 30
     env.pop("VISIONTRAIN_FAULT", None)
     if fault:
         env["VISIONTRAIN_FAULT"] = fault
-    return subprocess.run([sys.executable, "-c", LAUNCH, "train", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "visiontrain", "train", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
 
 
@@ -347,26 +332,16 @@ def test_a_finished_run_whose_resume_point_was_deleted_is_refused_not_restarted(
     assert {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()} == before
 
 
-class _NoPictures(Callback):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def no_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("visiontrain.trainer.wiring.Pictures", _NoPictures)
-
-
 def _seeded(out: Path, name: str, seed: int) -> visiontrain.Run:
     config = {"data": {"name": "synthetic", "batch_size": 32, "args": {"train": 256, "val": 64, "test": 32,
                                                                       "size": 16}},
               "model": {"name": "small_cnn", "args": {"dropout": 0.2}},
-              "train": {"epochs": 2, "seed": seed, "log_every": 1, "mixup_alpha": 0.2, "device": "cpu"},
+              "train": {"epochs": 2, "seed": seed, "log_every": 1, "mixup_alpha": 0.2, "device": "cpu",
+                        "plots": False},
               "out": str(out), "name": name}
     return visiontrain.train(config, quiet=True)
 
 
-@pytest.mark.usefixtures("no_pictures")
 def test_same_seed_same_weights_and_metrics_other_seed_other_weights(tmp_path: Path) -> None:
     first, again, other = (_seeded(tmp_path, name, seed) for name, seed in (("s1", 3), ("s2", 3), ("s3", 4)))
     w1, w2, w3 = weights(first.dir), weights(again.dir), weights(other.dir)
@@ -377,10 +352,10 @@ def test_same_seed_same_weights_and_metrics_other_seed_other_weights(tmp_path: P
 
 
 @pytest.fixture
-def folder_run(tmp_path: Path, shape_folder: Any, no_pictures: None) -> Iterator[tuple[Path, visiontrain.Run]]:
+def folder_run(tmp_path: Path, shape_folder: Any) -> Iterator[tuple[Path, visiontrain.Run]]:
     root = shape_folder(tmp_path / "shapes", 5, size=16)
     config = {"data": {"name": str(root), "batch_size": 8, "val_split": 0.2}, "model": {"name": "mlp"},
-              "train": {"epochs": 1, "device": "cpu"}, "out": str(tmp_path / "runs"), "name": "folder"}
+              "train": {"epochs": 1, "device": "cpu", "plots": False}, "out": str(tmp_path / "runs"), "name": "folder"}
     yield root, visiontrain.train(config, quiet=True)
 
 

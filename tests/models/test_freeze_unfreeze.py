@@ -19,14 +19,6 @@ from visiontrain.models.assembly import build_model
 from visiontrain.models.surgery import is_locked, unfreeze
 
 
-@pytest.fixture(autouse=True)
-def _no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The end-of-run PNG plots take seconds per run here and are not what these tests check."""
-    pictures = pytest.importorskip("visiontrain.watch.pictures")
-    monkeypatch.setattr(pictures.Pictures, "on_epoch_end", lambda self, state: None)
-    monkeypatch.setattr(pictures.Pictures, "on_fit_end", lambda self, state: None)
-
-
 class Snapshots(Callback):
     """Copies of the state_dict at fit start and after every epoch; BN modes seen while training."""
 
@@ -57,7 +49,8 @@ def _train(tmp_path: Path, model: dict, epochs: int = 2, schedule: str = "cosine
     config = {"data": {"name": "synthetic", "args": {"size": 16, "train": 192, "val": 64, "test": 32},
                        "batch_size": 32},
               "model": {"name": "cifar_resnet20", "args": {"width": 8}, **model},
-              "optim": {"schedule": schedule, "lr": 0.01}, "train": {"epochs": epochs, "log_every": 100},
+              "optim": {"schedule": schedule, "lr": 0.01},
+              "train": {"epochs": epochs, "log_every": 100, "plots": False},  # pictures: seconds a run, not checked
               "out": str(tmp_path), "name": "run"}
     visiontrain.train(config, callbacks=[snaps], quiet=True)
     return snaps

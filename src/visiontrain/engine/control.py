@@ -13,10 +13,10 @@ from visiontrain.faults import fault_point
 
 
 class EMAUpdate(Callback):
-    """Updates ``state.ema`` after every optimizer step and validates it each epoch as ``<split>_ema/*``."""
+    """Updates ``state.ema`` after every optimizer step and validates it each epoch as ``<split>_ema/*``: a
+    measurement, so that the best checkpoint, the logs and early stopping see it."""
 
-    def __init__(self, prepare: Any) -> None:
-        self.prepare = prepare
+    order = "measure"
 
     def on_batch_end(self, state: TrainState) -> None:
         assert state.ema is not None
@@ -25,13 +25,16 @@ class EMAUpdate(Callback):
     def on_epoch_end(self, state: TrainState) -> None:
         if state.ema is None or state.eval_loader is None:
             return
-        full = evaluate_batches(state.ema.module, state.eval_loader, self.prepare, state.device, len(state.classes),
+        full = evaluate_batches(state.ema.module, state.eval_loader, state.prepare, state.device, len(state.classes),
                                 task=state.task, reduce=state.dist.reducer())
         state.epoch_metrics.update({f"{state.eval_split}_ema/{k}": v for k, v in headline(full).items()})
 
 
 class EarlyStopping(Callback):
-    """Stops after ``patience`` epochs without improvement of the monitored metric (see the saver)."""
+    """Stops after ``patience`` epochs without improvement of the monitored metric: it controls, after the saver
+    has decided ``state.best`` for the epoch."""
+
+    order = "control"
 
     def __init__(self, patience: int) -> None:
         self.patience, self.bad_epochs, self.best_epoch = patience, 0, 0
@@ -53,7 +56,10 @@ class EarlyStopping(Callback):
 
 
 class GracefulInterrupt(Callback):
-    """First Ctrl-C: finish the current step, checkpoint, stop. A second Ctrl-C interrupts at once."""
+    """First Ctrl-C: finish the current step, checkpoint, stop. A second Ctrl-C interrupts at once. The handler
+    it installs is put back when the fit ends, however it ends."""
+
+    order = "control"
 
     def __init__(self) -> None:
         self.requested = False

@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 
 import torch
 
-from visiontrain.checkpoint.format import raw_model
-from visiontrain.data import Normalizer
 from visiontrain.data.loaders import Loader
 from visiontrain.engine.callbacks import Callbacks, StopTraining
 from visiontrain.engine.metrics import evaluate_batches, headline
-from visiontrain.engine.saver import monitor_key
 from visiontrain.engine.state import TrainState
 from visiontrain.engine.timing import DataTimer
 from visiontrain.errors import DivergedError
@@ -32,46 +28,45 @@ MISTAKES_SHOWN = 16  # most confident validation mistakes kept per epoch for Ten
 
 
 def fit(state: TrainState, loaders: dict[str, Loader], callbacks: Callbacks) -> TrainState:
-    """Train until ``config.train.epochs``, validating after each epoch on 'val' (else 'test')."""
-    prepare = input_preparer(state.prep.normalizer(), state.config.train.channels_last)
-    state.eval_split = next((s for s in ("val", "test") if s in loaders), None)
+    """Train until ``config.train.epochs``, validating after each epoch on ``state.eval_split``.
+
+    ``on_fit_end`` runs however training ends; after an exception it runs with ``state.error`` set (the
+    callbacks close their files and restore the Ctrl-C handler but save nothing) and the exception propagates.
+    """
     state.eval_loader = loaders.get(state.eval_split) if state.eval_split else None
     state.finite_step = state.step  # a resume point was checked before it was saved
-    callbacks.fire("on_fit_start", state)
     try:
-        while state.epoch < state.config.train.epochs:
-            callbacks.fire("on_epoch_start", state)
-            metrics = {f"train/{k}": v for k, v in train_one_epoch(state, loaders["train"], prepare,
-                                                                   callbacks).items()}
-            if state.eval_loader is not None:
-                full = evaluate_batches(raw_model(state.model), state.eval_loader, prepare, state.device,
-                                        len(state.classes), mistakes=MISTAKES_SHOWN, task=state.task,
-                                        reduce=state.dist.reducer())
-                metrics.update({f"{state.eval_split}/{k}": v for k, v in headline(full).items()})
-                metrics[f"{state.eval_split}/_full"] = full
-            state.epoch_metrics = metrics
-            state.schedule.step_epoch(metrics.get(monitor_key(state)))  # reduce-on-plateau; else a no-op
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            callbacks.fire("on_epoch_end", state)
-    except StopTraining as stop:
-        state.stop_reason = stop.reason
-        check_finite(state)  # on_fit_end saves this point: never non-finite weights
-    callbacks.fire("on_fit_end", state)
+        try:
+            callbacks.fire("on_fit_start", state)
+            while state.epoch < state.config.train.epochs:
+                _epoch(state, loaders["train"], callbacks)
+        except StopTraining as stop:
+            state.stop_reason = stop.reason
+            check_finite(state)  # on_fit_end saves this point: never non-finite weights
+    except BaseException as exc:  # KeyboardInterrupt (a second Ctrl-C) too: nothing is saved from a broken state
+        state.error = exc
+        raise
+    finally:
+        callbacks.fire_fit_end(state)
     return state
 
 
-def input_preparer(normalizer: Normalizer, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 batch on the device → normalized float input in the model's memory format."""
-    def prepare(images: torch.Tensor) -> torch.Tensor:
-        x = normalizer(images)
-        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+def _epoch(state: TrainState, loader: Loader, callbacks: Callbacks) -> None:
+    callbacks.fire("on_epoch_start", state)
+    metrics = {f"train/{k}": v for k, v in train_one_epoch(state, loader, callbacks).items()}
+    if state.eval_loader is not None:
+        full = evaluate_batches(state.raw_model, state.eval_loader, state.prepare, state.device, len(state.classes),
+                                mistakes=MISTAKES_SHOWN, task=state.task, reduce=state.dist.reducer())
+        metrics.update({f"{state.eval_split}/{k}": v for k, v in headline(full).items()})
+        metrics[f"{state.eval_split}/_full"] = full
+    state.epoch_metrics = metrics
+    state.schedule.step_epoch(metrics.get(state.monitor.key))  # reduce-on-plateau; else a no-op
+    state.epoch += 1
+    state.batch_in_epoch = 0
+    callbacks.fire("on_epoch_end", state)
 
-    return prepare
 
-
-def train_one_epoch(state: TrainState, loader: Loader, prepare: Callable[[torch.Tensor], torch.Tensor],
-                    callbacks: Callbacks) -> dict[str, float]:
+def train_one_epoch(state: TrainState, loader: Loader, callbacks: Callbacks) -> dict[str, float]:
     model, optimizer, device, cfg = state.model, state.optimizer, state.device, state.config.train
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -80,12 +75,11 @@ def train_one_epoch(state: TrainState, loader: Loader, prepare: Callable[[torch.
     loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
     accumulate, total = cfg.accumulate, state.batches_per_epoch
     timer = DataTimer(loader)  # seconds inside the loader's next(): the epoch's data wait (engine/timing.py)
-    every, saving = cfg.log_every, cfg.checkpoint_every
     start = time.perf_counter()
     for index, (images, labels) in enumerate(timer, start=state.batch_in_epoch):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        inputs, targets = prepare(images), labels
+        inputs, targets = state.prepare(images), labels
         if state.batch_transform is not None:
             inputs, targets = state.batch_transform(inputs, labels)
         if index % accumulate == 0:
@@ -106,8 +100,8 @@ def train_one_epoch(state: TrainState, loader: Loader, prepare: Callable[[torch.
         state.step += 1
         state.batch_in_epoch = index + 1
         state.images, state.labels, state.loss = images, labels, loss
-        save_point = bool(saving) and state.step % saving == 0
-        if save_point or state.step % every == 0:  # the logger and the saver sync the host here anyway
+        save_point = state.every(cfg.checkpoint_every)
+        if save_point or state.every(cfg.log_every):  # the logger and the saver sync the host here anyway
             check_finite(state, weights=save_point)
         callbacks.fire("on_batch_end", state)
     check_finite(state)  # before validation and the epoch's checkpoints

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from visiontrain.engine.loop import input_preparer
 from visiontrain.engine.state import TrainState
 from visiontrain.errors import ConfigError
 
@@ -31,7 +30,7 @@ def lr_range_test(state: TrainState, loader: Any, start_lr: float = 1e-6, end_lr
                   steps: int = 100, diverge: float = 4.0, beta: float = 0.9) -> dict[str, Any]:
     """Returns ``{"lrs", "losses" (smoothed), "suggestion", "min_loss_lr"}``."""
     model, optimizer = state.model, state.optimizer
-    prepare = input_preparer(state.prep.normalizer(), state.config.train.channels_last)
+    prepare = state.prepare
     factor = (end_lr / start_lr) ** (1 / max(1, steps - 1))
     lrs: list[float] = []
     losses: list[float] = []

@@ -24,7 +24,6 @@ import safetensors
 import safetensors.torch
 import torch
 
-from visiontrain.checkpoint.format import raw_model
 from visiontrain.checkpoint.validate import check_safetensors
 from visiontrain.data.loaders import Loader
 from visiontrain.engine.metrics import scalar_metrics
@@ -53,7 +52,7 @@ def save_resume(path: Path, state: TrainState, loader: Loader, callback_state: d
         "format": FORMAT, "version": VERSION,
         "epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch,
         "fingerprint": stream_fingerprint(loader, state.epoch, state.batch_in_epoch),
-        "model": _pack(raw_model(state.model).state_dict(), "model", tensors),
+        "model": _pack(state.raw_model.state_dict(), "model", tensors),
         "ema": _pack(state.ema.state_dict(), "ema", tensors) if state.ema is not None else None,
         "optimizer": _pack(state.optimizer.state_dict(), "optim", tensors),
         "schedule": state.schedule.state_dict(),
@@ -97,7 +96,7 @@ def restore(state: TrainState, meta: dict[str, Any], tensors: dict[str, torch.Te
     state.epoch, state.step, state.batch_in_epoch = meta["epoch"], meta["step"], meta["batch_in_epoch"]
     if before_optimizer is not None:
         before_optimizer()
-    raw_model(state.model).load_state_dict(_unpack(meta["model"], tensors))
+    state.raw_model.load_state_dict(_unpack(meta["model"], tensors))
     if state.ema is not None and meta.get("ema") is not None:
         state.ema.load_state_dict(_unpack(meta["ema"], tensors))
     state.optimizer.load_state_dict(_unpack(meta["optimizer"], tensors))

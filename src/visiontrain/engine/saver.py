@@ -4,9 +4,10 @@ After every epoch (and every ``checkpoint_every`` steps, and when training stops
 ``resume.safetensors`` is written first, then the usable ``last`` checkpoint; ``best`` when the monitored
 metric improves; ``ema`` beside them when an EMA is kept; ``epoch-NNNN`` copies for ``keep_last``.
 
-Two callbacks: :class:`BestSaver` (best, keep-last copies) runs where the monitored metric is known, and
-:class:`CheckpointSaver` (resume point, last, ema) runs LAST in the chain, so that a resume point holds
-every callback's state *after* the event — the best so far, early-stopping counters — not before it.
+Two callbacks: :class:`BestSaver` (best, keep-last copies) decides once the epoch is measured (EMA included),
+before early stopping reads ``state.best``, and :class:`CheckpointSaver` (resume point, last, ema) persists
+LAST, so that a resume point holds every callback's state *after* the event — the best so far,
+early-stopping counters — not before it. Neither writes anything at the end of a fit that failed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from visiontrain.checkpoint.format import save_checkpoint
 from visiontrain.engine.callbacks import Callback, Callbacks
 from visiontrain.engine.metrics import HEADLINE, scalar_metrics
 from visiontrain.engine.resume import save_resume
-from visiontrain.engine.state import TrainState
+from visiontrain.engine.state import Monitor, TrainState
 from visiontrain.faults import fault_point
 from visiontrain.models.assembly import model_spec
 
@@ -35,39 +36,26 @@ def checkpoint_meta(state: TrainState) -> dict[str, Any]:
         "epoch": state.epoch,
         "step": state.step,
         "metrics": scalar_metrics(state.epoch_metrics),
-        "monitor": monitor_key(state),
+        "monitor": state.monitor.key,
         "config": state.config.to_dict(),
     }
 
 
-def monitor_key(state: TrainState) -> str:
-    key = state.config.train.monitor
-    if key != "auto":
-        return key
-    return f"{state.monitor_split}/{'loss' if state.task == 'regression' else 'accuracy'}"
-
-
-def monitor_mode(key: str) -> str:
-    """Lower is better for losses and errors, higher for everything else."""
-    return "min" if key.endswith(("loss", "error", "mae", "rmse")) else "max"
-
-
 class BestSaver(Callback):
     """``best`` when the monitored metric improves (updating ``state.best``), ``epoch-NNNN`` for keep-last."""
+
+    order = "decide"
 
     def __init__(self, folder: Path, write: bool = True) -> None:
         self.folder = folder
         self.write = write  # every process tracks the best (early stopping needs it); one writes the files
 
     def on_epoch_end(self, state: TrainState) -> None:
-        key = monitor_key(state)
-        value = state.epoch_metrics.get(key)
-        if value is None:  # no validation split: judge by the training figures
-            key = "train/loss" if state.task == "regression" else "train/accuracy"
-            value = state.epoch_metrics[key]
-        better = state.best is None or (value < state.best["value"] if monitor_mode(key) == "min"
-                                        else value > state.best["value"])
-        if better:
+        monitor = state.monitor
+        if monitor.key not in state.epoch_metrics:  # a metric this run does not measure: judge by training's
+            monitor = Monitor.resolve("auto", None, state.task)
+        key, value = monitor.key, state.epoch_metrics[monitor.key]
+        if monitor.better(value, state.best["value"] if state.best else None):
             prefix = key.split("/")[0] + "/"
             state.best = {k.removeprefix(prefix): v for k, v in scalar_metrics(state.epoch_metrics).items()
                           if k.startswith(prefix) and k.removeprefix(prefix) in HEADLINE}
@@ -87,21 +75,24 @@ class BestSaver(Callback):
 
 class CheckpointSaver(Callback):
     """The resume point, then ``last`` (and ``ema``): every ``checkpoint_every`` steps, after every epoch and
-    when training stops. Put it last in the chain (see the module docstring)."""
+    when training stops. It persists: last in the chain (see the module docstring)."""
+
+    order = "persist"
 
     def __init__(self, folder: Path, train_loader: Any, chain: Callbacks, started: float) -> None:
         self.folder, self.train_loader, self.chain, self.started = folder, train_loader, chain, started
         self.saved: tuple[int, int, int] | None = None  # (epoch, batch, step) of the last point written
 
     def on_batch_end(self, state: TrainState) -> None:
-        every = state.config.train.checkpoint_every
-        if every and state.step % every == 0 and state.batch_in_epoch < state.batches_per_epoch:
+        if state.every(state.config.train.checkpoint_every) and state.batch_in_epoch < state.batches_per_epoch:
             self._save_point(state)
 
     def on_epoch_end(self, state: TrainState) -> None:
         self._save_point(state)
 
     def on_fit_end(self, state: TrainState) -> None:
+        if state.error is not None:  # the state of a failed step: the last point written stays the resume point
+            return
         if state.step > 0 and self.saved != (state.epoch, state.batch_in_epoch, state.step):
             self._save_point(state)  # stopped (Ctrl-C, early stop) before this callback saw the event
 

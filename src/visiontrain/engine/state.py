@@ -1,22 +1,65 @@
-"""The one object the loop and its callbacks share."""
+"""The one object the loop and its callbacks share, and what it computes once, before the loop: the monitored
+metric (:class:`Monitor`), the plain model under its compile/DDP wrappers and the input preparer."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from visiontrain.checkpoint.format import raw_model
 from visiontrain.config import RunConfig
-from visiontrain.data import Preprocessing
+from visiontrain.data import Normalizer, Preprocessing
 from visiontrain.engine.distributed import SINGLE, Dist
 from visiontrain.engine.optim import Schedule
 from visiontrain.engine.precision import Precision
 
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+InputPreparer = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """The metric that picks the best checkpoint (and drives early stopping and reduce-on-plateau).
+
+    >>> Monitor.resolve("auto", "val", "classification")
+    Monitor(key='val/accuracy', mode='max')
+    >>> Monitor.resolve("auto", None, "regression")
+    Monitor(key='train/loss', mode='min')
+    >>> Monitor.of("val/loss").better(0.4, 0.5)
+    True
+    """
+
+    key: str
+    mode: Literal["min", "max"]
+
+    @classmethod
+    def of(cls, key: str) -> Monitor:
+        """Lower is better for losses and errors, higher for everything else."""
+        return cls(key, "min" if key.endswith(("loss", "error", "mae", "rmse")) else "max")
+
+    @classmethod
+    def resolve(cls, setting: str, split: str | None, task: str) -> Monitor:
+        """``train.monitor`` for a run validating on ``split`` (None: no validation split, judge on train)."""
+        if setting != "auto":
+            return cls.of(setting)
+        return cls.of(f"{split or 'train'}/{'loss' if task == 'regression' else 'accuracy'}")
+
+    def better(self, value: float, best: float | None) -> bool:
+        return best is None or (value < best if self.mode == "min" else value > best)
+
+
+def input_preparer(normalizer: Normalizer, channels_last: bool) -> InputPreparer:
+    """uint8 batch on the device → normalized float input in the model's memory format."""
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        x = normalizer(images)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+    return prepare
 
 
 @dataclass
@@ -55,7 +98,21 @@ class TrainState:
     elapsed_before: float = 0.0  # training seconds spent before this process (resumed runs)
     resumed_from: dict[str, Any] | None = None
     finite_step: int = 0  # the last step at which the loss and weights were checked finite (engine/loop.py)
+    error: BaseException | None = None  # set when fit fails: on_fit_end then closes files but writes nothing
+    monitor: Monitor = field(kw_only=True)  # resolved once, by whoever builds the state
+    # Computed once from the fields above (see __post_init__), not by each callback:
+    raw_model: nn.Module = field(init=False, repr=False)  # the plain module under torch.compile/DDP
+    prepare: InputPreparer = field(init=False, repr=False)  # uint8 batch → the model's input
     _loss_cache: tuple[int, float] | None = None
+
+    def __post_init__(self) -> None:
+        self.raw_model = raw_model(self.model)
+        self.prepare = input_preparer(self.prep.normalizer(), self.config.train.channels_last)
+
+    def every(self, n: int | None) -> bool:
+        """Whether the optimizer step just taken is one of every ``n`` (never when ``n`` is 0 or None): the one
+        rule for logging every ``log_every`` steps and checkpointing every ``checkpoint_every``."""
+        return bool(n) and self.step % n == 0
 
     @property
     def lr(self) -> float:

@@ -80,6 +80,8 @@ def _hint(state: TrainState, loader: Any) -> str:
 class LoaderBound(Callback):
     """One line on ``stream`` the first time an epoch is loader-bound (the metrics record every epoch)."""
 
+    order = "observe"
+
     def __init__(self, loader: Any, stream: TextIO | None = None, frac: float = LOADER_BOUND_FRAC,
                  min_s: float = LOADER_BOUND_MIN_S) -> None:
         self.loader, self.stream, self.frac, self.min_s = loader, stream, frac, min_s
@@ -99,6 +101,8 @@ class TimeTotals(Callback):
     """Training seconds summed over the run's epochs (``train_s``, ``data_wait_s``, ``compute_s``) for
     ``summary.json``'s ``time``; kept across a resume. Evaluation, start-up and checkpoint writing between
     epochs are not in ``train_s``."""
+
+    order = "observe"
 
     KEYS: ClassVar[dict[str, str]] = {"train_s": "train/epoch_time_s", "data_wait_s": "train/data_wait_s",
                                       "compute_s": "train/compute_s"}

@@ -25,6 +25,8 @@ _LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")  # per-group numbers that sc
 class GradualUnfreeze(Callback):
     """At the start of epoch ``at_epoch`` (1-based, as printed) unfreeze ``names`` and optimize them."""
 
+    order = "control"
+
     def __init__(self, model: nn.Module, names: list[str], at_epoch: int,
                  lr_scale: Callable[[str], float] | None = None) -> None:
         self.model, self.names, self.at_epoch, self.lr_scale = model, names, at_epoch, lr_scale

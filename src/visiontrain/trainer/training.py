@@ -7,18 +7,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from visiontrain.checkpoint.format import load_into, load_weights, raw_model, read_sidecar
+from visiontrain.checkpoint.format import load_into, load_weights, read_sidecar
 from visiontrain.config import RunConfig
 from visiontrain.data import DataBundle
 from visiontrain.data.audit import start_lines
 from visiontrain.data.guard import loader_errors
 from visiontrain.engine import distributed
 from visiontrain.engine.callbacks import Callback, Callbacks
-from visiontrain.engine.loop import fit, input_preparer
+from visiontrain.engine.loop import fit
 from visiontrain.engine.lr_find import check_sweep, lr_range_test
 from visiontrain.engine.metrics import evaluate_batches, headline
 from visiontrain.engine.resume import read_resume, restore, stream_fingerprint
-from visiontrain.engine.saver import monitor_key
 from visiontrain.engine.state import TrainState
 from visiontrain.engine.timing import TimeTotals
 from visiontrain.errors import CheckpointError
@@ -37,6 +36,10 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
           trust_code: bool = False) -> Run:
     """Train a model, or continue a stopped run with ``resume=<run folder>``; returns the :class:`Run`.
 
+    ``callbacks`` are yours (:class:`~visiontrain.engine.callbacks.Callback`): each sees every event in the phase
+    its ``order`` names, by default after the built-in ones have measured, judged and logged it and before the
+    resume point is written.
+
     A config read from a run's files (``resume`` without ``config``, or a YAML path inside a run folder) may not
     name code to import or a file to unpickle unless ``trust_code`` (see :mod:`visiontrain.config.trust`).
 
@@ -48,6 +51,7 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
     True
     """
     started = time.perf_counter()
+    extra = Callbacks(callbacks or []).items  # an unknown ``order`` is an error before anything is built
     cfg = (as_config(config, trust_code=trust_code) if config is not None or resume is None
            else saved_config(resume, trust_code=trust_code))
     state, data, built = build_state(cfg)
@@ -59,7 +63,7 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
             state.run_dir = Path(distributed.broadcast_text(str(state.run_dir), d, state.device))
         else:
             state.run_dir = Path(resume)
-        chain = build_callbacks(state, data, built, list(callbacks or []), quiet or not d.main, started)
+        chain = build_callbacks(state, data, built, extra, quiet or not d.main, started)
         if resume is not None:
             _resume(state, data, chain)  # first: a refused resume must leave the run folder untouched
         if d.main:
@@ -139,11 +143,9 @@ def _resume(state: TrainState, data: DataBundle, chain: Callbacks) -> None:
 def _test_best(state: TrainState, data: DataBundle) -> dict[str, Any]:
     """Test-split metrics of the best checkpoint, read back from disk (proving the file round-trips)."""
     sidecar = state.run_dir / "checkpoints" / "best.json"
-    model = raw_model(state.model)
-    load_into(model, load_weights(sidecar, read_sidecar(sidecar)), sidecar)
-    prepare = input_preparer(state.prep.normalizer(), state.config.train.channels_last)
-    full = evaluate_batches(model, data.loaders["test"], prepare, state.device, len(state.classes), task=state.task,
-                            reduce=state.dist.reducer())
+    load_into(state.raw_model, load_weights(sidecar, read_sidecar(sidecar)), sidecar)
+    full = evaluate_batches(state.raw_model, data.loaders["test"], state.prepare, state.device, len(state.classes),
+                            task=state.task, reduce=state.dist.reducer())
     return {**headline(full), "epoch": state.best["epoch"] if state.best else None, "checkpoint": "best"}
 
 
@@ -163,4 +165,4 @@ def _print_header(cfg: RunConfig, data: DataBundle, state: TrainState) -> None:
         print(f"note: {printable(note)}", file=sys.stderr, flush=True)
     for line in start_lines(data.source, cfg.data.name):  # duplicates and train/val leakage, as `data info` finds
         print(printable(line), file=sys.stderr, flush=True)
-    print(f"run folder: {state.run_dir} (monitor: {monitor_key(state)})", file=sys.stderr, flush=True)
+    print(f"run folder: {state.run_dir} (monitor: {state.monitor.key})", file=sys.stderr, flush=True)

@@ -13,13 +13,12 @@ from visiontrain.data import DataBundle, build_data
 from visiontrain.engine import distributed
 from visiontrain.engine.callbacks import Callback, Callbacks
 from visiontrain.engine.control import EarlyStopping, EMAUpdate, GracefulInterrupt
-from visiontrain.engine.loop import input_preparer
 from visiontrain.engine.losses import build_loss, class_weights
 from visiontrain.engine.optim import Schedule, build_optimizer
 from visiontrain.engine.precision import Precision
-from visiontrain.engine.saver import BestSaver, CheckpointSaver, monitor_mode
+from visiontrain.engine.saver import BestSaver, CheckpointSaver
 from visiontrain.engine.setup import build_ema, build_mixing, prepare_model, resolve_device, seed_everything
-from visiontrain.engine.state import TrainState
+from visiontrain.engine.state import Monitor, TrainState
 from visiontrain.engine.timing import LoaderBound, TimeTotals
 from visiontrain.engine.unfreeze import GradualUnfreeze
 from visiontrain.models import ModelInput, get_entry
@@ -51,39 +50,37 @@ def build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
     batches = len(data.loaders["train"])
     steps = -(-batches // cfg.train.accumulate)
     task = data.source.task
-    auto_key = "val/loss" if task == "regression" else "val/accuracy"
-    key = cfg.train.monitor if cfg.train.monitor != "auto" else auto_key
-    schedule = Schedule(optimizer, cfg.optim, steps, cfg.train.epochs, monitor_mode(key))
+    eval_split = next((s for s in ("val", "test") if s in data.loaders), None)
+    monitor = Monitor.resolve(cfg.train.monitor, eval_split, task)
+    schedule = Schedule(optimizer, cfg.optim, steps, cfg.train.epochs, monitor.mode)
     train_labels = data.source.splits["train"].labels if task == "classification" else None
     weights = class_weights(cfg.train, train_labels, len(classes))
     loss_fn = build_loss(cfg.train, task, weights.to(device) if weights is not None else None)
     state = TrainState(cfg, model, optimizer, schedule, Precision(cfg.train.precision, device), loss_fn, device,
                        prep, classes, Path(cfg.out), steps, batches, task=task, dist=d,
                        batch_transform=build_mixing(cfg.train, len(classes)),
-                       ema=build_ema(raw_model(model), cfg.train.ema_decay))
-    state.eval_split = next((s for s in ("val", "test") if s in data.loaders), None)
+                       ema=build_ema(raw_model(model), cfg.train.ema_decay), eval_split=eval_split, monitor=monitor)
     return state, data, built
 
 
 def build_callbacks(state: TrainState, data: DataBundle, built: BuiltModel, extra: list[Callback], quiet: bool,
                     started: float) -> Callbacks:
-    """The callbacks a run's config asks for, in the order they must see each event."""
+    """The callbacks a run's config asks for; each says its phase (``order``), the chain calls them by phase."""
     cfg = state.config.train
-    if built.unfreeze_at is not None:  # gradual unfreezing: an engine callback, from what the model build says
-        extra = [GradualUnfreeze(raw_model(state.model), built.frozen, built.unfreeze_at, built.lr_scale), *extra]
-    prepare = input_preparer(state.prep.normalizer(), cfg.channels_last)
-    chain = Callbacks()
-    chain.items += [EMAUpdate(prepare)] if state.ema is not None else []
     main = state.dist.main  # under torchrun only rank 0 writes logs, event files and checkpoints
-    chain.items += [] if quiet else [ConsoleLogger()]
-    tensorboard = TensorBoardLogger(state.run_dir)
-    chain.items += [MetricsFile(state.run_dir / "metrics.jsonl"), tensorboard,
-                    Pictures(state.run_dir / "plots", tensorboard)] if main else []
-    chain.items += [BestSaver(state.run_dir / "checkpoints", write=main)]
-    chain.items += [EarlyStopping(cfg.early_stop_patience)] if cfg.early_stop_patience else []
-    chain.items += [GracefulInterrupt(), TimeTotals(), *extra]
-    chain.items += [LoaderBound(data.loaders["train"])] if main else []  # one line when the data starves the model
-    # last: its resume point must hold every other callback's state after the event
-    saver = CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started)
-    chain.items += [saver] if main else []
+    items: list[Callback] = [EMAUpdate()] if state.ema is not None else []
+    items += [] if quiet else [ConsoleLogger()]
+    if main:
+        tensorboard = TensorBoardLogger(state.run_dir)
+        items += [MetricsFile(state.run_dir / "metrics.jsonl"), tensorboard]
+        items += [Pictures(state.run_dir / "plots", tensorboard)] if cfg.plots else []
+        items += [LoaderBound(data.loaders["train"])]  # one line when the data starves the model
+    items += [BestSaver(state.run_dir / "checkpoints", write=main)]
+    items += [EarlyStopping(cfg.early_stop_patience)] if cfg.early_stop_patience else []
+    items += [GracefulInterrupt(), TimeTotals()]
+    if built.unfreeze_at is not None:  # gradual unfreezing: an engine callback, from what the model build says
+        items += [GradualUnfreeze(state.raw_model, built.frozen, built.unfreeze_at, built.lr_scale)]
+    chain = Callbacks([*items, *extra])
+    if main:  # the resume point holds the state of the whole chain
+        chain.add(CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started))
     return chain

@@ -13,6 +13,8 @@ from visiontrain.text import describe
 
 
 class ConsoleLogger(Callback):
+    order = "observe"
+
     def __init__(self, stream: TextIO | None = None, progress: bool | None = None) -> None:
         self.stream = stream or sys.stderr
         self.progress = self.stream.isatty() if progress is None else progress
@@ -30,12 +32,12 @@ class ConsoleLogger(Callback):
                              file=self.stream, unit="step", leave=False, dynamic_ncols=True)
 
     def on_batch_end(self, state: TrainState) -> None:
-        every = state.config.train.log_every
+        log = state.every(state.config.train.log_every)
         if self._bar is not None:
             self._bar.update(1)
-            if state.step % every == 0:
+            if log:
                 self._bar.set_postfix(loss=f"{state.loss_value():.4f}", lr=f"{state.step_lr:.2e}", refresh=False)
-        elif state.step % every == 0:
+        elif log:
             self._print(f"epoch {state.epoch + 1}/{state.config.train.epochs} "
                         f"step {state.batch_in_epoch}/{state.batches_per_epoch} "
                         f"loss {state.loss_value():.4f} lr {state.step_lr:.2e}")

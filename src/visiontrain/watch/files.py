@@ -15,6 +15,8 @@ from visiontrain.limits import parse_json
 
 
 class MetricsFile(Callback):
+    order = "observe"
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fh = None
@@ -44,7 +46,7 @@ class MetricsFile(Callback):
         self._fh.flush()
 
     def on_batch_end(self, state: TrainState) -> None:
-        if state.step % state.config.train.log_every == 0:
+        if state.every(state.config.train.log_every):
             self._write({"kind": "step", "epoch": state.epoch + 1, "step": state.step,
                          "train/loss": state.loss_value(), "lr": state.step_lr})
 

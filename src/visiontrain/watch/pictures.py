@@ -1,6 +1,6 @@
 """Pictures of a run, per epoch into TensorBoard and at the end as PNG files in ``<run>/plots/``:
 the confusion matrix (row-normalized and counts), the most confident mistakes with true/predicted
-labels, and the loss/accuracy curves."""
+labels, and the loss/accuracy curves. ``--plots off`` (``train.plots: false``) leaves this callback out."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from visiontrain.watch.tensorboard import TensorBoardLogger
 
 
 class Pictures(Callback):
+    order = "observe"
+
     def __init__(self, folder: Path, tensorboard: TensorBoardLogger) -> None:
         self.folder, self.tb = folder, tensorboard
         self.history: list[dict[str, float]] = []
@@ -44,10 +46,10 @@ class Pictures(Callback):
         self.history = list(state.get("history", []))
 
     def on_fit_end(self, state: TrainState) -> None:
+        if not self.history or state.error is not None:  # no curves drawn from a run that just failed
+            return
         from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
 
-        if not self.history:
-            return
         self.folder.mkdir(exist_ok=True)
         epochs = [h["epoch"] for h in self.history]
         split = state.eval_split or "train"

@@ -5,8 +5,9 @@ after its last checkpoint (``purge_step``) and the curves never hold duplicate s
 Tags: ``train/loss``, ``train/lr`` and ``train/grad_norm`` every ``log_every`` steps; per epoch ``epoch``,
 ``train/accuracy``, ``train/epoch_loss``, ``<split>/loss``, ``<split>/accuracy``, ``<split>/top5`` (and
 ``<split>_ema/*`` with an EMA), ``time/epoch_s``, ``time/img_per_s``, ``time/data_wait_s``,
-``time/compute_s`` and ``time/data_wait_frac``; images ``train/batch``; the
-graph of the model trained.
+``time/compute_s`` and ``time/data_wait_frac``; images ``train/batch`` (none with ``--plots off``); the
+graph of the model trained (the plain module, under ``--compile`` and DDP too); at the end, unless training
+failed, the hyperparameters with the final metrics.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ EPOCH_TAGS = {
 
 
 class TensorBoardLogger(Callback):
+    order = "observe"
+
     def __init__(self, log_dir: Path, max_images: int = 32) -> None:
         self.log_dir, self.max_images = log_dir, max_images
         self.writer: Any = None
@@ -45,7 +48,7 @@ class TensorBoardLogger(Callback):
 
         resumed = state.resumed_from is not None
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=state.step + 1 if resumed else None)
-        self._shown_batch = resumed
+        self._shown_batch = resumed or not state.config.train.plots  # --plots off: no pictures at all
         if not resumed:
             self._add_graph(state)
 
@@ -54,7 +57,7 @@ class TensorBoardLogger(Callback):
             images = state.images[: self.max_images].detach().to("cpu")
             self.writer.add_images("train/batch", images, state.step)  # uint8 NCHW: shown as is
             self._shown_batch = True
-        if state.step % state.config.train.log_every == 0:
+        if state.every(state.config.train.log_every):
             self.writer.add_scalar("train/loss", state.loss_value(), state.step)
             self.writer.add_scalar("train/lr", state.step_lr, state.step)
             self.writer.add_scalar("train/grad_norm", state.grad_norm_value(), state.step)
@@ -74,8 +77,11 @@ class TensorBoardLogger(Callback):
     def on_fit_end(self, state: TrainState) -> None:
         if self.writer is None:
             return
-        self._add_hparams(state)
-        self.writer.close()
+        try:
+            if state.error is None:  # a failed fit has no final metrics to compare runs by
+                self._add_hparams(state)
+        finally:
+            self.writer.close()
 
     def _add_hparams(self, state: TrainState) -> None:
         """Hyperparameters with the final metrics, so runs compare side by side in the HParams tab."""
@@ -98,13 +104,13 @@ class TensorBoardLogger(Callback):
     def _add_graph(self, state: TrainState) -> None:
         prep = state.prep
         example = torch.zeros(1, prep.channels, prep.size, prep.size, device=state.device)
-        was_training = state.model.training
-        state.model.eval()
+        was_training = state.raw_model.training
+        state.raw_model.eval()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.writer.add_graph(state.model, example)
+                self.writer.add_graph(state.raw_model, example)
         except Exception as exc:  # tracing is best effort: a model that cannot be traced still trains
             print(f"note: TensorBoard graph skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
         finally:
-            state.model.train(was_training)
+            state.raw_model.train(was_training)
