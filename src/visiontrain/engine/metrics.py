@@ -1,7 +1,7 @@
 """Metrics summed over a whole split — never averaged per batch — for classification and regression.
 
-The notes' ``total_accuracy = (outputs.argmax(1) == targets).sum()`` overwrites instead of adding, and
-averaging per-batch accuracies weights a short last batch like a full one. Here every count is a sum of
+The notes' (docs/cookbook.md §6) ``total_accuracy = (outputs.argmax(1) == targets).sum()`` overwrites instead
+of adding, and averaging per-batch accuracies weights a short last batch like a full one. Here every count is a sum of
 per-sample results, kept on the device until :meth:`compute`, so the figures are exact.
 """
 
