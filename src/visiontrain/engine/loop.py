@@ -1,8 +1,8 @@
 """The training loop: read it top to bottom.
 
 ``fit`` runs epochs; ``train_one_epoch`` is the seeds' routine (docs/cookbook.md §6) done right —
-``model.train()``, device, normalize, autocast forward, loss, (scaled) backward, clip, step, schedule — with gradient accumulation,
-and ``evaluate_batches`` sums over the whole split. Logs, TensorBoard, checkpoints, EMA, early stopping
+``model.train()``, device, normalize, autocast forward, loss, (scaled) backward, clip, step, schedule — with gradient
+accumulation, and ``evaluate_batches`` sums over the whole split. Logs, TensorBoard, checkpoints, EMA, early stopping
 and progress are callbacks; the loop has no ``if tensorboard:``.
 
 A loss or weights that stop being finite (``--lr 1e30``) end training with one line naming the step, before
