@@ -73,13 +73,13 @@ def test_a_recipe_run_saves_the_resolved_values_and_repeats_from_its_config(tmp_
     assert again.summary["final"] == run.summary["final"]
 
 
-def test_recipes_command_lists_and_shows(cli, tmp_path: Path) -> None:
-    listed = cli("recipes", "--json", cwd=tmp_path)
+def test_recipes_command_lists_and_shows(main_cli) -> None:
+    listed = main_cli("recipes", "--json")
     assert listed.code == 0, listed.err
     assert {row["name"] for row in json.loads(listed.out)} == set(RECIPES)
-    shown = cli("recipes", "fast", cwd=tmp_path)
+    shown = main_cli("recipes", "fast")
     assert shown.code == 0 and "fast_cnn" in shown.out and "optim.lr" in shown.out
-    bad = cli("train", "--recipe", "nope", cwd=tmp_path)
+    bad = main_cli("train", "--recipe", "nope")
     assert bad.code == 2 and "unknown recipe 'nope'" in bad.err and "Traceback" not in bad.err
 
 

@@ -1,8 +1,8 @@
 """Data-parallel training with real processes: torchrun, gloo on the CPU.
 
 Two processes with the same global batch and seed end with the weights of one process (float tolerance),
-report the exact global validation figures, write one set of logs and checkpoints, and a two-process run
-killed mid-training resumes in one process.
+report the exact global validation figures, write one set of logs and checkpoints (default tier); a two-process
+run killed mid-training resumes in one process, and a batch the processes cannot share is one line (slow tier).
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ def test_only_rank_zero_writes(runs: Path) -> None:
     assert len(steps) == len(set(steps)) == 2
 
 
+@pytest.mark.slow
 def test_two_process_run_killed_resumes_in_one_process(runs: Path, tmp_path: Path) -> None:
     killed = _torchrun(tmp_path, "killed", 2, env=_env(VISIONTRAIN_FAULT="step:10"))
     assert killed.returncode != 0
@@ -103,6 +104,7 @@ def test_two_process_run_killed_resumes_in_one_process(runs: Path, tmp_path: Pat
         torch.testing.assert_close(back[key], one[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_uneven_batch_for_processes_is_a_clear_error(tmp_path: Path) -> None:
     bad = _torchrun(tmp_path, "bad", 2, "--batch-size", "63")
     assert bad.returncode != 0

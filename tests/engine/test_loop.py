@@ -119,6 +119,7 @@ def test_stop_training_from_a_callback(tmp_path: Path) -> None:
     assert visiontrain.load(run.dir, which="last").meta["step"] == 3
 
 
+@pytest.mark.slow  # the default tier's seed check is test_resume's (weights, with MixUp and dropout)
 def test_seeded_runs_repeat_and_other_seeds_differ(tmp_path: Path, recorded) -> None:
     _, rec = recorded
     again, other = _Recorder(), _Recorder()

@@ -7,7 +7,7 @@ the end-of-epoch resume point is written, and inside a later epoch; it is resume
 --resume`` after each kill. Its final weights (raw, EMA, best) must be bit-identical to A's
 (``--deterministic`` on the CPU), its metrics.jsonl and TensorBoard scalars must equal A's with no step
 twice. Run W is killed in the middle of atomic writes (resume file, checkpoint pair, metrics trim, summary)
-and must end the same. Run E is killed before it has any resume point — right after its config.yaml, then
+and must end the same (slow tier). Run E is killed before it has any resume point — right after its config.yaml, then
 (restarted) in the middle of writing its first resume point — and ``--resume`` starts it again from the
 beginning in its own folder: it too must end equal to A, with no step logged twice and no temp file left.
 A resume with changed data is refused; the same seed gives the same weights.
@@ -134,19 +134,27 @@ def _inspect_early(run_dir: Path, fault: str) -> dict[str, Any]:
             "metrics": len(records(run_dir)) if (run_dir / "metrics.jsonl").exists() else 0}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Chain]:
-    """A, the killed-and-resumed B, W and E (thirteen processes in all, two at a time)."""
-    cwd = tmp_path_factory.mktemp("resume")
-    jobs = {
-        "B": lambda: run_chain(cwd, "B", BASE, [f for f, _ in KILLS]),
-        "W": lambda: run_chain(cwd, "W", BASE, [f for f, _ in MID_WRITE], inspect=_inspect_mid_write),
-        "A": lambda: run_chain(cwd, "A", BASE, []),
-        "E": lambda: run_chain(cwd, "E", BASE, EARLY, inspect=_inspect_early),
-    }
+def _chains(cwd: Path, jobs: dict[str, Callable[[], Chain]]) -> dict[str, Chain]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(job) for name, job in jobs.items()}
         return {name: f.result() for name, f in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Chain]:
+    """A and the killed-and-resumed B (five processes, two at a time): the default tier's exact-resume check."""
+    cwd = tmp_path_factory.mktemp("resume")
+    return _chains(cwd, {"B": lambda: run_chain(cwd, "B", BASE, [f for f, _ in KILLS]),
+                         "A": lambda: run_chain(cwd, "A", BASE, [])})
+
+
+@pytest.fixture(scope="module")
+def write_kills(runs: dict[str, Chain], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Chain]:
+    """W and E (eight more processes; slow tier), beside A to compare with."""
+    cwd = tmp_path_factory.mktemp("resume-writes")
+    return {"A": runs["A"], **_chains(cwd, {
+        "W": lambda: run_chain(cwd, "W", BASE, [f for f, _ in MID_WRITE], inspect=_inspect_mid_write),
+        "E": lambda: run_chain(cwd, "E", BASE, EARLY, inspect=_inspect_early)})}
 
 
 def _ok(chain: Chain) -> Chain:
@@ -197,10 +205,15 @@ def test_every_kill_was_a_real_sigkill_at_the_intended_point(runs: dict[str, Cha
         assert f"at epoch {epoch + 1}, batch {batch} (step {step}); sample stream verified" in err, err[-2000:]
 
 
-def test_resume_points_fall_on_optimizer_steps_never_inside_an_accumulation_cycle(runs: dict[str, Chain]) -> None:
-    points = [a.point for chain in (runs["B"], runs["W"]) for a in chain.attempts if a.point is not None]
+def _on_optimizer_steps(chains: list[Chain]) -> None:
+    points = [a.point for chain in chains for a in chain.attempts if a.point is not None]
+    assert points
     for epoch, batch, step in points:
         assert batch == (0 if step == 10 * epoch else 2 * (step - 10 * epoch)), (epoch, batch, step)
+
+
+def test_resume_points_fall_on_optimizer_steps_never_inside_an_accumulation_cycle(runs: dict[str, Chain]) -> None:
+    _on_optimizer_steps([runs["B"]])
 
 
 def test_resumed_run_is_bit_identical_to_the_uninterrupted_one(runs: dict[str, Chain]) -> None:
@@ -235,9 +248,11 @@ def test_tensorboard_has_no_duplicate_steps_and_equals_the_uninterrupted_run(run
     assert tb == ta
 
 
+@pytest.mark.slow
 def test_a_kill_mid_write_leaves_the_previous_file_whole_and_nothing_half_written_is_read(
-        runs: dict[str, Chain]) -> None:
-    w = runs["W"]
+        write_kills: dict[str, Chain]) -> None:
+    w = write_kills["W"]
+    _on_optimizer_steps([w])
     for attempt, (fault, point) in zip(w.attempts, MID_WRITE, strict=False):
         seen = attempt.seen
         assert attempt.code == -9, (fault, attempt.err[-2000:])
@@ -251,7 +266,9 @@ def test_a_kill_mid_write_leaves_the_previous_file_whole_and_nothing_half_writte
     assert set(w.attempts[3].seen["pairs"].values()) == {"ok"}  # rewritten by the next resume point
 
 
-def test_runs_killed_mid_write_resume_bit_identical(runs: dict[str, Chain]) -> None:
+@pytest.mark.slow
+def test_runs_killed_mid_write_resume_bit_identical(write_kills: dict[str, Chain]) -> None:
+    runs = write_kills
     a, w = _ok(runs["A"]).dir, _ok(runs["W"]).dir
     assert len(runs["W"].attempts) == len(MID_WRITE) + 1
     for which in ("last", "ema", "best"):
@@ -271,19 +288,24 @@ def _without_hparams(scalars: dict[str, list[tuple[int, float]]]) -> dict[str, l
     return {tag: points for tag, points in scalars.items() if not tag.startswith("hparams/")}
 
 
-def test_tensorboard_of_runs_killed_mid_write_equals_the_uninterrupted_run(runs: dict[str, Chain]) -> None:
+@pytest.mark.slow
+def test_tensorboard_of_runs_killed_mid_write_equals_the_uninterrupted_run(write_kills: dict[str, Chain]) -> None:
+    runs = write_kills
     assert _without_hparams(tensorboard_scalars(_ok(runs["W"]).dir)) == _without_hparams(
         tensorboard_scalars(_ok(runs["A"]).dir))
 
 
-def test_tensorboard_hparams_are_logged_once_after_a_kill_at_the_very_end(runs: dict[str, Chain]) -> None:
-    scalars = tensorboard_scalars(_ok(runs["W"]).dir)
+@pytest.mark.slow
+def test_tensorboard_hparams_are_logged_once_after_a_kill_at_the_very_end(write_kills: dict[str, Chain]) -> None:
+    scalars = tensorboard_scalars(_ok(write_kills["W"]).dir)
     hparams = {tag: points for tag, points in scalars.items() if tag.startswith("hparams/")}
     assert hparams and all(len(points) == 1 for points in hparams.values()), hparams
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_resume_point_starts_again_and_equals_the_uninterrupted_one(
-        runs: dict[str, Chain]) -> None:
+        write_kills: dict[str, Chain]) -> None:
+    runs = write_kills
     chain = runs["E"]
     first, second = chain.attempts[0], chain.attempts[1]
     assert [a.code for a in chain.attempts[:2]] == [-9, -9], [a.err[-2000:] for a in chain.attempts]

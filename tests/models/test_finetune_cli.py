@@ -1,13 +1,15 @@
-"""Fine-tuning end to end through the real CLI: a small pretrained-style checkpoint with 4 classes → a
-3-class folder dataset with --pretrained and with --init-from, the backbone frozen, then predict."""
+"""Fine-tuning end to end through the CLI: a small pretrained-style checkpoint with 4 classes → a 3-class folder
+dataset with --pretrained and with --init-from, the backbone frozen, then predict. The commands run in this
+process (``main_cli``: the same ``main(argv)`` a process runs, without paying PyTorch's import four times);
+tests/test_cli.py runs train and predict as real processes."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
+import pytest
 import safetensors.torch
 import torch
 
@@ -18,15 +20,17 @@ COMMON = [*MODEL, "--freeze-backbone", "--epochs", "2", "--batch-size", "16", "-
           "--schedule", "cosine", "--lr", "0.01", "--out", "runs"]
 
 
-def test_finetune_a_pretrained_style_checkpoint_to_a_new_class_count(tmp_path: Path, shape_folder, commands) -> None:
+def test_finetune_a_pretrained_style_checkpoint_to_a_new_class_count(tmp_path: Path, shape_folder, main_cli,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     pretrained = create_model("cifar_resnet20", ModelInput(3, 16, 4), {"width": 8})  # 4 classes
     torch.save(pretrained.state_dict(), tmp_path / "pre.pth")
     data = shape_folder(tmp_path / "shapes", per_class=20, size=16)
     shutil.rmtree(data / "cross")  # the new task has 3 classes
-    exe = [sys.executable, "-m", "visiontrain", "train", "--data", data, *COMMON]
-    runs = commands({"pre": [*exe, "--pretrained", "pre.pth", "--name", "pre"],
-                     "init": [*exe, "--init-from", "pre.pth", "--name", "init"]}, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    exe = ["train", "--data", data, *COMMON]
+    runs = {"pre": main_cli(*exe, "--pretrained", "pre.pth", "--name", "pre"),
+            "init": main_cli(*exe, "--init-from", "pre.pth", "--name", "init")}
     for result in runs.values():
         assert result.code == 0, result.err
     assert "pretrained: pre.pth; head 'fc' replaced for 3 classes" in runs["pre"].err
@@ -50,8 +54,7 @@ def test_finetune_a_pretrained_style_checkpoint_to_a_new_class_count(tmp_path: P
         assert sidecar["model"] == {"name": "cifar_resnet20", "args": {"width": 8}, "head": None}
 
     image = sorted((data / "square").glob("*.png"))[0]
-    predict = commands({n: [sys.executable, "-m", "visiontrain", "predict", f"runs/{n}", image, "--json"]
-                        for n in ("pre", "init")}, cwd=tmp_path)
+    predict = {n: main_cli("predict", f"runs/{n}", image, "--json") for n in ("pre", "init")}
     for result in predict.values():
         assert result.code == 0, result.err
         labels = [p["label"] for p in json.loads(result.out)[0]["predictions"]]

@@ -91,9 +91,9 @@ def test_data_info_reports_the_skipped_links(tree: Path, main_cli: Any) -> None:
 
 
 def test_train_reports_skipped_links_in_its_first_lines_and_the_run_folder(tree: Path, tmp_path: Path,
-                                                                            cli: Any) -> None:
-    result = cli("train", "--data", tree, "--model", "mlp", "--epochs", "1", "--batch-size", "8", "--val-split", "0",
-                 "--device", "cpu", "--out", tmp_path / "runs", "--name", "r", cwd=tmp_path)
+                                                                            main_cli: Any) -> None:
+    result = main_cli("train", "--data", tree, "--model", "mlp", "--epochs", "1", "--batch-size", "8", "--val-split",
+                      "0", "--device", "cpu", "--out", tmp_path / "runs", "--name", "r")
     assert result.code == 0, result.err
     first = result.err.splitlines()[:5]
     assert any(line.startswith("note: skipped 8 symlink(s) in the data folder") for line in first), first

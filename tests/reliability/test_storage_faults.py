@@ -3,7 +3,8 @@ exit code 2, the last good checkpoint intact, and ``--resume`` continues once th
 
 Real faults, real processes: the CLI runs in a subprocess whose run folder is a 3 MiB tmpfs that is filled up
 when the second epoch starts, or gets ``RLIMIT_FSIZE`` (writes past N bytes fail with EFBIG), or is re-mounted
-read-only (a bind mount; chmod means nothing to root). The mount-based cases skip where mounting is not allowed.
+read-only (a bind mount; chmod means nothing to root). The mount-based cases skip where mounting is not allowed;
+the default tier runs the file-size case (no mount needed), the slow tier all three and the resume after them.
 Cheaper in-process checks cover the atomic writer itself (a refused rename, a failed fsync) and the CLI's
 handling of storage errors raised outside it (TensorBoard's writer thread, log files)."""
 
@@ -15,6 +16,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,10 +78,8 @@ def _mount(*args: str) -> bool:
     return subprocess.run(["mount", *args], capture_output=True).returncode == 0
 
 
-@pytest.fixture(scope="module")
-def faulted(tmp_path_factory: pytest.TempPathFactory, commands) -> dict[str, tuple[Path, object]]:
-    """The three faults, run at the same time: {fault: (run folder, CLI result)}."""
-    root = tmp_path_factory.mktemp("storage")
+def _run_faults(root: Path, commands, only: str | None = None) -> Iterator[dict[str, tuple[Path, object]]]:
+    """The faults (all three at the same time, or ``only`` one): {fault: (run folder, CLI result)}."""
     (root / "driver.py").write_text(DRIVER)
     folders = {name: root / name for name in ("fill", "fsize", "readonly")}
     for folder in folders.values():
@@ -90,6 +90,7 @@ def faulted(tmp_path_factory: pytest.TempPathFactory, commands) -> dict[str, tup
         "fsize": ["fsize", folders["fsize"] / str(RESUME_LIMIT)],
         **({"fill": ["fill", folders["fill"]], "readonly": ["readonly", folders["readonly"] / "r"]} if mounted else {}),
     }
+    argv = {name: a for name, a in argv.items() if only in (None, name)}
     results = commands({name: [sys.executable, root / "driver.py", *a, *TRAIN, "--out", folders[name]]
                         for name, a in argv.items()}, cwd=root)
     yield {name: (folders[name] / "r", results[name]) for name in argv}
@@ -98,12 +99,24 @@ def faulted(tmp_path_factory: pytest.TempPathFactory, commands) -> dict[str, tup
             subprocess.run(["umount", str(path)], capture_output=True)
 
 
+@pytest.fixture(scope="module")
+def faulted(tmp_path_factory: pytest.TempPathFactory, commands) -> Iterator[dict[str, tuple[Path, object]]]:
+    yield from _run_faults(tmp_path_factory.mktemp("storage"), commands)
+
+
+@pytest.fixture(scope="module")
+def fsize_faulted(tmp_path_factory: pytest.TempPathFactory, commands) -> Iterator[dict[str, tuple[Path, object]]]:
+    """The default tier's case: the file-size limit needs no mount, so it runs everywhere."""
+    yield from _run_faults(tmp_path_factory.mktemp("storage-fsize"), commands, only="fsize")
+
+
 CASES = {"fill": "No space left on device", "fsize": "File too large", "readonly": "Read-only file system"}
 
 
-@pytest.mark.parametrize("fault", list(CASES))
+@pytest.mark.parametrize("fault", [pytest.param(f, marks=[] if f == "fsize" else [pytest.mark.slow]) for f in CASES])
 def test_a_storage_fault_mid_training_is_one_line_and_the_last_checkpoint_survives(
-        fault: str, faulted: dict, one_line_error) -> None:
+        fault: str, request: pytest.FixtureRequest, one_line_error) -> None:
+    faulted = request.getfixturevalue("fsize_faulted" if fault == "fsize" else "faulted")
     if fault not in faulted:
         pytest.skip("mounting a tmpfs / read-only bind mount is not permitted here")
     run, result = faulted[fault]

@@ -51,15 +51,15 @@ def test_batch_size_does_not_change_results(pictures, synthetic_run) -> None:
     assert [r["predictions"][0]["label"] for r in many] == truth
 
 
-def test_csv_output_with_an_unreadable_file(tmp_path: Path, pictures, synthetic_run, cli) -> None:
+def test_csv_output_with_an_unreadable_file(tmp_path: Path, pictures, synthetic_run, main_cli) -> None:
     root, paths, truth = pictures
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n cut short")
     listing = tmp_path / "list.txt"
     listing.write_text(f"{root}\n{bad}\n")
     out = tmp_path / "predictions.csv"
-    r = cli("predict", synthetic_run.dir, f"@{listing}", "--csv", out, "--top-k", "2", "--batch-size", "3",
-            "--progress", cwd=tmp_path)
+    r = main_cli("predict", synthetic_run.dir, f"@{listing}", "--csv", out, "--top-k", "2", "--batch-size", "3",
+                 "--progress")
     assert r.code == 0, r.err
     assert "11/11" in r.err  # the progress bar counted every file, the unreadable one too
     assert f"skipped {bad}: truncated image" in r.err
