@@ -142,19 +142,18 @@ def _chains(cwd: Path, jobs: dict[str, Callable[[], Chain]]) -> dict[str, Chain]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Chain]:
-    """A and the killed-and-resumed B (five processes, two at a time): the default tier's exact-resume check."""
+    """A, the killed-and-resumed B and E (eight processes, two at a time: B's four beside A's one and E's three)."""
     cwd = tmp_path_factory.mktemp("resume")
     return _chains(cwd, {"B": lambda: run_chain(cwd, "B", BASE, [f for f, _ in KILLS]),
-                         "A": lambda: run_chain(cwd, "A", BASE, [])})
+                         "A": lambda: run_chain(cwd, "A", BASE, []),
+                         "E": lambda: run_chain(cwd, "E", BASE, EARLY, inspect=_inspect_early)})
 
 
 @pytest.fixture(scope="module")
 def write_kills(runs: dict[str, Chain], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Chain]:
-    """W and E (eight more processes; slow tier), beside A to compare with."""
+    """W (five more processes; slow tier), beside A to compare with."""
     cwd = tmp_path_factory.mktemp("resume-writes")
-    return {"A": runs["A"], **_chains(cwd, {
-        "W": lambda: run_chain(cwd, "W", BASE, [f for f, _ in MID_WRITE], inspect=_inspect_mid_write),
-        "E": lambda: run_chain(cwd, "E", BASE, EARLY, inspect=_inspect_early)})}
+    return {"A": runs["A"], "W": run_chain(cwd, "W", BASE, [f for f, _ in MID_WRITE], inspect=_inspect_mid_write)}
 
 
 def _ok(chain: Chain) -> Chain:
@@ -302,10 +301,8 @@ def test_tensorboard_hparams_are_logged_once_after_a_kill_at_the_very_end(write_
     assert hparams and all(len(points) == 1 for points in hparams.values()), hparams
 
 
-@pytest.mark.slow
 def test_a_run_killed_before_its_first_resume_point_starts_again_and_equals_the_uninterrupted_one(
-        write_kills: dict[str, Chain]) -> None:
-    runs = write_kills
+        runs: dict[str, Chain]) -> None:
     chain = runs["E"]
     first, second = chain.attempts[0], chain.attempts[1]
     assert [a.code for a in chain.attempts[:2]] == [-9, -9], [a.err[-2000:] for a in chain.attempts]
