@@ -126,10 +126,11 @@ def _mistakes(found: dict[str, Any] | None, classes: list[str], shown: int) -> t
 
 def reliability_figure(calibration: dict[str, Any]):
     """Accuracy against confidence per bin, the diagonal being perfect calibration; bar width shows the bin."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # drawn without pyplot: the caller's backend stays as it was
 
     bins = [b for b in calibration["bins"] if b["count"]]
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6), height_ratios=[3, 1], sharex=True)
+    fig = Figure(figsize=(5.5, 6))
+    ax, hist = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     width = 1 / calibration["n_bins"]
     ax.bar([b["lower"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge",
            edgecolor="black", color="tab:blue", label="accuracy")

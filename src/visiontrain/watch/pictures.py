@@ -29,8 +29,9 @@ class Pictures(Callback):
         if full is None or "confusion" not in full or self.tb.writer is None:
             return
         self.last_full = full
-        self.tb.writer.add_figure(f"{state.eval_split}/confusion_matrix",
-                                  plots.confusion_figure(full["confusion"], state.classes), state.step)
+        figure = plots.confusion_figure(full["confusion"], state.classes)
+        self.tb.writer.add_image(f"{state.eval_split}/confusion_matrix", plots.figure_image(figure), state.step,
+                                 dataformats="HWC")
         worst = full.get("mistakes")
         if worst and worst["true"]:  # raw images + captions: cheap enough for every epoch
             self.tb.writer.add_images(f"{state.eval_split}/mistakes", worst["images"], state.step)

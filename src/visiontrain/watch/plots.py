@@ -1,7 +1,9 @@
 """Pictures people would rather look at than tables: confusion matrices, image grids, curves.
 
-Each function returns a matplotlib Figure (for TensorBoard's ``add_figure``) and :func:`save_png` writes
-one atomically. The Agg backend is forced so plotting works on servers with no display.
+Each function returns a matplotlib :class:`~matplotlib.figure.Figure`: :func:`save_png` writes one atomically
+and :func:`figure_image` renders one for TensorBoard. They are drawn on ``Figure`` objects directly, never through
+``pyplot``, and the backend is never set: a notebook's or script's own matplotlib backend stays as it was, and
+no display is needed on a server.
 """
 
 from __future__ import annotations
@@ -10,11 +12,9 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from visiontrain.fileio import atomic_write_bytes
@@ -28,8 +28,18 @@ def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
     """The figure as PNG bytes (closed afterwards), for files written together with others."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
+
+
+def figure_image(fig: Figure, dpi: int = 100) -> np.ndarray:
+    """The figure as uint8 RGB pixels [H, W, 3] (TensorBoard's ``add_image`` with ``dataformats="HWC"``).
+
+    Rendered on an Agg canvas of its own: ``SummaryWriter.add_figure`` would import ``pyplot`` to close it.
+    """
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str], normalize: bool = True,
@@ -39,7 +49,8 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
     values = counts / counts.sum(dim=1, keepdim=True).clamp_min(1) if normalize else counts
     n = len(classes)
     side = min(14.0, 2.5 + 0.45 * n)
-    fig, ax = plt.subplots(figsize=(side, side))
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
     image = ax.imshow(values.numpy(), cmap="Blues", vmin=0, vmax=1 if normalize else None)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ticks = range(n)
@@ -65,7 +76,8 @@ def image_grid_figure(images: torch.Tensor, captions: Sequence[str], title: str 
     n = len(images)
     cols = max(1, min(columns, n))
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows), squeeze=False)
+    fig = Figure(figsize=(1.9 * cols, 2.1 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions, strict=False):
@@ -82,7 +94,8 @@ def image_grid_figure(images: torch.Tensor, captions: Sequence[str], title: str 
 
 def curve_figure(x: Sequence[float], ys: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str = "",
                  log_x: bool = False, mark: tuple[float, str] | None = None) -> Figure:
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
     for label, y in ys.items():
         ax.plot(x, y, label=label)
     if log_x:
