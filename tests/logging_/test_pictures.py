@@ -11,12 +11,15 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from PIL import Image
 
-from visiontrain.use.report import classification_metrics, reliability_figure
+from visiontrain.use.report import classification_metrics, reliability_figure, write_report
 from visiontrain.watch import plots
 
 # A notebook (or a script) has picked its matplotlib backend; importing visiontrain, training with pictures
@@ -71,3 +74,75 @@ def test_drawing_every_picture_keeps_the_backend(svg_backend: None) -> None:
         assert plots.png_bytes(figure).startswith(b"\x89PNG")
         assert plots.figure_image(figure).ndim == 3
     assert matplotlib.get_backend() == "svg"
+
+
+@pytest.mark.parametrize("epochs", [2, 3, 7, 40])
+def test_epoch_curves_tick_whole_epochs_and_mark_short_runs(epochs: int) -> None:
+    x = list(range(1, epochs + 1))
+    figure = plots.curve_figure(x, {"train/loss": [1 / e for e in x], "val/loss": [2 / e for e in x]}, "epoch", "loss",
+                                integer_x=True)
+    ax = figure.axes[0]
+    lo, hi = ax.get_xlim()
+    shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert len(shown) >= min(epochs, 2) and all(float(t).is_integer() for t in shown), shown
+    markers = {line.get_marker() for line in ax.get_lines()}
+    assert markers == ({"o"} if epochs <= 30 else {"None"})  # every measured point visible on a short run
+
+
+def _extent(artist: Any, renderer: Any) -> Any:
+    return artist.get_window_extent(renderer)
+
+
+@pytest.mark.parametrize("count", [1, 3, 8, 9, 20])
+def test_the_mistakes_title_clears_every_caption(count: int) -> None:
+    captions = [f"true circle\npred square ({0.9:.2f})"] * count
+    figure = plots.image_grid_figure(torch.zeros(count, 3, 16, 16, dtype=torch.uint8), captions,
+                                     "most confident mistakes")
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    (title,) = [t for t in figure.texts if t.get_text() == "most confident mistakes"]
+    top = _extent(title, renderer)
+    shown = [ax for ax in figure.axes if ax.get_title()]
+    assert len(shown) == count
+    for ax in shown:
+        caption = _extent(ax.title, renderer)
+        assert caption.y1 <= top.y0, (count, caption, top)  # the title sits above the first row's captions
+        for other in figure.axes:  # and no caption runs into an image, its own or the row above's
+            image = _extent(other, renderer)
+            if other is ax:
+                assert caption.y0 >= image.y1 - 1
+            elif other.images:
+                assert not caption.overlaps(image)
+
+
+def test_the_run_confusion_matrices_name_split_epoch_and_checkpoint(synthetic_run) -> None:
+    for name in ("confusion_matrix.png", "confusion_matrix_counts.png"):
+        with Image.open(synthetic_run.dir / "plots" / name) as picture:
+            title = picture.text["Title"]
+        epochs = synthetic_run.summary["epochs_completed"]
+        assert f"val split · epoch {epochs} · checkpoint last" in title, title
+
+
+def _result(split: str = "test") -> dict[str, Any]:
+    probabilities = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55]])
+    targets = torch.tensor([0, 1, 1, 0])
+    return {"checkpoint": "runs/demo/checkpoints/best.safetensors", "data": "synthetic", "split": split, "tta": None,
+            "loss": 0.5, "classes": ["cat", "dog"], "probabilities": probabilities, "targets": targets,
+            "confusion": [[1, 1], [1, 1]], "mistakes": None}
+
+
+def test_the_report_confusion_matrices_name_split_and_checkpoint(tmp_path: Path) -> None:
+    write_report(_result("val"), tmp_path)
+    for name in ("confusion.png", "confusion_counts.png"):
+        with Image.open(tmp_path / name) as picture:
+            assert "val split · checkpoint demo/checkpoints/best.safetensors" in picture.text["Title"]
+
+
+def test_reliability_bars_show_accuracy_alone() -> None:
+    result = _result()
+    calibration = classification_metrics(result["probabilities"], result["targets"], result["classes"])["calibration"]
+    filled = [b for b in calibration["bins"] if b["count"]]
+    ax = reliability_figure(calibration).axes[0]
+    # The only bars are the accuracies: the gap is a line to a confidence tick, never a bar stacked on them.
+    assert sorted(p.get_height() for p in ax.patches) == pytest.approx(sorted(b["accuracy"] for b in filled))
+    (ticks,) = [line for line in ax.get_lines() if line.get_marker() == "_"]
+    assert sorted(ticks.get_ydata()) == pytest.approx(sorted(b["confidence"] for b in filled))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from visiontrain.fileio import atomic_write_bytes
 
@@ -27,7 +28,9 @@ def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
 def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
     """The figure as PNG bytes (closed afterwards), for files written together with others."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    # The picture's title as PNG metadata too: image viewers show it, and programs can read it back.
+    title = fig.get_suptitle() or next((ax.get_title() for ax in fig.axes if ax.get_title()), "")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Title": title} if title else None)
     return buf.getvalue()
 
 
@@ -43,8 +46,12 @@ def figure_image(fig: Figure, dpi: int = 100) -> np.ndarray:
 
 
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str], normalize: bool = True,
-                     title: str = "confusion matrix") -> Figure:
-    """Rows are true classes, columns predictions; normalized rows show recall per class."""
+                     title: str = "confusion matrix", source: str = "") -> Figure:
+    """Rows are true classes, columns predictions; normalized rows show recall per class.
+
+    ``source`` says what was counted — the split and the checkpoint, e.g. ``"val split · checkpoint last"`` —
+    on a second line of the title: a matrix alone does not tell whether it shows the best or the last model.
+    """
     counts = torch.tensor(confusion, dtype=torch.float64)
     values = counts / counts.sum(dim=1, keepdim=True).clamp_min(1) if normalize else counts
     n = len(classes)
@@ -58,7 +65,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
     ax.set_yticks(ticks, [c[:12] for c in classes])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{title} ({'row-normalized' if normalize else 'counts'})")
+    ax.set_title(f"{title} ({'row-normalized' if normalize else 'counts'})" + (f"\n{source}" if source else ""))
     if n <= 20:  # numbers stay legible up to about 20 classes
         threshold = float(values.max()) / 2
         for i in range(n):
@@ -76,7 +83,11 @@ def image_grid_figure(images: torch.Tensor, captions: Sequence[str], title: str 
     n = len(images)
     cols = max(1, min(columns, n))
     rows = max(1, -(-n // cols))
-    fig = Figure(figsize=(1.9 * cols, 2.1 * rows))
+    # Laid out in inches, not in fractions of the figure: a one-row grid is short, and fractions that suit
+    # three rows put the title over the captions there. Each row is an image with its caption above it.
+    title_band = 0.45 if title else 0.05
+    height = rows * (_GRID_IMAGE + _GRID_CAPTION) + title_band + _GRID_MARGIN
+    fig = Figure(figsize=(_GRID_CELL * cols, height))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -86,18 +97,31 @@ def image_grid_figure(images: torch.Tensor, captions: Sequence[str], title: str 
                   vmin=0, vmax=255)
         ax.set_title(caption, fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1 - 0.08 / height, va="top")
     # Fixed spacing, not tight_layout: measuring every caption's box costs more than drawing the grid.
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.86 if title else 0.9, wspace=0.1, hspace=0.5)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=_GRID_MARGIN / height,
+                        top=1 - (title_band + _GRID_CAPTION) / height, wspace=0.1,
+                        hspace=_GRID_CAPTION / _GRID_IMAGE)
     return fig
 
 
+_GRID_CELL, _GRID_IMAGE, _GRID_CAPTION, _GRID_MARGIN = 1.9, 1.7, 0.42, 0.05  # inches: two 8-pt caption lines
+
+
 def curve_figure(x: Sequence[float], ys: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str = "",
-                 log_x: bool = False, mark: tuple[float, str] | None = None) -> Figure:
+                 log_x: bool = False, mark: tuple[float, str] | None = None, integer_x: bool = False) -> Figure:
+    """Lines of ``ys`` against ``x``; ``integer_x`` (epochs) puts ticks on whole numbers only.
+
+    Up to 30 points each point is marked too: a run of 2 or 3 epochs shows where its measurements are, not a
+    straight line that looks measured all along.
+    """
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
+    marker = "o" if len(x) <= 30 else None
     for label, y in ys.items():
-        ax.plot(x, y, label=label)
+        ax.plot(x, y, label=label, marker=marker, markersize=4)
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if log_x:
         ax.set_xscale("log")
     if mark is not None:
