@@ -9,6 +9,7 @@ import importlib
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
+from visiontrain import fonts
 from visiontrain.use.report import classification_metrics, reliability_figure, write_report
 from visiontrain.watch import plots
 
@@ -31,6 +33,7 @@ from pathlib import Path
 import matplotlib
 matplotlib.use("svg")
 import visiontrain
+from visiontrain import fonts
 from visiontrain.use.report import write_report
 run = visiontrain.train({"data": {"name": "synthetic", "batch_size": 32, "args": {"train": 64, "val": 32, "test": 32,
                                                                                   "size": 16}},
@@ -146,3 +149,41 @@ def test_reliability_bars_show_accuracy_alone() -> None:
     assert sorted(p.get_height() for p in ax.patches) == pytest.approx(sorted(b["accuracy"] for b in filled))
     (ticks,) = [line for line in ax.get_lines() if line.get_marker() == "_"]
     assert sorted(ticks.get_ydata()) == pytest.approx(sorted(b["confidence"] for b in filled))
+
+
+CJK = ["猫", "狗", "cat"]  # class names as the notes' readers write them
+
+
+def test_cjk_class_names_are_drawn_in_a_font_that_has_them() -> None:
+    font = fonts.fallback_font(CJK)
+    if font is None:
+        pytest.skip("no CJK font installed (.ci/run installs fonts-wqy-microhei)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plots.png_bytes(plots.confusion_figure([[2, 1, 0], [0, 3, 0], [1, 0, 2]], CJK))
+        grid = plots.image_grid_figure(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), ["猫 → 狗", "狗 → 猫"], "mistakes")
+        plots.png_bytes(grid)
+    assert not [w for w in caught if "missing from font" in str(w.message)], [str(w.message) for w in caught]
+
+
+# No CJK font at all: matplotlib's list and the system's forced empty in a process of its own.
+_NO_FONT_SCRIPT = """
+from matplotlib import font_manager
+font_manager.fontManager.ttflist = [f for f in font_manager.fontManager.ttflist if f.name.startswith("DejaVu")]
+font_manager.findSystemFonts = lambda *args, **kwargs: []
+import torch
+from visiontrain.watch import plots
+for _ in range(2):
+    plots.png_bytes(plots.confusion_figure([[1, 0], [0, 1]], ["猫", "狗"]))
+    plots.png_bytes(plots.image_grid_figure(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), ["猫 → 狗"], "mistakes"))
+"""
+
+
+@pytest.mark.slow  # a process of its own: ~5 s of imports
+def test_without_a_cjk_font_one_line_says_how_to_install_one(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-W", "default", "-c", textwrap.dedent(_NO_FONT_SCRIPT)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr  # not one warning per glyph and picture
+    assert "install a CJK font" in lines[0] and "apt install fonts-noto-cjk" in lines[0] and "猫" in lines[0]

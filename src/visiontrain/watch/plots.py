@@ -9,16 +9,20 @@ no display is needed on a server.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
 from visiontrain.fileio import atomic_write_bytes
+from visiontrain.fonts import fallback_font, hinted
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
@@ -30,7 +34,8 @@ def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
     # The picture's title as PNG metadata too: image viewers show it, and programs can read it back.
     title = fig.get_suptitle() or next((ax.get_title() for ax in fig.axes if ax.get_title()), "")
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Title": title} if title else None)
+    with _fonts(fig):
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Title": title} if title else None)
     return buf.getvalue()
 
 
@@ -41,8 +46,27 @@ def figure_image(fig: Figure, dpi: int = 100) -> np.ndarray:
     """
     fig.set_dpi(dpi)
     canvas = FigureCanvasAgg(fig)
-    canvas.draw()
+    with _fonts(fig):
+        canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+@contextmanager
+def _fonts(fig: Figure) -> Iterator[None]:
+    """Lay out or draw ``fig`` with a CJK font as fallback on its own text when that text needs one
+    (visiontrain.fonts). Without such a font, the one install hint replaces matplotlib's warning per missing
+    glyph and picture."""
+    texts = [t for t in fig.findobj(Text) if t.get_text()]
+    font = fallback_font(t.get_text() for t in texts)
+    if font is not None:
+        for text in texts:
+            families = text.get_fontfamily()
+            if font.family not in families:
+                text.set_fontfamily([*families, font.family])  # the usual font first, CJK for what it lacks
+    with warnings.catch_warnings():
+        if hinted():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+        yield
 
 
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str], normalize: bool = True,
@@ -74,7 +98,8 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
                 text = f"{v:.2f}" if normalize else f"{int(v)}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=7 if n > 10 else 9,
                         color="white" if v > threshold else "black")
-    fig.tight_layout()
+    with _fonts(fig):  # tight_layout measures the class names: in the font they will be drawn in
+        fig.tight_layout()
     return fig
 
 
