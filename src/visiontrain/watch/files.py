@@ -46,7 +46,7 @@ class MetricsFile(Callback):
         self._fh.flush()
 
     def on_batch_end(self, state: TrainState) -> None:
-        if state.every(state.config.train.log_every):
+        if state.log_due():
             self._write({"kind": "step", "epoch": state.epoch + 1, "step": state.step,
                          "train/loss": state.loss_value(), "lr": state.step_lr})
 
