@@ -128,7 +128,7 @@ def test_the_run_confusion_matrices_name_split_epoch_and_checkpoint(synthetic_ru
 def _result(split: str = "test") -> dict[str, Any]:
     probabilities = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55]])
     targets = torch.tensor([0, 1, 1, 0])
-    return {"checkpoint": "runs/demo/checkpoints/best.safetensors", "data": "synthetic", "split": split, "tta": None,
+    return {"checkpoint": "runs/demo/checkpoints/best.json", "data": "synthetic", "split": split, "tta": "none",
             "loss": 0.5, "classes": ["cat", "dog"], "probabilities": probabilities, "targets": targets,
             "confusion": [[1, 1], [1, 1]], "mistakes": None}
 
@@ -137,7 +137,7 @@ def test_the_report_confusion_matrices_name_split_and_checkpoint(tmp_path: Path)
     write_report(_result("val"), tmp_path)
     for name in ("confusion.png", "confusion_counts.png"):
         with Image.open(tmp_path / name) as picture:
-            assert "val split · checkpoint demo/checkpoints/best.safetensors" in picture.text["Title"]
+            assert picture.text["Title"].endswith("\nval split · checkpoint demo/checkpoints/best")
 
 
 def test_reliability_bars_show_accuracy_alone() -> None:

@@ -100,7 +100,7 @@ def write_report(result: dict[str, Any], folder: str | Path, mistakes_shown: int
                                                                    source=source)),
         "reliability": plots.png_bytes(reliability_figure(metrics["calibration"])),
     }
-    report["mistakes"], grid = _mistakes(result.get("mistakes"), classes, mistakes_shown)
+    report["mistakes"], grid = _mistakes(result.get("mistakes"), classes, mistakes_shown, source)
     if grid is not None:
         pictures["mistakes"] = grid
     report["files"] = {k: v for k, v in FILES.items() if k in pictures or k in ("markdown", "json")}
@@ -113,14 +113,16 @@ def write_report(result: dict[str, Any], folder: str | Path, mistakes_shown: int
 
 
 def _source(result: dict[str, Any]) -> str:
-    """'test split · checkpoint demo/checkpoints/best.safetensors': what the pictures show, in one line."""
+    """'test split · checkpoint demo/checkpoints/best': what the pictures show, in one line."""
     checkpoint = Path(str(result.get("checkpoint") or "?"))
+    if checkpoint.suffix == ".json":  # a checkpoint's sidecar: the pair is known by its stem (best, last …)
+        checkpoint = checkpoint.with_suffix("")
     source = f"{result.get('split')} split · checkpoint {'/'.join(checkpoint.parts[-3:])}"
-    return source + (f" · TTA {result['tta']}" if result.get("tta") else "")
+    return source + (f" · TTA {result['tta']}" if result.get("tta") not in (None, "none") else "")
 
 
-def _mistakes(found: dict[str, Any] | None, classes: list[str], shown: int) -> tuple[list[dict[str, Any]],
-                                                                                        bytes | None]:
+def _mistakes(found: dict[str, Any] | None, classes: list[str], shown: int,
+              source: str) -> tuple[list[dict[str, Any]], bytes | None]:
     from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
 
     if not found or not found["true"]:
@@ -131,7 +133,7 @@ def _mistakes(found: dict[str, Any] | None, classes: list[str], shown: int) -> t
     rows = [{"true": classes[t], "pred": classes[p], "confidence": c}
             for t, p, c in zip(found["true"], found["pred"], found["confidence"], strict=True)][:shown]
     captions = [f"{r['true'][:9]} → {r['pred'][:9]} ({r['confidence']:.2f})" for r in rows]
-    return rows, plots.png_bytes(plots.image_grid_figure(images, captions, title="most confident mistakes"))
+    return rows, plots.png_bytes(plots.image_grid_figure(images, captions, title=f"most confident mistakes ({source})"))
 
 
 def reliability_figure(calibration: dict[str, Any]):
@@ -151,7 +153,7 @@ def reliability_figure(calibration: dict[str, Any]):
     ax.bar([b["lower"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge",
            edgecolor="black", color="tab:blue", alpha=0.8, label="accuracy (fraction correct)")
     ax.vlines(centers, [b["accuracy"] for b in bins], [b["confidence"] for b in bins], color="tab:red",
-              linewidth=2, label="gap (over-confident when the tick is above the bar)")
+              linewidth=2, label="gap to confidence")
     ax.plot(centers, [b["confidence"] for b in bins], linestyle="none", marker="_", markersize=14,
             markeredgewidth=2.5, color="tab:red", label="mean confidence")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
@@ -159,7 +161,7 @@ def reliability_figure(calibration: dict[str, Any]):
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_title(f"reliability diagram (ECE {100 * calibration['ece']:.2f}%)")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.95)  # bins of a trained model lie to the right
     hist.bar([b["lower"] for b in bins], [b["count"] for b in bins], width=width, align="edge", color="gray")
     hist.yaxis.set_major_locator(MaxNLocator(integer=True))  # image counts: whole numbers
     hist.set_xlabel("confidence (top-1 probability)")

@@ -69,7 +69,7 @@ class Pictures(Callback):
                 fig = plots.confusion_figure(self.last_full["confusion"], state.classes, normalize=normalize,
                                              source=source)
                 plots.save_png(fig, self.folder / f"confusion_matrix{suffix}.png")
-            grid = self._mistakes(self.last_full, state)
+            grid = self._mistakes(self.last_full, state, source)
             if grid is not None:
                 plots.save_png(grid, self.folder / "mistakes.png")
 
@@ -82,7 +82,7 @@ class Pictures(Callback):
         return source
 
     @staticmethod
-    def _mistakes(full: dict[str, Any], state: TrainState) -> Any:
+    def _mistakes(full: dict[str, Any], state: TrainState, source: str) -> Any:
         from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
 
         worst = full.get("mistakes")
@@ -91,4 +91,4 @@ class Pictures(Callback):
         names = state.classes
         captions = [f"true {names[t][:10]}\npred {names[p][:10]} ({c:.2f})"
                     for t, p, c in zip(worst["true"], worst["pred"], worst["confidence"], strict=True)]
-        return plots.image_grid_figure(worst["images"], captions, "most confident mistakes")
+        return plots.image_grid_figure(worst["images"], captions, f"most confident mistakes ({source})")

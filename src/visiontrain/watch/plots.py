@@ -83,7 +83,9 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
     fig = Figure(figsize=(side, side))
     ax = fig.subplots()
     image = ax.imshow(values.numpy(), cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if not normalize:  # counts of images: whole numbers on the scale too
+        bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ticks = range(n)
     ax.set_xticks(ticks, [c[:12] for c in classes], rotation=90 if n > 6 else 0)
     ax.set_yticks(ticks, [c[:12] for c in classes])
