@@ -89,7 +89,8 @@ def test_the_built_in_chain_runs_by_phase(tmp_path: Path) -> None:
     assert [type(cb).__name__ for cb in chain.items] == [
         "EMAUpdate",  # measure: adds val_ema/* to the epoch's figures
         "BestSaver",  # decide: state.best, before early stopping reads it
-        "ConsoleLogger", "MetricsFile", "TensorBoardLogger", "Pictures", "LoaderBound", "TimeTotals",  # observe
+        "ConsoleLogger", "MetricsFile", "ResultsFile", "TensorBoardLogger", "Pictures", "LoaderBound",  # observe
+        "TimeTotals",
         "EarlyStopping", "GracefulInterrupt", "_Seen",  # control: the user's by default
         "CheckpointSaver",  # persist: its resume point holds every other callback's state after the event
     ]

@@ -179,6 +179,13 @@ def records(run_dir: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in json.loads(line).items() if not is_timing(k)} for line in lines]
 
 
+def results(run_dir: Path) -> str:
+    """results.csv without its timing columns, as text: the header and the rows as written."""
+    lines = (run_dir / "results.csv").read_text(encoding="utf-8").splitlines()
+    keep = [i for i, name in enumerate(lines[0].split(",")) if not is_timing(name)]
+    return "\n".join(",".join(line.split(",")[i] for i in keep) for line in lines)
+
+
 def summary(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
 
@@ -235,6 +242,13 @@ def test_metrics_jsonl_has_every_step_once_with_the_uninterrupted_values(runs: d
     assert steps == list(range(1, STEPS + 1))  # no step repeated or skipped by the kills
     assert [r["epoch"] for r in rb if r["kind"] == "epoch"] == [1, 2, 3]
     assert rb == ra
+
+
+@pytest.mark.parametrize("name", ["B", "W", "E"])
+def test_results_csv_lists_every_epoch_once_with_the_uninterrupted_values(runs: dict[str, Chain], name: str) -> None:
+    expected = results(_ok(runs["A"]).dir)
+    assert [line.split(",")[0] for line in expected.splitlines()] == ["epoch", "1", "2", "3"]
+    assert results(_ok(runs[name]).dir) == expected  # header once, each epoch once, the same numbers
 
 
 def test_tensorboard_has_no_duplicate_steps_and_equals_the_uninterrupted_run(runs: dict[str, Chain]) -> None:

@@ -79,3 +79,25 @@ def test_the_model_graph(events: EventAccumulator) -> None:
     ops = {node.op for node in graph.node}
     assert len(graph.node) > 10
     assert any("conv" in op.lower() for op in ops), ops
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory: pytest.TempPathFactory) -> visiontrain.Run:
+    """2 epochs of 3 steps each, with log_every at its default of 100: fewer steps than one logging interval."""
+    config = {"data": {"name": "synthetic", "batch_size": 32, "args": {"train": 96, "val": 16, "test": 16, "size": 16}},
+              "train": {"epochs": 2, "plots": False}, "out": str(tmp_path_factory.mktemp("runs")), "name": "short"}
+    return visiontrain.train(config, quiet=True)
+
+
+def test_a_short_run_logs_loss_lr_and_grad_norm_once_per_epoch(short_run: visiontrain.Run) -> None:
+    assert short_run.config.train.log_every > short_run.summary["steps"] == 6
+    acc = EventAccumulator(str(short_run.dir), size_guidance=EVERYTHING)
+    acc.Reload()
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/epoch_lr"):
+        assert [s for s, _ in _points(acc, tag)] == [3, 6], tag  # each epoch's last step
+    records = [json.loads(line) for line in (short_run.dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [3, 6]  # metrics.jsonl logs the same steps
+    assert [v for _, v in _points(acc, "train/loss")] == pytest.approx([r["train/loss"] for r in steps], rel=1e-6)
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [v for _, v in _points(acc, "train/epoch_lr")] == pytest.approx([r["train/lr"] for r in epochs], rel=1e-6)

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from visiontrain.fileio import atomic_write_bytes
+from visiontrain.fonts import fallback_font
 
 _MIN_TILE = 96  # small images (MNIST's 28 px) are enlarged, pixel for pixel, to at least this side
 _STRIP = 16  # label strip height under each image, in pixels
@@ -31,7 +32,7 @@ def labelled_grid(images: torch.Tensor, labels: list[str]) -> Image.Image:
     scale = max(1, math.ceil(_MIN_TILE / max(images.shape[-2:])))
     if scale > 1:
         images = F.interpolate(images, scale_factor=scale, mode="nearest")
-    font = _font()
+    font = _font(labels)
     tiles = []
     for image, label in zip(images, labels, strict=True):
         tile = Image.new("RGB", (image.shape[-1], image.shape[-2] + _STRIP), (255, 255, 255))
@@ -44,7 +45,13 @@ def labelled_grid(images: torch.Tensor, labels: list[str]) -> Image.Image:
     return Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy())
 
 
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def _font(labels: list[str]) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    cjk = fallback_font(labels)  # class names in Chinese, Japanese, Korean: a font that has them, when installed
+    if cjk is not None:
+        try:
+            return ImageFont.truetype(str(cjk.path), 12)
+        except OSError:
+            pass  # unreadable after all: the default font, boxes and all
     try:
         return ImageFont.load_default(size=12)
     except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font

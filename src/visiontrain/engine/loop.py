@@ -101,7 +101,7 @@ def train_one_epoch(state: TrainState, loader: Loader, callbacks: Callbacks) -> 
         state.batch_in_epoch = index + 1
         state.images, state.labels, state.loss = images, labels, loss
         save_point = state.every(cfg.checkpoint_every)
-        if save_point or state.every(cfg.log_every):  # the logger and the saver sync the host here anyway
+        if save_point or state.log_due():  # the logger and the saver sync the host here anyway
             check_finite(state, weights=save_point)
         callbacks.fire("on_batch_end", state)
     check_finite(state)  # before validation and the epoch's checkpoints

@@ -114,6 +114,17 @@ class TrainState:
         rule for logging every ``log_every`` steps and checkpointing every ``checkpoint_every``."""
         return bool(n) and self.step % n == 0
 
+    def log_due(self) -> bool:
+        """Whether to log the step just taken: every ``log_every`` steps, and at the last batch of an epoch none of
+        whose steps was one of those — so a short run (fewer steps than ``log_every``) logs its training loss,
+        learning rate and gradient norm once per epoch all the same. Decided from the step alone: a resumed run
+        logs the same steps as an unbroken one."""
+        n = self.config.train.log_every
+        if self.every(n):
+            return True
+        first = self.step - -(-self.batch_in_epoch // self.config.train.accumulate)  # the step before the epoch's first
+        return self.batch_in_epoch == self.batches_per_epoch and bool(n) and self.step // n == first // n
+
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

@@ -107,8 +107,8 @@ def clear_for_restart(folder: Path, main: bool = True) -> None:
 
     Nothing of it can be continued, and everything it wrote a fresh start writes again from the same config and
     seed — so it starts again, in its own folder, as if it had never run: what the stopped process logged
-    (metrics.jsonl, TensorBoard events) and checkpointed (best, epoch copies) goes first, so no step is logged
-    twice. A folder with ``last`` or ``summary.json`` but no resume point lost it some other way (deleted by
+    (metrics.jsonl, results.csv, TensorBoard events) and checkpointed (best, epoch copies) goes first, so no step
+    is logged twice. A folder with ``last`` or ``summary.json`` but no resume point lost it some other way (deleted by
     hand?): that is refused, and nothing is touched.
     """
     done = [name for name in ("checkpoints/last.json", "summary.json") if (folder / name).exists()]
@@ -116,7 +116,7 @@ def clear_for_restart(folder: Path, main: bool = True) -> None:
         raise CheckpointError(f"{folder} has {done[0]} but no checkpoints/resume.safetensors, so it cannot continue "
                               "exactly; start a new run (--init-from RUN starts from its weights)")
     if main:
-        stale = [folder / "metrics.jsonl", *folder.glob("events.out.tfevents.*"),
+        stale = [folder / "metrics.jsonl", folder / "results.csv", *folder.glob("events.out.tfevents.*"),
                  *(p for p in (folder / "checkpoints").glob("*") if _EARLY_CHECKPOINT.fullmatch(p.name))]
         for path in stale:
             path.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from visiontrain.engine.unfreeze import GradualUnfreeze
 from visiontrain.models import ModelInput, get_entry
 from visiontrain.models.assembly import BuiltModel, build_model
 from visiontrain.watch.console import ConsoleLogger
-from visiontrain.watch.files import MetricsFile
+from visiontrain.watch.files import MetricsFile, ResultsFile
 from visiontrain.watch.pictures import Pictures
 from visiontrain.watch.tensorboard import TensorBoardLogger
 
@@ -72,7 +72,8 @@ def build_callbacks(state: TrainState, data: DataBundle, built: BuiltModel, extr
     items += [] if quiet else [ConsoleLogger()]
     if main:
         tensorboard = TensorBoardLogger(state.run_dir)
-        items += [MetricsFile(state.run_dir / "metrics.jsonl"), tensorboard]
+        items += [MetricsFile(state.run_dir / "metrics.jsonl"), ResultsFile(state.run_dir / "results.csv")]
+        items += [tensorboard]
         items += [Pictures(state.run_dir / "plots", tensorboard)] if cfg.plots else []
         items += [LoaderBound(data.loaders["train"])]  # one line when the data starves the model
     items += [BestSaver(state.run_dir / "checkpoints", write=main)]

@@ -92,12 +92,15 @@ def write_report(result: dict[str, Any], folder: str | Path, mistakes_shown: int
     report = {key: result.get(key) for key in ("checkpoint", "data", "split", "tta", "loss")}
     report.update(metrics)
     report["confusion"] = result["confusion"]
+    source = _source(result)
     pictures = {
-        "confusion": plots.png_bytes(plots.confusion_figure(result["confusion"], classes, normalize=True)),
-        "confusion_counts": plots.png_bytes(plots.confusion_figure(result["confusion"], classes, normalize=False)),
+        "confusion": plots.png_bytes(plots.confusion_figure(result["confusion"], classes, normalize=True,
+                                                            source=source)),
+        "confusion_counts": plots.png_bytes(plots.confusion_figure(result["confusion"], classes, normalize=False,
+                                                                   source=source)),
         "reliability": plots.png_bytes(reliability_figure(metrics["calibration"])),
     }
-    report["mistakes"], grid = _mistakes(result.get("mistakes"), classes, mistakes_shown)
+    report["mistakes"], grid = _mistakes(result.get("mistakes"), classes, mistakes_shown, source)
     if grid is not None:
         pictures["mistakes"] = grid
     report["files"] = {k: v for k, v in FILES.items() if k in pictures or k in ("markdown", "json")}
@@ -109,8 +112,17 @@ def write_report(result: dict[str, Any], folder: str | Path, mistakes_shown: int
     return report
 
 
-def _mistakes(found: dict[str, Any] | None, classes: list[str], shown: int) -> tuple[list[dict[str, Any]],
-                                                                                        bytes | None]:
+def _source(result: dict[str, Any]) -> str:
+    """'test split · checkpoint demo/checkpoints/best': what the pictures show, in one line."""
+    checkpoint = Path(str(result.get("checkpoint") or "?"))
+    if checkpoint.suffix == ".json":  # a checkpoint's sidecar: the pair is known by its stem (best, last …)
+        checkpoint = checkpoint.with_suffix("")
+    source = f"{result.get('split')} split · checkpoint {'/'.join(checkpoint.parts[-3:])}"
+    return source + (f" · TTA {result['tta']}" if result.get("tta") not in (None, "none") else "")
+
+
+def _mistakes(found: dict[str, Any] | None, classes: list[str], shown: int,
+              source: str) -> tuple[list[dict[str, Any]], bytes | None]:
     from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
 
     if not found or not found["true"]:
@@ -121,29 +133,37 @@ def _mistakes(found: dict[str, Any] | None, classes: list[str], shown: int) -> t
     rows = [{"true": classes[t], "pred": classes[p], "confidence": c}
             for t, p, c in zip(found["true"], found["pred"], found["confidence"], strict=True)][:shown]
     captions = [f"{r['true'][:9]} → {r['pred'][:9]} ({r['confidence']:.2f})" for r in rows]
-    return rows, plots.png_bytes(plots.image_grid_figure(images, captions, title="most confident mistakes"))
+    return rows, plots.png_bytes(plots.image_grid_figure(images, captions, title=f"most confident mistakes ({source})"))
 
 
 def reliability_figure(calibration: dict[str, Any]):
-    """Accuracy against confidence per bin, the diagonal being perfect calibration; bar width shows the bin."""
-    import matplotlib.pyplot as plt
+    """Accuracy against confidence per bin, the diagonal being perfect calibration; bar width shows the bin.
+
+    Each bin's mean confidence is a red tick joined to its accuracy bar by a red line (the gap): the bar alone
+    is the accuracy, never shortened or lengthened by the gap drawn over it.
+    """
+    from matplotlib.figure import Figure  # drawn without pyplot: the caller's backend stays as it was
+    from matplotlib.ticker import MaxNLocator
 
     bins = [b for b in calibration["bins"] if b["count"]]
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6), height_ratios=[3, 1], sharex=True)
+    fig = Figure(figsize=(5.5, 6))
+    ax, hist = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     width = 1 / calibration["n_bins"]
+    centers = [b["lower"] + width / 2 for b in bins]
     ax.bar([b["lower"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge",
-           edgecolor="black", color="tab:blue", label="accuracy")
-    # The gap between accuracy and mean confidence, above the bar (over-confident) or inside it (under-).
-    ax.bar([b["lower"] for b in bins], [abs(b["confidence"] - b["accuracy"]) for b in bins],
-           bottom=[min(b["confidence"], b["accuracy"]) for b in bins], width=width, align="edge",
-           color="tab:red", alpha=0.45, hatch="//", edgecolor="tab:red", label="gap to confidence")
+           edgecolor="black", color="tab:blue", alpha=0.8, label="accuracy (fraction correct)")
+    ax.vlines(centers, [b["accuracy"] for b in bins], [b["confidence"] for b in bins], color="tab:red",
+              linewidth=2, label="gap to confidence")
+    ax.plot(centers, [b["confidence"] for b in bins], linestyle="none", marker="_", markersize=14,
+            markeredgewidth=2.5, color="tab:red", label="mean confidence")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.02)
     ax.set_title(f"reliability diagram (ECE {100 * calibration['ece']:.2f}%)")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.95)  # bins of a trained model lie to the right
     hist.bar([b["lower"] for b in bins], [b["count"] for b in bins], width=width, align="edge", color="gray")
+    hist.yaxis.set_major_locator(MaxNLocator(integer=True))  # image counts: whole numbers
     hist.set_xlabel("confidence (top-1 probability)")
     hist.set_ylabel("images")
     fig.tight_layout()

@@ -1,9 +1,11 @@
-"""What a person watching the terminal sees: a progress bar with ETA on a TTY, plain lines otherwise."""
+"""What a person watching the run sees: a progress bar with ETA on a TTY, tqdm's notebook bar (a widget) in
+Jupyter, plain lines otherwise (a log file, a pipe, a notebook without ipywidgets)."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
-from typing import TextIO
+from typing import Any, Literal, TextIO
 
 from tqdm import tqdm
 
@@ -12,12 +14,38 @@ from visiontrain.engine.state import TrainState
 from visiontrain.text import describe
 
 
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (JupyterLab, Notebook, VS Code, Colab), as tqdm.auto decides it:
+    IPython is loaded and its shell runs under a kernel app — not IPython in a terminal, not a script."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def progress_style(stream: TextIO) -> Literal["notebook", "bar", "lines"]:
+    """The notebook's widget bar in Jupyter (when ipywidgets is installed: the ``notebook`` extra), the terminal
+    bar on a TTY, and plain lines where a bar would print garbage or nothing (a notebook's stderr is no TTY)."""
+    if in_notebook():
+        return "notebook" if importlib.util.find_spec("ipywidgets") is not None else "lines"
+    return "bar" if stream.isatty() else "lines"
+
+
+def _bar_class(style: str) -> Any:
+    if style == "notebook":
+        from tqdm.notebook import tqdm as notebook_tqdm  # ipywidgets: loaded only inside a notebook
+
+        return notebook_tqdm
+    return tqdm
+
+
 class ConsoleLogger(Callback):
     order = "observe"
 
     def __init__(self, stream: TextIO | None = None, progress: bool | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.progress = self.stream.isatty() if progress is None else progress
+        style = progress_style(self.stream) if progress is None else "bar" if progress else "lines"
+        self.progress = style != "lines"
+        self._bar_class = _bar_class(style) if self.progress else tqdm
         self._bar: tqdm | None = None
 
     def _print(self, line: str) -> None:
@@ -28,8 +56,9 @@ class ConsoleLogger(Callback):
 
     def on_epoch_start(self, state: TrainState) -> None:
         if self.progress:
-            self._bar = tqdm(total=state.steps_per_epoch, desc=f"epoch {state.epoch + 1}/{state.config.train.epochs}",
-                             file=self.stream, unit="step", leave=False, dynamic_ncols=True)
+            self._bar = self._bar_class(total=state.steps_per_epoch,
+                                        desc=f"epoch {state.epoch + 1}/{state.config.train.epochs}",
+                                        file=self.stream, unit="step", leave=False, dynamic_ncols=True)
 
     def on_batch_end(self, state: TrainState) -> None:
         log = state.every(state.config.train.log_every)

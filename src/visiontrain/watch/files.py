@@ -1,7 +1,10 @@
-"""metrics.jsonl: one JSON object per logged step and per epoch, appended and flushed as they happen."""
+"""metrics.jsonl: one JSON object per logged step and per epoch, appended and flushed as they happen; and
+results.csv: one row per epoch with every scalar, the table Ultralytics' and timm's users look for."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -46,7 +49,7 @@ class MetricsFile(Callback):
         self._fh.flush()
 
     def on_batch_end(self, state: TrainState) -> None:
-        if state.every(state.config.train.log_every):
+        if state.log_due():
             self._write({"kind": "step", "epoch": state.epoch + 1, "step": state.step,
                          "train/loss": state.loss_value(), "lr": state.step_lr})
 
@@ -58,3 +61,40 @@ class MetricsFile(Callback):
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+class ResultsFile(Callback):
+    """``results.csv``: a header, then one row per finished epoch — ``epoch``, ``step`` and every scalar of the
+    epoch (``train/loss``, ``train/accuracy``, ``train/lr``, ``val/loss``, ``val/accuracy`` …), as
+    metrics.jsonl's epoch records hold them.
+
+    The columns are those of the first epoch, in its order, and stay so (a key seen only later is in
+    metrics.jsonl; one missing later is an empty cell). The file is rewritten whole and atomically each epoch
+    — a few kB, once an epoch — so a crash leaves the previous version, never a cut row; a resume keeps the
+    rows up to its resume point and goes on from there, so no epoch is ever listed twice.
+    """
+
+    order = "observe"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.columns: list[str] = []
+        self.rows: list[dict[str, str]] = []
+
+    def on_fit_start(self, state: TrainState) -> None:
+        if state.resumed_from is not None and self.path.exists():
+            reader = csv.DictReader(io.StringIO(self.path.read_text(encoding="utf-8")))
+            self.columns = list(reader.fieldnames or [])
+            # the rows a killed process wrote past its resume point come again
+            self.rows = [row for row in reader if row.get("epoch", "").isdigit() and int(row["epoch"]) <= state.epoch]
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        values = {"epoch": state.epoch, "step": state.step, **scalar_metrics(state.epoch_metrics)}
+        if not self.columns:
+            self.columns = list(values)
+        self.rows.append({k: str(v) for k, v in values.items() if k in self.columns})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, self.columns, restval="", extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, out.getvalue())

@@ -19,6 +19,7 @@ class Pictures(Callback):
         self.folder, self.tb = folder, tensorboard
         self.history: list[dict[str, float]] = []
         self.last_full: dict[str, Any] | None = None
+        self.last_epoch = 0  # the epoch whose model last_full measured
 
     def on_epoch_end(self, state: TrainState) -> None:
         from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
@@ -28,9 +29,11 @@ class Pictures(Callback):
         full = m.get(f"{state.eval_split}/_full") if state.eval_split else None
         if full is None or "confusion" not in full or self.tb.writer is None:
             return
-        self.last_full = full
-        self.tb.writer.add_figure(f"{state.eval_split}/confusion_matrix",
-                                  plots.confusion_figure(full["confusion"], state.classes), state.step)
+        self.last_full, self.last_epoch = full, state.epoch
+        figure = plots.confusion_figure(full["confusion"], state.classes,
+                                        source=f"{state.eval_split} split · epoch {state.epoch}")
+        self.tb.writer.add_image(f"{state.eval_split}/confusion_matrix", plots.figure_image(figure), state.step,
+                                 dataformats="HWC")
         worst = full.get("mistakes")
         if worst and worst["true"]:  # raw images + captions: cheap enough for every epoch
             self.tb.writer.add_images(f"{state.eval_split}/mistakes", worst["images"], state.step)
@@ -58,18 +61,28 @@ class Pictures(Callback):
                   for s in ("train", split) if any(f"{s}/{name}" in h for h in self.history)}
             if not ys:
                 continue
-            plots.save_png(plots.curve_figure(epochs, ys, "epoch", name, f"{name} per epoch"),
+            plots.save_png(plots.curve_figure(epochs, ys, "epoch", name, f"{name} per epoch", integer_x=True),
                            self.folder / f"{name}.png")
         if self.last_full is not None:
+            source = self._source(split, state)
             for normalize, suffix in ((True, ""), (False, "_counts")):
-                fig = plots.confusion_figure(self.last_full["confusion"], state.classes, normalize=normalize)
+                fig = plots.confusion_figure(self.last_full["confusion"], state.classes, normalize=normalize,
+                                             source=source)
                 plots.save_png(fig, self.folder / f"confusion_matrix{suffix}.png")
-            grid = self._mistakes(self.last_full, state)
+            grid = self._mistakes(self.last_full, state, source)
             if grid is not None:
                 plots.save_png(grid, self.folder / "mistakes.png")
 
+    def _source(self, split: str, state: TrainState) -> str:
+        """What the last matrix counted: the split, the epoch, and the checkpoint holding that model."""
+        source = f"{split} split · epoch {self.last_epoch}"
+        if self.last_epoch == state.epoch and state.batch_in_epoch == 0:  # no steps since: last holds this model
+            best = state.best is not None and state.best.get("epoch") == self.last_epoch
+            source += " · checkpoint last" + (" (= best)" if best else "")
+        return source
+
     @staticmethod
-    def _mistakes(full: dict[str, Any], state: TrainState) -> Any:
+    def _mistakes(full: dict[str, Any], state: TrainState, source: str) -> Any:
         from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
 
         worst = full.get("mistakes")
@@ -78,4 +91,4 @@ class Pictures(Callback):
         names = state.classes
         captions = [f"true {names[t][:10]}\npred {names[p][:10]} ({c:.2f})"
                     for t, p, c in zip(worst["true"], worst["pred"], worst["confidence"], strict=True)]
-        return plots.image_grid_figure(worst["images"], captions, "most confident mistakes")
+        return plots.image_grid_figure(worst["images"], captions, f"most confident mistakes ({source})")

@@ -2,7 +2,8 @@
 
 Every point's x is the global optimizer step, so a resumed run can purge what a killed process logged
 after its last checkpoint (``purge_step``) and the curves never hold duplicate steps.
-Tags: ``train/loss``, ``train/lr`` and ``train/grad_norm`` every ``log_every`` steps; per epoch ``epoch``,
+Tags: ``train/loss``, ``train/lr`` and ``train/grad_norm`` every ``log_every`` steps (and at an epoch's end when
+none of its steps was one of those: a short run logs them once per epoch); per epoch ``epoch``, ``train/epoch_lr``,
 ``train/accuracy``, ``train/epoch_loss``, ``<split>/loss``, ``<split>/accuracy``, ``<split>/top5`` (and
 ``<split>_ema/*`` with an EMA), ``time/epoch_s``, ``time/img_per_s``, ``time/data_wait_s``,
 ``time/compute_s`` and ``time/data_wait_frac``; images ``train/batch`` (none with ``--plots off``); the
@@ -27,6 +28,7 @@ from visiontrain.engine.state import TrainState
 EPOCH_TAGS = {
     "train/accuracy": "train/accuracy",
     "train/loss": "train/epoch_loss",
+    "train/lr": "train/epoch_lr",  # every epoch, however few its steps
     "train/epoch_time_s": "time/epoch_s",
     "train/img_per_s": "time/img_per_s",
     "train/data_wait_s": "time/data_wait_s",  # seconds waiting for the loader (engine/timing.py)
@@ -57,7 +59,7 @@ class TensorBoardLogger(Callback):
             images = state.images[: self.max_images].detach().to("cpu")
             self.writer.add_images("train/batch", images, state.step)  # uint8 NCHW: shown as is
             self._shown_batch = True
-        if state.every(state.config.train.log_every):
+        if state.log_due():
             self.writer.add_scalar("train/loss", state.loss_value(), state.step)
             self.writer.add_scalar("train/lr", state.step_lr, state.step)
             self.writer.add_scalar("train/grad_norm", state.grad_norm_value(), state.step)
