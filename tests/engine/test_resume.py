@@ -244,8 +244,10 @@ def test_metrics_jsonl_has_every_step_once_with_the_uninterrupted_values(runs: d
     assert rb == ra
 
 
-@pytest.mark.parametrize("name", ["B", "W", "E"])
-def test_results_csv_lists_every_epoch_once_with_the_uninterrupted_values(runs: dict[str, Chain], name: str) -> None:
+@pytest.mark.parametrize("name", ["B", "E", pytest.param("W", marks=pytest.mark.slow)])
+def test_results_csv_lists_every_epoch_once_with_the_uninterrupted_values(request: pytest.FixtureRequest,
+                                                                          name: str) -> None:
+    runs = request.getfixturevalue("write_kills" if name == "W" else "runs")
     expected = results(_ok(runs["A"]).dir)
     assert [line.split(",")[0] for line in expected.splitlines()] == ["epoch", "1", "2", "3"]
     assert results(_ok(runs[name]).dir) == expected  # header once, each epoch once, the same numbers
