@@ -51,7 +51,7 @@ def load_source(cfg: DataConfig, seed: int) -> DataSource:
     """
     source = _find_source(cfg, seed)
     train = source.splits["train"]
-    if "val" in source.splits or len(train) < 2 or (cfg.val_split == 0 and not cfg.split_file):
+    if "val" in source.splits or len(train) == 0 or (cfg.val_split == 0 and not cfg.split_file):
         return source
     paths = train.paths if isinstance(train, FileSplit) else None
     if cfg.split_file:
@@ -60,8 +60,12 @@ def load_source(cfg: DataConfig, seed: int) -> DataSource:
         how = f"from {cfg.split_file}"
     else:
         held = stratified_split(train.labels, cfg.val_split, seed)[1]
+        if len(held) == 0:
+            raise DataError(f"data {cfg.name}: {len(train):,} training images, at most one per class, are too few to "
+                            f"hold out a validation split (val_split {cfg.val_split}); add images or a val/ folder, "
+                            "or pass --val-split 0 (no validation: the last epoch is kept)")
         record = split_record(source.name, seed, cfg.val_split, len(train), held, paths, source.root)
-        how = f"(val_split {cfg.val_split}, seed {seed}, stratified)"
+        how = f"(val_split {cfg.val_split}, seed {seed}, stratified, at least one per class)"
     keep = complement(len(train), held)
     source.splits = {"train": train.subset(keep), "val": train.subset(held),
                      **{k: v for k, v in source.splits.items() if k != "train"}}
