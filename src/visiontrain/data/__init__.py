@@ -121,7 +121,7 @@ def build_data(cfg: DataConfig, seed: int, *, channels: int | None = None, size:
     GPU when ``pin_memory`` says training runs there). ``model_stats`` are the mean/std a pretrained model
     expects, used by ``normalize: auto``.
     """
-    source = load_source(cfg, seed)
+    source = load_source(cfg, seed, need_val="val" in splits)
     if "train" in splits and len(source.splits["train"]) == 0:
         raise DataError(f"dataset {cfg.name!r} has no training images")
     empty = [name for name in splits if name in source.splits and len(source.splits[name]) == 0]

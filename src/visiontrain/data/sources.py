@@ -38,12 +38,13 @@ __all__ = ["DATASETS", "DESCRIPTIONS", "DataSource", "FileSplit", "ItemSplit", "
            "channel_stats", "load_source", "register_dataset", "registered_name"]
 
 
-def load_source(cfg: DataConfig, seed: int) -> DataSource:
+def load_source(cfg: DataConfig, seed: int, *, need_val: bool = True) -> DataSource:
     """The dataset named by ``cfg.name``, with a val split.
 
     ``cfg.name`` is a registered name, a folder, a ``.csv``/``.jsonl`` manifest, or ``module:Class``.
     A source without its own val split gets one from ``cfg.split_file`` or, else, a seeded, stratified
-    ``cfg.val_split`` of train held out.
+    ``cfg.val_split`` of train held out. Data too small to hold one out is an error when ``need_val``, else
+    (evaluating another split) it keeps all of train and no val.
 
     >>> source = load_source(DataConfig(name="synthetic", args={"train": 40, "val": 8, "test": 8}), seed=0)
     >>> source.classes, len(source.splits["train"]), len(source.splits["val"])
@@ -60,6 +61,8 @@ def load_source(cfg: DataConfig, seed: int) -> DataSource:
         how = f"from {cfg.split_file}"
     else:
         held = stratified_split(train.labels, cfg.val_split, seed)[1]
+        if len(held) == 0 and not need_val:
+            return source
         if len(held) == 0:
             raise DataError(f"data {cfg.name}: {len(train):,} training images, at most one per class, are too few to "
                             f"hold out a validation split (val_split {cfg.val_split}); add images or a val/ folder, "
