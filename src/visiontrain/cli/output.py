@@ -45,6 +45,9 @@ def print_train_result(run: Any) -> None:
 
 def print_evaluation(r: dict[str, Any]) -> None:
     print(printable(f"{r['checkpoint']} on {r['data']} [{r['split']}], {r['count']:,} images"))
+    if r.get("task") == "regression":
+        print(f"mse {r['mse']:.6g}   mae {r['mae']:.6g}   rmse {r['rmse']:.6g}")
+        return
     print(f"accuracy {percent(r['accuracy'])}   top5 {percent(r['top5'])}   loss {r['loss']:.4f}")
     classes, confusion = r["classes"], r["confusion"]
     print("\nper-class accuracy:")

@@ -158,12 +158,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
         from visiontrain.use.report import write_report
 
         report = write_report(result, report_dir)
-    plain = {k: v for k, v in result.items() if k not in ("probabilities", "targets", "mistakes")}
+    plain = {k: v for k, v in result.items() if k not in ("probabilities", "predictions", "targets", "mistakes")}
     if args.json:
         print(json.dumps(report if report is not None else plain, indent=2))
         return 0
     print_evaluation(plain)
-    if report is not None:
+    if report is not None and report.get("task") == "regression":
+        print(f"\nR² {report['r2']:.4f}   largest |error| {report['max_abs_error']:.6g}")
+        print(f"report: {Path(report_dir) / 'report.md'} (+ report.json, predictions.png)")
+    elif report is not None:
         m, w, cal = report["macro"], report["weighted"], report["calibration"]
         print(f"\nmacro    precision {_pct(m['precision'])}  recall {_pct(m['recall'])}  F1 {_pct(m['f1'])}")
         print(f"weighted precision {_pct(w['precision'])}  recall {_pct(w['recall'])}  F1 {_pct(w['f1'])}")
