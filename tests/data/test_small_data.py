@@ -35,6 +35,9 @@ def test_four_images_per_class_trains_and_says_what_was_held_out(tmp_path: Path,
                for line in first), first
     split = json.loads((tmp_path / "runs" / "four" / "split.json").read_text())
     assert sorted(Path(p).parts[0] for p in split["val_paths"]) == ["circle", "cross", "square", "triangle"]
+    evaluated = main_cli("evaluate", tmp_path / "runs" / "four")  # only train/: the held-out val split, said so
+    assert evaluated.code == 0, evaluated.err
+    assert "[val], 4 images" in evaluated.out and "evaluating the val split" in evaluated.err
 
 
 def test_two_images_per_class_with_test_folder_trains_without_a_traceback(tmp_path: Path, shape_folder,

@@ -71,3 +71,14 @@ def test_serve_predict(task_run: visiontrain.Run) -> None:
     assert status == 200, answer
     key = EXPECT[_task(task_run)]["prediction"]
     assert answer["predictions"][0][key] == visiontrain.predict(task_run.dir, [image])[0]["predictions"][0][key]
+
+
+def test_evaluate_defaults_to_the_held_out_split_the_run_reported(task_run: visiontrain.Run, main_cli) -> None:
+    """Without --split: test when the data has one (synthetic), else the val split held out of train (the
+    regression manifest has only train rows) — which was "dataset … has no 'test' split"."""
+    expected = "test" if "test" in task_run.summary["data"]["counts"] else "val"
+    result = main_cli("evaluate", task_run.dir, "--json")
+    assert result.code == 0, result.err
+    answer = json.loads(result.out)
+    assert answer["split"] == expected and answer["count"] == task_run.summary["data"]["counts"][expected]
+    assert f"evaluating the {expected} split" in result.err

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
     ev.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     ev.add_argument("--data", help="dataset or folder to evaluate on [default: the run's own]")
     ev.add_argument("--data-dir", help="dataset cache folder [default: the run's own]")
-    ev.add_argument("--split", default="test", help="split to evaluate: train, val or test [default: test]")
+    ev.add_argument("--split", help="split to evaluate: train, val or test [default: test when the data has "
+                    "one, else val — the held-out split the run reported]")
     ev.add_argument("--batch-size", type=int, help="images per evaluation step")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or mps [default: auto]")
     ev.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -158,6 +159,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
         from visiontrain.use.report import write_report
 
         report = write_report(result, report_dir)
+    if args.split is None:
+        print(f"visiontrain: evaluating the {result['split']} split"
+              + (" (the data has no test split)" if result["split"] == "val" else "") + "; --split chooses another",
+              file=sys.stderr)
     plain = {k: v for k, v in result.items() if k not in ("probabilities", "predictions", "targets", "mistakes")}
     if args.json:
         print(json.dumps(report if report is not None else plain, indent=2))

@@ -19,7 +19,7 @@ from visiontrain.use.loading import LoadedModel, load
 from visiontrain.use.tta import TTAModel, check_tta
 
 
-def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: str = "test", *,
+def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: str | None = None, *,
              data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
              workers: int | None = None, tta: str = "none", mistakes: int = 0,
              outputs: bool = False, trust_code: bool = False) -> dict[str, Any]:
@@ -27,6 +27,9 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
 
     A dataset the checkpoint names as ``module:Class`` is not imported from its sidecar unless ``trust_code`` or
     ``data`` names it (see :mod:`visiontrain.config.trust`): a file never decides what code runs.
+
+    ``split=None`` is the held-out split training reported on: test when the data has one, else val (held out
+    of train the same way, from the run's seed); ``result["split"]`` says which.
 
     ``tta`` averages the probabilities of flipped or five-cropped views (see :mod:`visiontrain.use.tta`);
     ``mistakes=k`` adds the k most confident wrong predictions; ``outputs=True`` adds every image's
@@ -42,7 +45,11 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
     loaded = model if isinstance(model, LoadedModel) else load(model, device=device, trust_code=trust_code)
     cfg = _data_config(loaded, data, data_dir, batch_size, workers, trust_code)
     seed = int(loaded.meta.get("config", {}).get("train", {}).get("seed", 0))
-    bundle = build_data(cfg, seed, prep=loaded.prep, splits=(split,))
+    bundle = build_data(cfg, seed, prep=loaded.prep, splits=(split or "test",))
+    if split is None:  # no test split: the val split the run held out (rebuilt only when needed)
+        split = "test" if "test" in bundle.loaders else "val"
+        if split == "val":
+            bundle = build_data(cfg, seed, prep=loaded.prep, splits=(split,))
     if split not in bundle.loaders:
         raise DataError(f"dataset {cfg.name!r} has no {split!r} split; it has: "
                         f"{', '.join(bundle.source.splits)} (choose one with --split)")
