@@ -127,7 +127,7 @@ class TrainConfig:
     mixup_alpha: float = knob(0.0, "MixUp strength (0 = off)", flag="--mixup", low=0)
     cutmix_alpha: float = knob(0.0, "CutMix strength (0 = off)", flag="--cutmix", low=0)
     monitor: str = knob("auto", "metric that picks the best checkpoint, e.g. val/loss [default: val/accuracy, "
-                        "val/loss for regression]")
+                        "val/loss for regression; with no val split the last epoch is kept]")
     early_stop_patience: int | None = knob(None, "stop after N epochs without improvement of --monitor",
                                            flag="--early-stop", low=1)
     keep_last: int = knob(0, "also keep the last N per-epoch checkpoints (epoch-0003.*)", low=0)
