@@ -65,6 +65,9 @@ class ModelConfig:
     pretrained: str | None = knob(None, "start from pretrained weights: a torchvision weights name (DEFAULT, "
                                   "IMAGENET1K_V1; read from the torch hub cache, offline) or a .safetensors/.pth file "
                                   "or run")
+    pretrained_check_hash: bool = knob(True, "check a torch hub cache file named by --pretrained DEFAULT/IMAGENET1K_V1 "
+                                       "against the SHA-256 prefix in its file name, as torch.hub does (off: only for "
+                                       "weights you saved there under that name yourself)")
     head: list[int] | None = knob(None, "hidden widths of a new classification head, e.g. --head 128: "
                                   "features → 128 → classes", low=1, high=limits.MAX_HEAD_WIDTH)
     in_channels: int | None = knob(None, "channels the model reads: 1 adapts an RGB stem to gray "
