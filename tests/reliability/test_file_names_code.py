@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 import yaml
 
@@ -125,6 +127,23 @@ def _plant_sidecars(ctx: Ctx, section: str, payload: Callable[[Ctx], tuple[str, 
     return ctx.run / "checkpoints" / "best.json"
 
 
+def _plant_headers(ctx: Ctx, section: str, payload: Callable[[Ctx], tuple[str, dict]]) -> Path:
+    """The same plant in the copy of the sidecar a .safetensors carries in its header, its .json removed (a lone
+    .safetensors is read through its header): the header is a file too."""
+    name, args = payload(ctx)
+    for which in ("best", "last"):
+        weights = ctx.run / "checkpoints" / f"{which}.safetensors"
+        with safetensors.safe_open(str(weights), framework="pt") as f:
+            header, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        key = "config" if section == "data" else "model"
+        value = json.loads(header[key])
+        (value["data"] if section == "data" else value).update(name=name, args=args)
+        header[key] = json.dumps(value)
+        safetensors.torch.save_file(tensors, str(weights), metadata=header)
+        weights.with_suffix(".json").unlink()
+    return ctx.run / "checkpoints" / "best.safetensors"
+
+
 def _plant_config(ctx: Ctx, section: str, payload: Callable[[Ctx], tuple[str, dict]] | None = None) -> Path:
     """``section`` data or model gets the payload's name and args; "pickle" gets trust_pickle + an evil init_from."""
     path = ctx.run / "config.yaml"
@@ -207,6 +226,23 @@ def test_a_models_arguments_in_a_sidecar_are_plain_values_only(payload: str, rea
     assert not ctx.marker.exists(), f"{reader}: the code a sidecar named ran"
     one_line_error(result, str(sidecar), fragment)
     assert not (ctx.tmp / "runs").exists() and not (ctx.tmp / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("reader", SIDECAR_READERS)
+@pytest.mark.parametrize("payload", [*DATA, *MODEL])
+def test_a_lone_safetensors_header_names_no_code_either(payload: str, reader: str, ctx: Ctx,
+                                                       one_line_error) -> None:
+    """A .safetensors copied without its .json describes itself in its header: the same rules hold for it."""
+    section = "data" if payload in DATA else "model"
+    weights = _plant_headers(ctx, section, DATA[payload] if section == "data" else MODEL[payload][0])
+    result = SIDECAR_READERS[reader](ctx)
+    assert not ctx.marker.exists(), f"{reader}: the code a header named ran"
+    if section == "model":
+        one_line_error(result, str(weights), MODEL[payload][1])
+    elif reader in DATA_REFUSERS:
+        one_line_error(result, str(weights), "config.data.name", "--trust-code", "--data ")
+    else:
+        assert result.code == 0, (reader, result.err)
 
 
 @pytest.mark.parametrize("reader", DATA_CONFIG_READERS)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import visiontrain
 
@@ -82,3 +83,32 @@ def test_evaluate_defaults_to_the_held_out_split_the_run_reported(task_run: visi
     answer = json.loads(result.out)
     assert answer["split"] == expected and answer["count"] == task_run.summary["data"]["counts"][expected]
     assert f"evaluating the {expected} split" in result.err
+
+
+def test_the_loaded_model_is_callable(task_run: visiontrain.Run) -> None:
+    """``visiontrain.load(run)(images)`` gives logits: uint8 pixels are normalized as in training, a float batch
+    is taken as normalized input, one image gives one row."""
+    model = visiontrain.load(task_run.dir, device="cpu")
+    side = model.prep.size
+    batch = torch.randint(0, 256, (2, model.prep.channels, side, side), generator=torch.Generator().manual_seed(0),
+                          dtype=torch.uint8)
+    logits = model(batch)
+    outputs = 1 if _task(task_run) == "regression" else len(model.classes)
+    assert logits.shape == (2, outputs) and not logits.requires_grad
+    assert torch.equal(logits, model.logits(batch))
+    torch.testing.assert_close(model(model.prep.normalizer()(batch)), logits)
+    torch.testing.assert_close(model(batch[0]), logits[0])
+
+
+def test_a_lone_safetensors_loads_predicts_and_evaluates(task_run: visiontrain.Run, tmp_path: Path, main_cli) -> None:
+    """best.safetensors copied without best.json: the sidecar's fields travel in its header."""
+    lone = tmp_path / "model.safetensors"
+    lone.write_bytes((task_run.dir / "checkpoints" / "best.safetensors").read_bytes())
+    image = _image(task_run)
+    assert visiontrain.predict(lone, [image])[0]["predictions"] == visiontrain.predict(task_run.dir, [image])[0][
+        "predictions"]
+    loaded = visiontrain.load(lone)
+    assert loaded.path == lone and loaded.classes == visiontrain.load(task_run.dir).classes
+    result = main_cli("evaluate", lone, "--split", "val", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["count"] == task_run.summary["data"]["counts"]["val"]

@@ -51,7 +51,18 @@ class UsableModel:
 
 @dataclass
 class LoadedModel(UsableModel):
-    """A checkpoint's model in eval mode with its class names and preprocessing."""
+    """A checkpoint's model in eval mode with its class names and preprocessing.
+
+    Calling it gives the model's **logits** (raw scores, [B, classes]; ``.softmax(1)`` makes probabilities; a
+    regression model's values, [B, 1]) without gradients, on its device, for a batch at the model's input size:
+    a **uint8** batch (pixels 0-255, [B,C,H,W] or one [C,H,W] image) is normalized with the checkpoint's own
+    mean/std first; a **float** batch is taken as already normalized input, as the network saw it in training.
+
+    >>> import torch, visiontrain
+    >>> model = visiontrain.load("runs/demo")
+    >>> model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape
+    torch.Size([2, 4])
+    """
 
     model: nn.Module
     meta: dict[str, Any]
@@ -61,6 +72,13 @@ class LoadedModel(UsableModel):
 
     def net(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        single = images.dim() == 3
+        batch = images.unsqueeze(0) if single else images
+        logits = self.logits(batch) if batch.dtype == torch.uint8 else self.net(batch.to(self.device))
+        return logits[0] if single else logits
 
 
 def load(path: str | Path, device: str = "auto", which: str = "best", *, trust_code: bool = False) -> LoadedModel:
@@ -73,9 +91,14 @@ def load(path: str | Path, device: str = "auto", which: str = "best", *, trust_c
     >>> m = visiontrain.load("runs/demo")  # a run folder (its best checkpoint), or a checkpoint's .json
     >>> m.classes[:3], m.prep.size
     (['circle', 'square', 'triangle'], 32)
+
+    A ``.safetensors`` checkpoint copied without its ``.json`` loads too: the same fields are in its header, read
+    and checked as the sidecar would be (``visiontrain.load("best.safetensors")``).
     """
     sidecar = resolve_checkpoint(path, which)
-    meta = read_sidecar(sidecar)
+    meta = read_sidecar(sidecar)  # or, when the .json is missing, the copy in the .safetensors header
+    if not sidecar.is_file():
+        sidecar = sidecar.with_suffix(".safetensors")  # the file that described itself: named in every message
     try:
         prep = Preprocessing.from_dict(meta["preprocessing"])
         spec = meta["model"]
