@@ -111,7 +111,8 @@ def _timm_checkpoint(ctx: Ctx) -> tuple[str, dict]:
 
 
 DATA = {"stdlib": _stdlib, "file": _file, "cwd-module": _cwd_module}
-MODEL = {"not-plain": (_not_plain, "model.args.width"),
+MODEL = {"class-file": (_file, "model.name"), "class-module": (_cwd_module, "model.name"),
+         "not-plain": (_not_plain, "model.args.width"),
          "torchvision-weights": (_torchvision_weights, "model.args.weights"),
          "timm-checkpoint": (_timm_checkpoint, "model.args.checkpoint_path")}
 
@@ -355,6 +356,71 @@ def test_trust_pickle_typed_by_the_user_lets_a_resume_unpickle(synthetic_run, tm
     result = main_cli("train", "--resume", run, "--quiet", "--trust-pickle")
     assert result.code == 0, result.err
     assert "unpickling" in result.err  # the --trust-pickle warning: the user asked for it
+
+
+OWN_MODEL = '''
+from torch import nn
+
+open({marker!r}, "a").write("imported\\n")  # each import leaves a line: the tests count them
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=10, width=8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.body(x)
+'''
+
+
+@pytest.fixture(scope="module")
+def own_model_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[visiontrain.Run, str, Path]:
+    """A run of the user's own nn.Module class named by file (the cookbook's Tudui, through the API)."""
+    root = tmp_path_factory.mktemp("own-model")
+    marker = root / "imports.txt"
+    (root / "my_net.py").write_text(OWN_MODEL.format(marker=str(marker)))
+    spec = f"{root / 'my_net.py'}:Net"
+    run = visiontrain.train({"data": "synthetic", "data_args": {"train": 48, "val": 16, "test": 16}, "model": spec,
+                             "model_args": {"width": 6}, "epochs": 1, "batch_size": 16, "plots": False,
+                             "out": str(root / "runs"), "name": "own"}, quiet=True)
+    return run, spec, marker
+
+
+def test_a_run_of_your_own_model_class_records_it_and_is_used_when_you_say_it(own_model_run, main_cli,
+                                                                            one_line_error) -> None:
+    run, spec, _ = own_model_run
+    assert json.loads((run.dir / "checkpoints" / "best.json").read_text())["model"]["name"] == spec
+    image = next((run.dir / "samples").glob("*.png"))
+    one_line_error(main_cli("predict", run.dir, image), "model.name", f"--model {spec}", "--trust-code")
+    expected = visiontrain.predict(run.dir, [image], model_spec=spec)
+    for extra in (["--model", spec], ["--trust-code"]):
+        result = main_cli("predict", run.dir, image, "--json", *extra)
+        assert result.code == 0, (extra, result.err)
+        assert json.loads(result.out) == expected
+        assert main_cli("evaluate", run.dir, "--json", *extra).code == 0
+    assert main_cli("export", run.dir, "--format", "torchscript", "--out", run.dir.parent / "own.pt",
+                    "--model", spec).code == 0
+    model = visiontrain.load(run.dir, model_spec=spec)
+    assert model.model.body[0].out_channels == 6 and visiontrain.load(run.dir, trust_code=True).classes == model.classes
+    assert run.load(model_spec=spec).meta["model"]["name"] == spec
+    build_app(run.dir, device="cpu", model_spec=spec)
+
+
+@pytest.mark.slow
+def test_your_own_model_class_is_not_imported_on_a_run_files_say_so(own_model_run, tmp_path: Path, commands,
+                                                                   one_line_error) -> None:
+    """In a fresh process (nothing imported yet), a refused load never imports the class: its marker stays."""
+    run, _, marker = own_model_run
+    before = marker.read_text()
+    image = next((run.dir / "samples").glob("*.png"))
+    result = commands({"predict": [sys.executable, "-m", "visiontrain", "predict", run.dir, image],
+                           "resume": [sys.executable, "-m", "visiontrain", "train", "--resume", run.dir]},
+                      cwd=tmp_path)
+    for answer in result.values():
+        one_line_error(answer, "model.name", "--trust-code")
+    assert marker.read_text() == before, "a run's files imported the model class"
 
 
 # -- the same as real processes ------------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = knob("small_cnn", "model name (see `visiontrain models`) or any torchvision classifier, or "
-                     "timm/<name> with the timm extra", flag="--model", hparam=True, metavar="MODEL")
+                     "timm/<name> with the timm extra, or my_model.py:MyNet / mypkg.models:MyNet for your own "
+                     "nn.Module class", flag="--model", hparam=True, metavar="MODEL")
     args: dict[str, Any] = knob(help="a model builder argument KEY=VALUE (repeatable), e.g. --model-arg dropout=0.3",
                                 factory=dict, flag="--model-arg", flat=("model_args",))
     pretrained: str | None = knob(None, "start from pretrained weights: a torchvision weights name (DEFAULT, "

@@ -22,11 +22,12 @@ from visiontrain.use.tta import TTAModel, check_tta
 def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: str | None = None, *,
              data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
              workers: int | None = None, tta: str = "none", mistakes: int = 0,
-             outputs: bool = False, trust_code: bool = False) -> dict[str, Any]:
+             outputs: bool = False, trust_code: bool = False, model_spec: str | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of its own dataset (or of ``data``, with the same classes).
 
     A dataset the checkpoint names as ``module:Class`` is not imported from its sidecar unless ``trust_code`` or
-    ``data`` names it (see :mod:`visiontrain.config.trust`): a file never decides what code runs.
+    ``data`` names it (see :mod:`visiontrain.config.trust`): a file never decides what code runs; nor is a model
+    class, unless ``trust_code`` or ``model_spec`` names it.
 
     ``split=None`` is the held-out split training reported on: test when the data has one, else val (held out
     of train the same way, from the run's seed); ``result["split"]`` says which.
@@ -42,7 +43,8 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
     (100, True, 4)
     """
     check_tta(tta)  # before any loading: a typo should cost nothing
-    loaded = model if isinstance(model, LoadedModel) else load(model, device=device, trust_code=trust_code)
+    loaded = model if isinstance(model, LoadedModel) else load(model, device=device, trust_code=trust_code,
+                                                               model_spec=model_spec)
     cfg = _data_config(loaded, data, data_dir, batch_size, workers, trust_code)
     seed = int(loaded.meta.get("config", {}).get("train", {}).get("seed", 0))
     bundle = build_data(cfg, seed, prep=loaded.prep, splits=(split or "test",))

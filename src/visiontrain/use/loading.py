@@ -81,11 +81,14 @@ class LoadedModel(UsableModel):
         return logits[0] if single else logits
 
 
-def load(path: str | Path, device: str = "auto", which: str = "best", *, trust_code: bool = False) -> LoadedModel:
+def load(path: str | Path, device: str = "auto", which: str = "best", *, trust_code: bool = False,
+         model_spec: str | None = None) -> LoadedModel:
     """Load a checkpoint for prediction or evaluation.
 
-    The sidecar's model must be one visiontrain builds by name, with plain arguments; ``trust_code`` is for
-    what :mod:`visiontrain.config.trust` lets only the user allow (today nothing in a sidecar's model entry needs it).
+    The sidecar's model must be one visiontrain builds by name, with plain arguments. A model trained as your own
+    class (``--model my_model.py:Tudui``) is recorded by that spec, and a file never decides what code runs: it is
+    imported again only when you say it — ``model_spec="my_model.py:Tudui"`` (CLI ``--model``; it may point to
+    where the file is now) or ``trust_code=True`` (see :mod:`visiontrain.config.trust`).
 
     >>> import visiontrain
     >>> m = visiontrain.load("runs/demo")  # a run folder (its best checkpoint), or a checkpoint's .json
@@ -110,10 +113,11 @@ def load(path: str | Path, device: str = "auto", which: str = "best", *, trust_c
         raise CheckpointError(f"{sidecar}: 'classes' must be a non-empty list of names")
     inp = ModelInput(prep.channels, prep.size, len(classes))
     try:
-        model_spec = {**spec, "name": name, "args": args}
-        check_file_values({"model": model_spec}, sidecar, trust_code=trust_code)  # before anything is built
-        check_model_budget(model_spec, inp, meta, sidecar)  # on the meta device, before building for real
-        model = rebuild_model(model_spec, inp, where=sidecar, trust_code=trust_code)
+        given = ("model.name",) if model_spec else ()  # the user named the model's code: theirs, not the file's
+        built = {**spec, "name": model_spec or name, "args": args}
+        check_file_values({"model": built}, sidecar, trust_code=trust_code, given=given)  # before anything is built
+        check_model_budget(built, inp, meta, sidecar)  # on the meta device, before building for real
+        model = rebuild_model(built, inp, where=sidecar, trust_code=trust_code, given=given)
     except (CheckpointError, TrustError):
         raise  # these already name the file and the field
     except VisiontrainError as exc:
