@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -138,3 +139,38 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> visiontrain.Run:
 def gray_run(tmp_path_factory: pytest.TempPathFactory) -> visiontrain.Run:
     """A 1-channel model (synthetic with channels=1), small: for input-conversion checks."""
     return _train(tmp_path_factory.mktemp("runs"), "gray", channels=1, train=800, val=100, test=100)
+
+
+# Every task the project trains: the use commands' tests are parametrized over it (``task_run``). A new task
+# (multi-label) is one entry here and one session fixture of a tiny trained run below.
+TASKS = ("classification", "regression")
+_TASK_RUNS = {"classification": "synthetic_run", "regression": "regression_run"}
+
+
+def write_brightness_manifest(root: Path, count: int = 48, side: int = 16, seed: int = 0) -> Path:
+    """``root/data.csv`` of ``path,value`` rows over gray PNGs whose target is their mean brightness (learnable)."""
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = ["path,value"]
+    for i in range(count):
+        value = float(rng.uniform(0, 1))
+        pixels = np.clip(rng.normal(value * 255, 12, size=(side, side)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "imgs" / f"{i}.png")
+        rows.append(f"imgs/{i}.png,{value:.4f}")
+    (root / "data.csv").write_text("\n".join(rows) + "\n")
+    return root / "data.csv"
+
+
+@pytest.fixture(scope="session")
+def regression_run(tmp_path_factory: pytest.TempPathFactory) -> visiontrain.Run:
+    """A tiny regression run (48 gray 16x16 images, train only: val is held out of it), 2 epochs, well under 1 s."""
+    manifest = write_brightness_manifest(tmp_path_factory.mktemp("brightness"))
+    config = {"data": str(manifest), "epochs": 2, "lr": 0.01, "batch_size": 16, "plots": False,
+              "out": str(tmp_path_factory.mktemp("runs")), "name": "regression"}
+    return visiontrain.train(config, quiet=True)
+
+
+@pytest.fixture(scope="session", params=TASKS)
+def task_run(request: pytest.FixtureRequest) -> visiontrain.Run:
+    """A small trained run of each task in :data:`TASKS` (a test using it runs once per task)."""
+    return request.getfixturevalue(_TASK_RUNS[request.param])

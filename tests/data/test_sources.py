@@ -236,6 +236,6 @@ def test_train_on_a_folder_tree_then_evaluate_its_test_split(tmp_path: Path, sha
         assert (result["accuracy"], result["loss"]) == (s["test"]["accuracy"], s["test"]["loss"])
     else:
         with pytest.raises(DataError, match="has no 'test' split"):
-            visiontrain.evaluate(loaded)
-        val = visiontrain.evaluate(loaded, split="val")  # the same seeded hold-out as in training
-        assert val["count"] == 12 and val["accuracy"] == s["best"]["accuracy"]
+            visiontrain.evaluate(loaded, split="test")
+        val = visiontrain.evaluate(loaded)  # no test split: the same seeded hold-out as in training
+        assert val["split"] == "val" and val["count"] == 12 and val["accuracy"] == s["best"]["accuracy"]

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 
 import visiontrain
@@ -149,9 +151,20 @@ def test_missing_weights_file(ckpt: Path) -> None:
     _error(ckpt / "best.json", str(ckpt / "best.safetensors"), "cannot read the weights file")
 
 
-def test_missing_sidecar(ckpt: Path) -> None:
+def test_missing_sidecar_of_a_safetensors_without_its_fields(ckpt: Path) -> None:
+    (ckpt / "best.json").unlink()  # a .safetensors of an older visiontrain: only "format" in its header
+    tensors = safetensors.torch.load_file(ckpt / "best.safetensors")
+    safetensors.torch.save_file(tensors, ckpt / "best.safetensors", metadata={"format": "visiontrain.checkpoint"})
+    _error(ckpt / "best.safetensors", str(ckpt / "best.json"), "sidecar not found", "does not carry its fields")
+
+
+def test_a_damaged_header_of_a_lone_safetensors_is_checked_as_a_sidecar(ckpt: Path) -> None:
     (ckpt / "best.json").unlink()
-    _error(ckpt / "best.safetensors", str(ckpt / "best.json"), "sidecar not found")
+    with safetensors.safe_open(str(ckpt / "best.safetensors"), framework="pt") as f:
+        header, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for key, value, fragment in (("classes", json.dumps("cat"), "classes"), ("model", "{not json", "not JSON")):
+        safetensors.torch.save_file(tensors, ckpt / "best.safetensors", metadata={**header, key: value})
+        _error(ckpt / "best.safetensors", str(ckpt / "best.safetensors"), fragment)
 
 
 def test_garbage_weights_with_a_matching_hash(ckpt: Path) -> None:

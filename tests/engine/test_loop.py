@@ -3,11 +3,13 @@ contract (order, counts, StopTraining), train/eval modes, and seeded determinism
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import visiontrain
 from visiontrain.engine.callbacks import Callback, StopTraining
@@ -143,3 +145,23 @@ def test_without_a_validation_split_the_best_is_judged_on_train(tmp_path: Path, 
     assert set(s["final"]) == {"accuracy", "loss"} and s["final"]["accuracy"] == s["train"]["accuracy"]
     assert "test" not in s
     assert s["data"]["counts"] == {"train": 24}
+
+
+def test_val_split_0_keeps_the_last_epoch_and_never_selects_on_test(tmp_path: Path, shape_folder, main_cli) -> None:
+    """With no validation split the best checkpoint was picked on the test split and that same test score
+    reported: selection on test. Now the last epoch is the result, said in one line at the start."""
+    root = tmp_path / "shapes"
+    shape_folder(root / "train", per_class=6, size=16)
+    shape_folder(root / "test", per_class=3, size=16, seed=1)
+    result = main_cli("train", "--data", root, "--val-split", "0", "--model", "mlp", "--epochs", "3",
+                      "--batch-size", "8", "--no-plots", "--out", tmp_path / "runs", "--name", "noval")
+    assert result.code == 0, result.err
+    note = [line for line in result.err.splitlines()[:4] if "no validation split" in line]
+    assert len(note) == 1 and "the last epoch is kept" in note[0] and "test split is only reported" in note[0]
+    run = tmp_path / "runs" / "noval"
+    s = json.loads((run / "summary.json").read_text())
+    assert s["best"]["epoch"] == 3 and s["best"]["monitor"] == "last" and s["best"]["split"] == "test"
+    assert json.loads((run / "checkpoints" / "best.json").read_text())["epoch"] == 3
+    best, last = (load_file(run / "checkpoints" / f"{n}.safetensors") for n in ("best", "last"))
+    assert all(torch.equal(best[k], last[k]) for k in last)
+    assert "last test:" in result.out and "no validation split" in result.out

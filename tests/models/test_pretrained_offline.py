@@ -4,6 +4,7 @@ the file is missing, weights files for any model, and a fine-tuned checkpoint th
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import visiontrain
 from visiontrain.config import ModelConfig
 from visiontrain.data import Preprocessing
 from visiontrain.engine.callbacks import Callback
-from visiontrain.errors import ModelError
+from visiontrain.errors import CheckpointError, ModelError
 from visiontrain.models import ModelInput
 from visiontrain.models.assembly import build_model, model_spec
 from visiontrain.models.pretrained import hub_file
@@ -26,7 +27,11 @@ WEIGHTS = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
 
 @pytest.fixture
 def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A TORCH_HOME whose hub cache holds a 'pretrained' mobilenet_v3_small (random, same file name)."""
+    """A TORCH_HOME whose hub cache holds a 'pretrained' mobilenet_v3_small (random, same file name).
+
+    Its SHA-256 is not the one the name carries (the real file cannot be made offline): the tests that load it
+    through the enum name turn the hash check off (``pretrained_check_hash``), as a user would for weights they
+    saved there themselves; the check itself is tested below on this very file."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     path = hub_file(WEIGHTS.url)
     assert path == tmp_path / "torch" / "hub" / "checkpoints" / "mobilenet_v3_small-047dcff4.pth"
@@ -39,13 +44,29 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_enum_name_loads_from_the_hub_cache_and_replaces_the_head(torch_home: Path) -> None:
     file = torch.load(torch_home, weights_only=True)
     for value in ("DEFAULT", "IMAGENET1K_V1", "MobileNet_V3_Small_Weights.IMAGENET1K_V1", "imagenet1k_v1"):
-        built = build_model(ModelConfig("mobilenet_v3_small", pretrained=value), ModelInput(3, 32, 5))
+        built = build_model(ModelConfig("mobilenet_v3_small", pretrained=value, pretrained_check_hash=False),
+                            ModelInput(3, 32, 5))
         state = built.model.state_dict()
         assert built.head == "classifier.3" and built.head_replaced
         assert state["classifier.3.weight"].shape == (5, 1024)
         assert all(torch.equal(state[k], v) for k, v in file.items() if not k.startswith("classifier.3."))
     prep = built.preprocessing(Preprocessing(3, 32, (0.5,) * 3, (0.2,) * 3))
     assert prep.mean == (0.485, 0.456, 0.406) and prep.std == (0.229, 0.224, 0.225)  # the weights' own
+
+
+def test_a_cache_file_whose_hash_does_not_match_its_name_is_refused_in_one_line(torch_home: Path, main_cli,
+                                                                                one_line_error) -> None:
+    """torch.hub checks the SHA-256 prefix a weights file's name carries only while downloading; a file saved
+    under that name afterwards (here: random weights as mobilenet_v3_small-047dcff4.pth) was loaded as ImageNet's."""
+    with pytest.raises(CheckpointError) as err:
+        build_model(ModelConfig("mobilenet_v3_small", pretrained="DEFAULT"), ModelInput(3, 32, 5))
+    digest = hashlib.sha256(torch_home.read_bytes()).hexdigest()
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{torch_home}: its SHA-256 begins {digest[:8]}, not 047dcff4")
+    assert "delete it" in message and WEIGHTS.url in message
+    result = main_cli("train", "--data", "synthetic", "--data-arg", "train=8", "--data-arg", "val=4", "--data-arg",
+                      "test=4", "--model", "mobilenet_v3_small", "--pretrained", "DEFAULT", "--out", torch_home.parent)
+    one_line_error(result, "mobilenet_v3_small-047dcff4.pth", "not 047dcff4", "delete it")
 
 
 def test_missing_cache_file_is_one_line_with_file_folder_and_url(tmp_path: Path, monkeypatch) -> None:
@@ -100,7 +121,7 @@ def test_finetuned_checkpoint_loads_back_without_the_cache(torch_home: Path, tmp
     config = {"data": {"name": "synthetic", "args": {"channels": 1, "size": 32, "train": 96, "val": 32, "test": 16},
                        "batch_size": 32},
               "model": {"name": "mobilenet_v3_small", "pretrained": "DEFAULT", "in_channels": 1, "head": [16],
-                        "freeze": ["features.0.*"]},
+                        "freeze": ["features.0.*"], "pretrained_check_hash": False},
               "train": {"epochs": 1, "plots": False},  # the pictures cost seconds and are not checked here
               "out": str(tmp_path / "runs"), "name": "ft"}
     run = visiontrain.train(config, callbacks=[keep], quiet=True)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 import yaml
 
@@ -109,7 +111,8 @@ def _timm_checkpoint(ctx: Ctx) -> tuple[str, dict]:
 
 
 DATA = {"stdlib": _stdlib, "file": _file, "cwd-module": _cwd_module}
-MODEL = {"not-plain": (_not_plain, "model.args.width"),
+MODEL = {"class-file": (_file, "model.name"), "class-module": (_cwd_module, "model.name"),
+         "not-plain": (_not_plain, "model.args.width"),
          "torchvision-weights": (_torchvision_weights, "model.args.weights"),
          "timm-checkpoint": (_timm_checkpoint, "model.args.checkpoint_path")}
 
@@ -123,6 +126,23 @@ def _plant_sidecars(ctx: Ctx, section: str, payload: Callable[[Ctx], tuple[str, 
         target.update(name=name, args=args)
         path.write_text(json.dumps(meta))
     return ctx.run / "checkpoints" / "best.json"
+
+
+def _plant_headers(ctx: Ctx, section: str, payload: Callable[[Ctx], tuple[str, dict]]) -> Path:
+    """The same plant in the copy of the sidecar a .safetensors carries in its header, its .json removed (a lone
+    .safetensors is read through its header): the header is a file too."""
+    name, args = payload(ctx)
+    for which in ("best", "last"):
+        weights = ctx.run / "checkpoints" / f"{which}.safetensors"
+        with safetensors.safe_open(str(weights), framework="pt") as f:
+            header, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        key = "config" if section == "data" else "model"
+        value = json.loads(header[key])
+        (value["data"] if section == "data" else value).update(name=name, args=args)
+        header[key] = json.dumps(value)
+        safetensors.torch.save_file(tensors, str(weights), metadata=header)
+        weights.with_suffix(".json").unlink()
+    return ctx.run / "checkpoints" / "best.safetensors"
 
 
 def _plant_config(ctx: Ctx, section: str, payload: Callable[[Ctx], tuple[str, dict]] | None = None) -> Path:
@@ -207,6 +227,23 @@ def test_a_models_arguments_in_a_sidecar_are_plain_values_only(payload: str, rea
     assert not ctx.marker.exists(), f"{reader}: the code a sidecar named ran"
     one_line_error(result, str(sidecar), fragment)
     assert not (ctx.tmp / "runs").exists() and not (ctx.tmp / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("reader", SIDECAR_READERS)
+@pytest.mark.parametrize("payload", [*DATA, *MODEL])
+def test_a_lone_safetensors_header_names_no_code_either(payload: str, reader: str, ctx: Ctx,
+                                                       one_line_error) -> None:
+    """A .safetensors copied without its .json describes itself in its header: the same rules hold for it."""
+    section = "data" if payload in DATA else "model"
+    weights = _plant_headers(ctx, section, DATA[payload] if section == "data" else MODEL[payload][0])
+    result = SIDECAR_READERS[reader](ctx)
+    assert not ctx.marker.exists(), f"{reader}: the code a header named ran"
+    if section == "model":
+        one_line_error(result, str(weights), MODEL[payload][1])
+    elif reader in DATA_REFUSERS:
+        one_line_error(result, str(weights), "config.data.name", "--trust-code", "--data ")
+    else:
+        assert result.code == 0, (reader, result.err)
 
 
 @pytest.mark.parametrize("reader", DATA_CONFIG_READERS)
@@ -319,6 +356,71 @@ def test_trust_pickle_typed_by_the_user_lets_a_resume_unpickle(synthetic_run, tm
     result = main_cli("train", "--resume", run, "--quiet", "--trust-pickle")
     assert result.code == 0, result.err
     assert "unpickling" in result.err  # the --trust-pickle warning: the user asked for it
+
+
+OWN_MODEL = '''
+from torch import nn
+
+open({marker!r}, "a").write("imported\\n")  # each import leaves a line: the tests count them
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=10, width=8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.body(x)
+'''
+
+
+@pytest.fixture(scope="module")
+def own_model_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[visiontrain.Run, str, Path]:
+    """A run of the user's own nn.Module class named by file (the cookbook's Tudui, through the API)."""
+    root = tmp_path_factory.mktemp("own-model")
+    marker = root / "imports.txt"
+    (root / "my_net.py").write_text(OWN_MODEL.format(marker=str(marker)))
+    spec = f"{root / 'my_net.py'}:Net"
+    run = visiontrain.train({"data": "synthetic", "data_args": {"train": 48, "val": 16, "test": 16}, "model": spec,
+                             "model_args": {"width": 6}, "epochs": 1, "batch_size": 16, "plots": False,
+                             "out": str(root / "runs"), "name": "own"}, quiet=True)
+    return run, spec, marker
+
+
+def test_a_run_of_your_own_model_class_records_it_and_is_used_when_you_say_it(own_model_run, main_cli,
+                                                                            one_line_error) -> None:
+    run, spec, _ = own_model_run
+    assert json.loads((run.dir / "checkpoints" / "best.json").read_text())["model"]["name"] == spec
+    image = next((run.dir / "samples").glob("*.png"))
+    one_line_error(main_cli("predict", run.dir, image), "model.name", f"--model {spec}", "--trust-code")
+    expected = visiontrain.predict(run.dir, [image], model_spec=spec)
+    for extra in (["--model", spec], ["--trust-code"]):
+        result = main_cli("predict", run.dir, image, "--json", *extra)
+        assert result.code == 0, (extra, result.err)
+        assert json.loads(result.out) == expected
+        assert main_cli("evaluate", run.dir, "--json", *extra).code == 0
+    assert main_cli("export", run.dir, "--format", "torchscript", "--out", run.dir.parent / "own.pt",
+                    "--model", spec).code == 0
+    model = visiontrain.load(run.dir, model_spec=spec)
+    assert model.model.body[0].out_channels == 6 and visiontrain.load(run.dir, trust_code=True).classes == model.classes
+    assert run.load(model_spec=spec).meta["model"]["name"] == spec
+    build_app(run.dir, device="cpu", model_spec=spec)
+
+
+@pytest.mark.slow
+def test_your_own_model_class_is_not_imported_on_a_run_files_say_so(own_model_run, tmp_path: Path, commands,
+                                                                   one_line_error) -> None:
+    """In a fresh process (nothing imported yet), a refused load never imports the class: its marker stays."""
+    run, _, marker = own_model_run
+    before = marker.read_text()
+    image = next((run.dir / "samples").glob("*.png"))
+    result = commands({"predict": [sys.executable, "-m", "visiontrain", "predict", run.dir, image],
+                           "resume": [sys.executable, "-m", "visiontrain", "train", "--resume", run.dir]},
+                      cwd=tmp_path)
+    for answer in result.values():
+        one_line_error(answer, "model.name", "--trust-code")
+    assert marker.read_text() == before, "a run's files imported the model class"
 
 
 # -- the same as real processes ------------------------------------------------------------------------------------

@@ -4,11 +4,17 @@
 and its arguments, the class names, the preprocessing, metrics and versions, and the SHA-256 of the
 weights file, so a sidecar that does not belong to its weights (say, a crash between the two writes) is
 caught instead of silently producing a wrong model. Both files are written atomically.
+
+The sidecar stays the primary, but the same fields also travel in the safetensors header (``__metadata__``,
+each a JSON string; the weights' own hash excepted), so a ``best.safetensors`` copied alone still loads: its
+header is then read as the sidecar and passes the same checks — and, in :mod:`visiontrain.use.loading`, the same
+trust rules (a file never names code).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,7 @@ import torch
 from torch import nn
 
 from visiontrain import limits
-from visiontrain.checkpoint.validate import check_safetensors, check_sidecar
+from visiontrain.checkpoint.validate import check_safetensors, check_safetensors_file, check_sidecar
 from visiontrain.errors import CheckpointError
 from visiontrain.fileio import atomic_write_bytes, atomic_write_json
 from visiontrain.versions import library_versions
@@ -33,27 +39,25 @@ _REQUIRED = {"format": str, "format_version": int, "model": dict, "classes": lis
 def save_checkpoint(stem: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write ``stem.safetensors`` then ``stem.json``; returns the sidecar's path."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in raw_model(model).state_dict().items()}
-    blob = safetensors.torch.save(tensors, metadata={"format": FORMAT})
+    described = {"format_version": FORMAT_VERSION, **meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 "versions": library_versions()}
+    header = {"format": FORMAT, **{key: json.dumps(value) for key, value in described.items()}}
+    blob = safetensors.torch.save(tensors, metadata=header)
     weights = stem.with_suffix(".safetensors")
     atomic_write_bytes(weights, blob)
-    sidecar = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        **meta,
-        "weights": {"file": weights.name, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": library_versions(),
-    }
+    sidecar = {"format": FORMAT, **described,
+               "weights": {"file": weights.name, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}}
     return atomic_write_json(stem.with_suffix(".json"), sidecar)
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
-    """Read and check a checkpoint's JSON sidecar; every problem names the file."""
+    """Read and check a checkpoint's JSON sidecar; every problem names the file. Without one, the copy in the
+    header of the ``.safetensors`` beside it (:func:`header_meta`) is read and checked the same way."""
     try:
         meta = limits.parse_json(limits.read_capped(path, limits.MAX_SIDECAR_BYTES, "a checkpoint sidecar"))
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint sidecar not found; every .safetensors checkpoint needs "
-                              "its .json beside it") from None
+        meta = header_meta(path.with_suffix(".safetensors"), path)
+        path = path.with_suffix(".safetensors")
     except (OSError, ValueError) as exc:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         raise CheckpointError(f"{path}: not a readable checkpoint sidecar ({exc}); the file is damaged — "
                               "use another checkpoint of the run (last/best)") from None
@@ -67,6 +71,28 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: written by a newer visiontrain (format {meta['format_version']}); "
                               "upgrade visiontrain to read it")
     check_sidecar(meta, path)
+    return meta
+
+
+def header_meta(weights: Path, sidecar: Path) -> dict[str, Any]:
+    """The sidecar fields a visiontrain ``.safetensors`` carries in its header (unchecked yet: see read_sidecar)."""
+    if not weights.is_file():
+        raise CheckpointError(f"{sidecar}: checkpoint sidecar not found; every .safetensors checkpoint needs "
+                              "its .json beside it")
+    raw = check_safetensors_file(weights).get("__metadata__") or {}
+    if raw.get("format") != FORMAT or "model" not in raw:
+        raise CheckpointError(f"{sidecar}: checkpoint sidecar not found, and {weights.name} does not carry its "
+                              "fields in its header (written by an older visiontrain or another tool); put its "
+                              ".json beside it")
+    meta: dict[str, Any] = {"format": FORMAT}
+    for key, text in raw.items():
+        if key != "format":
+            try:
+                meta[key] = limits.parse_json(text)
+            except ValueError:
+                raise CheckpointError(f"{weights}: its header's {key!r} is not JSON; the file is damaged — use "
+                                      "the run's other checkpoint (last/best)") from None
+    meta["weights"] = {"file": weights.name}  # this very file: its header cannot hold its own hash
     return meta
 
 
@@ -114,13 +140,15 @@ _PICKLE_SUFFIXES = {".pth", ".pt", ".pkl", ".pickle", ".tar", ".ckpt", ".bin"}
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     """A run folder, a checkpoints folder, a ``.json`` sidecar or a ``.safetensors`` file → the sidecar."""
     p = Path(path)
+    if p.suffix == ".json" and not p.exists() and p.with_suffix(".safetensors").is_file():
+        return p  # a lone .safetensors: read_sidecar reads the copy in its header
     if not p.exists():
         raise CheckpointError(f"{p} does not exist; pass a run folder (e.g. runs/<name>) or a checkpoint "
                               "file (runs/<name>/checkpoints/best.json)")
     if p.is_dir():
         for candidate in (p / "checkpoints" / f"{which}.json", p / f"{which}.json",
                           p / "checkpoints" / "last.json", p / "last.json"):
-            if candidate.is_file():
+            if candidate.is_file() or candidate.with_suffix(".safetensors").is_file():  # (a lone .safetensors)
                 return candidate
         raise CheckpointError(f"{p} holds no checkpoint (no checkpoints/{which}.json); did its training "
                               "finish an epoch? pass another run folder")

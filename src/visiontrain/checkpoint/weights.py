@@ -10,6 +10,7 @@ Keys wrapped by DDP (``module.``) or ``torch.compile`` (``_orig_mod.``) are unwr
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import sys
 import warnings
@@ -100,6 +101,9 @@ def _read_safetensors(path: Path, _trust_pickle: bool = False) -> WeightsFile:
     except (safetensors.SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: damaged safetensors file ({exc})") from None
     sidecar = path.with_suffix(".json")
+    ours = metadata.get("format") == "visiontrain.checkpoint"
+    if ours:  # the header's copy of the sidecar is JSON text, unchecked: only a checked copy describes the tensors
+        metadata = {"format": metadata["format"]}
     if sidecar.is_file():
         try:
             side = parse_json(read_capped(sidecar, MAX_SIDECAR_BYTES, "a checkpoint sidecar"))
@@ -108,6 +112,9 @@ def _read_safetensors(path: Path, _trust_pickle: bool = False) -> WeightsFile:
             metadata.update(side if isinstance(side, dict) else {})
         except (OSError, ValueError, RecursionError, CheckpointError):
             pass  # a broken sidecar does not make the tensors unreadable
+    elif ours:  # alone: the copy of the sidecar in its header, parsed and checked as the sidecar would be
+        with contextlib.suppress(CheckpointError):  # a damaged header does not make the tensors unreadable either
+            metadata.update(read_sidecar(sidecar))
     return WeightsFile(path, "safetensors", tensors, metadata)
 
 
@@ -169,6 +176,8 @@ def _find_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str
 def _read_visiontrain(path: Path, _trust_pickle: bool = False) -> WeightsFile:
     sidecar = resolve_checkpoint(path)
     meta = read_sidecar(sidecar)
+    if not sidecar.is_file():  # a lone .safetensors described itself: it is the file to name
+        sidecar = sidecar.with_suffix(".safetensors")
     return WeightsFile(sidecar, "visiontrain", load_weights(sidecar, meta), meta)
 
 
@@ -183,7 +192,8 @@ def _restore_order(w: WeightsFile, sidecar_order: SidecarOrder | None) -> None:
         except ValueError:
             order = None
     elif w.metadata.get("format") == "visiontrain.checkpoint" and sidecar_order is not None:
-        order = sidecar_order(w.metadata, w.path.with_suffix(".json"))
+        side = w.path.with_suffix(".json")  # the sidecar, or this file when its header stood in for one
+        order = sidecar_order(w.metadata, side if side.is_file() else w.path)
     w.ordered = isinstance(order, list) and set(order) == set(w.tensors)
     if w.ordered:
         w.tensors = {k: w.tensors[k] for k in order}  # type: ignore[union-attr]

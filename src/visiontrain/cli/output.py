@@ -28,9 +28,11 @@ def print_train_result(run: Any) -> None:
         lines[0] += f" (stopped: {s['stop_reason']})"
         if "interrupted" in s["stop_reason"]:
             lines.append(f"resume with: visiontrain train --resume {shlex.quote(str(run_dir))}")
+    last = best.get("monitor") == "last"  # no validation split: the last epoch, not a best one
     if best:
-        lines.append(f"best {best.get('split', 'val')}: {describe(best)} (epoch {best['epoch']})")
-    if "test" in s:
+        lines.append(f"{'last' if last else 'best'} {best.get('split', 'val')}: {describe(best)} "
+                     f"(epoch {best['epoch']}{', no validation split' if last else ''})")
+    if "test" in s and not (last and best.get("split") == "test"):
         lines.append(f"test:     {describe(s['test'])} (best checkpoint)")
     lines += [
         f"run folder:   {run_dir}",
@@ -45,6 +47,9 @@ def print_train_result(run: Any) -> None:
 
 def print_evaluation(r: dict[str, Any]) -> None:
     print(printable(f"{r['checkpoint']} on {r['data']} [{r['split']}], {r['count']:,} images"))
+    if r.get("task") == "regression":
+        print(f"mse {r['mse']:.6g}   mae {r['mae']:.6g}   rmse {r['rmse']:.6g}")
+        return
     print(f"accuracy {percent(r['accuracy'])}   top5 {percent(r['top5'])}   loss {r['loss']:.4f}")
     classes, confusion = r["classes"], r["confusion"]
     print("\nper-class accuracy:")

@@ -17,7 +17,10 @@ from visiontrain.text import printable
 from visiontrain.use.tta import TTA_MODES
 
 PT2_TRUST_HELP = ("load a .pt2 export: torch.export.load runs code from the file, so only for a file you "
-                   "exported yourself (ONNX and TorchScript exports need no flag)")
+                   "exported yourself (ONNX and TorchScript exports need no flag); also imports the model class a "
+                   "checkpoint records (see --model)")
+MODEL_SPEC_HELP = ("the model class a checkpoint of your own model records, restated: my_model.py:MyNet or "
+                   "mypkg.models:MyNet (imported: its code runs; a run's files never import it on their own)")
 TTA_HELP = f"test-time augmentation: {', '.join(TTA_MODES)} (average the probabilities of the views) [default: none]"
 
 
@@ -26,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
     ev.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     ev.add_argument("--data", help="dataset or folder to evaluate on [default: the run's own]")
     ev.add_argument("--data-dir", help="dataset cache folder [default: the run's own]")
-    ev.add_argument("--split", default="test", help="split to evaluate: train, val or test [default: test]")
+    ev.add_argument("--split", help="split to evaluate: train, val or test [default: test when the data has "
+                    "one, else val — the held-out split the run reported]")
     ev.add_argument("--batch-size", type=int, help="images per evaluation step")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or mps [default: auto]")
     ev.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -34,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
                     "confusion matrices, calibration (ECE, reliability diagram), confident mistakes; Markdown + JSON")
     ev.add_argument("--tta", default="none", help="test-time augmentation: none, flip, five-crop [default: none]")
     ev.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
+    ev.add_argument("--model", dest="model_spec", metavar="SPEC", help=MODEL_SPEC_HELP)
 
     pr = sub.add_parser("predict", help="classify image files, folders, globs or @list files")
     pr.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint, or an export "
@@ -49,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
     pr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar on stderr [default: when stderr is a terminal]")
     pr.add_argument("--trust-code", action="store_true", help=PT2_TRUST_HELP)
+    pr.add_argument("--model", dest="model_spec", metavar="SPEC", help=MODEL_SPEC_HELP)
 
     ex = sub.add_parser("export", help="export a run as ONNX, TorchScript or torch.export (.pt2), verified",
                         description="Export a checkpoint with a dynamic batch size and its class names and "
@@ -61,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
                     "PyTorch, relative to the largest |logit| when that is above 1 [default: 0.001]")
     ex.add_argument("--opset", type=int, help="ONNX opset version [default: the exporter's]")
     ex.add_argument("--json", action="store_true", help="print the result as JSON")
+    ex.add_argument("--trust-code", action="store_true", help="import the model class the checkpoint records")
+    ex.add_argument("--model", dest="model_spec", metavar="SPEC", help=MODEL_SPEC_HELP)
 
     sv = sub.add_parser("serve", help="serve a run or an export over HTTP, with a web page",
                         description="An HTTP prediction service: POST /predict (multipart or raw image bytes), "
@@ -95,6 +103,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
                     help="let pages from ORIGIN (e.g. https://app.example.com) call the API (repeat; * for any)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     sv.add_argument("--trust-code", action="store_true", help=PT2_TRUST_HELP)
+    sv.add_argument("--model", dest="model_spec", metavar="SPEC", help=MODEL_SPEC_HELP)
     return {"evaluate": evaluate_command, "predict": predict_command, "export": _export_command,
             "serve": _serve_command}
 
@@ -102,7 +111,8 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
 def _export_command(args: argparse.Namespace) -> int:
     from visiontrain.use.export.write import export
 
-    r = export(args.checkpoint, args.format, args.out, tolerance=args.tolerance, opset=args.opset)
+    r = export(args.checkpoint, args.format, args.out, tolerance=args.tolerance, opset=args.opset,
+               trust_code=args.trust_code, model_spec=args.model_spec)
     if args.json:
         print(json.dumps({"path": str(r.path), "format": r.format, "max_abs_diff": r.max_abs_diff,
                           "tolerance": r.tolerance, "metadata": r.metadata}, indent=2))
@@ -122,7 +132,7 @@ def _serve_command(args: argparse.Namespace) -> int:
           log_level=args.log_level, token=token, allowed_hosts=tuple(args.allowed_host), cors=tuple(args.cors),
           max_bytes=max(1, int(args.max_mb * 2**20)), max_pixels=args.max_pixels, timeout_s=args.timeout,
           threads=args.threads, queue=args.queue, read_timeout_s=args.read_timeout,
-          max_connections=args.max_connections, trust_code=args.trust_code)
+          max_connections=args.max_connections, trust_code=args.trust_code, model_spec=args.model_spec)
     return 0
 
 
@@ -152,18 +162,26 @@ def evaluate_command(args: argparse.Namespace) -> int:
     result = evaluate(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir,
                       batch_size=args.batch_size, device=args.device, tta=getattr(args, "tta", "none"),
                       mistakes=32 if report_dir else 0, outputs=bool(report_dir),
-                      trust_code=bool(getattr(args, "trust_code", False)))
+                      trust_code=bool(getattr(args, "trust_code", False)),
+                      model_spec=getattr(args, "model_spec", None))
     report = None
     if report_dir:
         from visiontrain.use.report import write_report
 
         report = write_report(result, report_dir)
-    plain = {k: v for k, v in result.items() if k not in ("probabilities", "targets", "mistakes")}
+    if args.split is None:
+        print(f"visiontrain: evaluating the {result['split']} split"
+              + (" (the data has no test split)" if result["split"] == "val" else "") + "; --split chooses another",
+              file=sys.stderr)
+    plain = {k: v for k, v in result.items() if k not in ("probabilities", "predictions", "targets", "mistakes")}
     if args.json:
         print(json.dumps(report if report is not None else plain, indent=2))
         return 0
     print_evaluation(plain)
-    if report is not None:
+    if report is not None and report.get("task") == "regression":
+        print(f"\nR² {report['r2']:.4f}   largest |error| {report['max_abs_error']:.6g}")
+        print(f"report: {Path(report_dir) / 'report.md'} (+ report.json, predictions.png)")
+    elif report is not None:
         m, w, cal = report["macro"], report["weighted"], report["calibration"]
         print(f"\nmacro    precision {_pct(m['precision'])}  recall {_pct(m['recall'])}  F1 {_pct(m['f1'])}")
         print(f"weighted precision {_pct(w['precision'])}  recall {_pct(w['recall'])}  F1 {_pct(w['f1'])}")
@@ -182,7 +200,7 @@ def predict_command(args: argparse.Namespace) -> int:
                       batch_size=64 if getattr(args, "batch_size", None) is None else args.batch_size,
                       tta=getattr(args, "tta", "none"),
                       progress=sys.stderr.isatty() if progress is None else progress,
-                      trust_code=getattr(args, "trust_code", False))
+                      trust_code=getattr(args, "trust_code", False), model_spec=getattr(args, "model_spec", None))
     csv_path = getattr(args, "csv", None)
     if csv_path:
         write_csv(results, csv_path)

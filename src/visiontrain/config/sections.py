@@ -59,12 +59,16 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = knob("small_cnn", "model name (see `visiontrain models`) or any torchvision classifier, or "
-                     "timm/<name> with the timm extra", flag="--model", hparam=True, metavar="MODEL")
+                     "timm/<name> with the timm extra, or my_model.py:MyNet / mypkg.models:MyNet for your own "
+                     "nn.Module class", flag="--model", hparam=True, metavar="MODEL")
     args: dict[str, Any] = knob(help="a model builder argument KEY=VALUE (repeatable), e.g. --model-arg dropout=0.3",
                                 factory=dict, flag="--model-arg", flat=("model_args",))
     pretrained: str | None = knob(None, "start from pretrained weights: a torchvision weights name (DEFAULT, "
                                   "IMAGENET1K_V1; read from the torch hub cache, offline) or a .safetensors/.pth file "
                                   "or run")
+    pretrained_check_hash: bool = knob(True, "check a torch hub cache file named by --pretrained DEFAULT/IMAGENET1K_V1 "
+                                       "against the SHA-256 prefix in its file name, as torch.hub does (off: only for "
+                                       "weights you saved there under that name yourself)")
     head: list[int] | None = knob(None, "hidden widths of a new classification head, e.g. --head 128: "
                                   "features → 128 → classes", low=1, high=limits.MAX_HEAD_WIDTH)
     in_channels: int | None = knob(None, "channels the model reads: 1 adapts an RGB stem to gray "
@@ -127,7 +131,7 @@ class TrainConfig:
     mixup_alpha: float = knob(0.0, "MixUp strength (0 = off)", flag="--mixup", low=0)
     cutmix_alpha: float = knob(0.0, "CutMix strength (0 = off)", flag="--cutmix", low=0)
     monitor: str = knob("auto", "metric that picks the best checkpoint, e.g. val/loss [default: val/accuracy, "
-                        "val/loss for regression]")
+                        "val/loss for regression; with no val split the last epoch is kept]")
     early_stop_patience: int | None = knob(None, "stop after N epochs without improvement of --monitor",
                                            flag="--early-stop", low=1)
     keep_last: int = knob(0, "also keep the last N per-epoch checkpoints (epoch-0003.*)", low=0)

@@ -14,7 +14,8 @@ booleans, lists of them — and no builder argument, from anywhere, may make a b
 class by name (:func:`check_builder_args`; timm's ``checkpoint_path`` would ``torch.load`` a file around
 visiontrain's pickle checks): ``--pretrained``/``--init-from`` load weights, without unpickling.
 
-A new way for a value to name code (say, a model as ``file.py:Class``) is one more :data:`CODE_KEYS` entry.
+A new way for a value to name code is one more :data:`CODE_KEYS` entry: a dataset (``data.name``) or a model
+(``model.name``, ``--model my_model.py:Tudui``) as ``module:Class``, imported by :func:`import_spec`.
 
 >>> names_code("subprocess:run"), names_code("mnist")
 (True, False)
@@ -22,15 +23,18 @@ A new way for a value to name code (say, a model as ``file.py:Class``) is one mo
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from visiontrain.config import RunConfig, canonical_key, load_config, read_yaml
-from visiontrain.errors import TrustError
+from visiontrain.errors import TrustError, VisiontrainError
 
 IMPORT_SPEC = re.compile(r"^[\w./\\-]+:[A-Za-z_]\w*$")  # "mypkg.data:MyData" or "my_data.py:Mydata"
 TRUST_HINT = "pass --trust-code if you trust this run (API: trust_code=True)"
@@ -56,6 +60,12 @@ def _data_import(section: Mapping[str, Any]) -> str | None:
     return f"names {_shown(name)}, which would be imported (running its code)" if names_code(name) else None
 
 
+def _model_import(section: Mapping[str, Any]) -> str | None:
+    name = section.get("name")
+    return f"names {_shown(name)}, a model class which would be imported (running its code)" \
+        if names_code(name) else None
+
+
 def _unpickle(section: Mapping[str, Any]) -> str | None:
     files = [section.get(k) for k in ("init_from", "pretrained") if isinstance(section.get(k), str)]
     if section.get("trust_pickle") is not True or not files:
@@ -65,6 +75,7 @@ def _unpickle(section: Mapping[str, Any]) -> str | None:
 
 CODE_KEYS: tuple[CodeKey, ...] = (
     CodeKey("data.name", _data_import, "--data {value}"),
+    CodeKey("model.name", _model_import, "--model {value}"),
     CodeKey("model.trust_pickle", _unpickle, "--trust-pickle"),
 )
 # Builder arguments a file may give, and the longest list value each may hold.
@@ -117,6 +128,35 @@ def check_file_values(values: RunConfig | Mapping[str, Any], where: str | Path, 
                                  "arguments from a file must be numbers, strings, booleans or lists of them")
             if key == "model.args" and _loads_by_name(name, _ANY_LOADER):
                 raise TrustError(f"{where}: {prefix}{key}.{name} {_LOADER_TEXT}")
+
+
+def import_spec(spec: str, flag: str, error: type[VisiontrainError]) -> Any:
+    """``"pkg.module:Name"`` or ``"path/file.py:Name"`` → the object (running the module's code), or one line
+    (``error``, naming ``flag``) when that is impossible. Only for a spec the user gave (see the module doc)."""
+    module_name, _, attr = spec.rpartition(":")
+    try:
+        if module_name.endswith(".py") or "/" in module_name:
+            path = Path(module_name).expanduser().resolve()
+            if not path.is_file():
+                raise error(f"{flag} {spec}: {path} does not exist")
+            loaded = importlib.util.spec_from_file_location(f"visiontrain_user_{path.stem}", path)
+            assert loaded is not None and loaded.loader is not None
+            module = importlib.util.module_from_spec(loaded)
+            sys.modules[loaded.name] = module  # workers (and pickling) find it by name
+            loaded.loader.exec_module(module)
+        else:
+            if "" not in sys.path and str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))  # `python -m`-like: modules in the current folder import
+            module = importlib.import_module(module_name)
+    except VisiontrainError:
+        raise
+    except Exception as exc:  # ImportError, SyntaxError or anything the module raises at import
+        raise error(f"{flag} {spec}: cannot import {module_name}: {type(exc).__name__}: {exc}; run from the "
+                    "folder that holds it, install it, or name the file (my_module.py:Name)") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise error(f"{flag} {spec}: module {module_name} has no {attr!r}") from None
 
 
 def check_builder_args(model: str, source: str, args: Mapping[str, Any]) -> None:

@@ -121,9 +121,12 @@ def build_data(cfg: DataConfig, seed: int, *, channels: int | None = None, size:
     GPU when ``pin_memory`` says training runs there). ``model_stats`` are the mean/std a pretrained model
     expects, used by ``normalize: auto``.
     """
-    source = load_source(cfg, seed)
+    source = load_source(cfg, seed, need_val="val" in splits)
     if "train" in splits and len(source.splits["train"]) == 0:
         raise DataError(f"dataset {cfg.name!r} has no training images")
+    empty = [name for name in splits if name in source.splits and len(source.splits[name]) == 0]
+    if empty:  # caught here, before a run folder exists: an empty split would fail only after the first epoch
+        raise DataError(f"dataset {cfg.name!r}: its {empty[0]} split has no images; add images to it or leave it out")
     if device is None:
         device = "cuda" if pin_memory and torch.cuda.is_available() else "cpu"
     device = torch.device(device)

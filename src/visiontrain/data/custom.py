@@ -16,18 +16,15 @@ that otherwise reads every item once to learn the labels.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
-import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
 from visiontrain.config import DataConfig
+from visiontrain.config.trust import import_spec
 from visiontrain.data.types import DataSource, ItemSplit, Split
 from visiontrain.errors import DataError
 from visiontrain.limits import MAX_CLASSES
@@ -63,30 +60,7 @@ def custom_source(spec: str, cfg: DataConfig, seed: int) -> DataSource:
 
 def import_object(spec: str) -> Any:
     """``"pkg.module:Name"`` or ``"path/file.py:Name"`` → the object, as a one-line DataError if impossible."""
-    module_name, _, attr = spec.rpartition(":")
-    try:
-        if module_name.endswith(".py") or "/" in module_name:
-            path = Path(module_name).expanduser().resolve()
-            if not path.is_file():
-                raise DataError(f"--data {spec}: {path} does not exist")
-            loaded = importlib.util.spec_from_file_location(f"visiontrain_user_{path.stem}", path)
-            assert loaded is not None and loaded.loader is not None
-            module = importlib.util.module_from_spec(loaded)
-            sys.modules[loaded.name] = module  # workers (and pickling) find it by name
-            loaded.loader.exec_module(module)
-        else:
-            if "" not in sys.path and str(Path.cwd()) not in sys.path:
-                sys.path.insert(0, str(Path.cwd()))  # `python -m`-like: modules in the current folder import
-            module = importlib.import_module(module_name)
-    except DataError:
-        raise
-    except Exception as exc:  # ImportError, SyntaxError or anything the module raises at import
-        raise DataError(f"--data {spec}: cannot import {module_name}: {type(exc).__name__}: {exc}; run from the "
-                        "folder that holds it, install it, or name the file (my_data.py:MyData)") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise DataError(f"--data {spec}: module {module_name} has no {attr!r}") from None
+    return import_spec(spec, "--data", DataError)
 
 
 def _build(cls: Any, spec: str, kwargs: dict[str, Any]) -> Any:

@@ -38,12 +38,13 @@ __all__ = ["DATASETS", "DESCRIPTIONS", "DataSource", "FileSplit", "ItemSplit", "
            "channel_stats", "load_source", "register_dataset", "registered_name"]
 
 
-def load_source(cfg: DataConfig, seed: int) -> DataSource:
+def load_source(cfg: DataConfig, seed: int, *, need_val: bool = True) -> DataSource:
     """The dataset named by ``cfg.name``, with a val split.
 
     ``cfg.name`` is a registered name, a folder, a ``.csv``/``.jsonl`` manifest, or ``module:Class``.
     A source without its own val split gets one from ``cfg.split_file`` or, else, a seeded, stratified
-    ``cfg.val_split`` of train held out.
+    ``cfg.val_split`` of train held out. Data too small to hold one out is an error when ``need_val``, else
+    (evaluating another split) it keeps all of train and no val.
 
     >>> source = load_source(DataConfig(name="synthetic", args={"train": 40, "val": 8, "test": 8}), seed=0)
     >>> source.classes, len(source.splits["train"]), len(source.splits["val"])
@@ -51,7 +52,7 @@ def load_source(cfg: DataConfig, seed: int) -> DataSource:
     """
     source = _find_source(cfg, seed)
     train = source.splits["train"]
-    if "val" in source.splits or len(train) < 2 or (cfg.val_split == 0 and not cfg.split_file):
+    if "val" in source.splits or len(train) == 0 or (cfg.val_split == 0 and not cfg.split_file):
         return source
     paths = train.paths if isinstance(train, FileSplit) else None
     if cfg.split_file:
@@ -60,8 +61,14 @@ def load_source(cfg: DataConfig, seed: int) -> DataSource:
         how = f"from {cfg.split_file}"
     else:
         held = stratified_split(train.labels, cfg.val_split, seed)[1]
+        if len(held) == 0 and not need_val:
+            return source
+        if len(held) == 0:
+            raise DataError(f"data {cfg.name}: {len(train):,} training images, at most one per class, are too few to "
+                            f"hold out a validation split (val_split {cfg.val_split}); add images or a val/ folder, "
+                            "or pass --val-split 0 (no validation: the last epoch is kept)")
         record = split_record(source.name, seed, cfg.val_split, len(train), held, paths, source.root)
-        how = f"(val_split {cfg.val_split}, seed {seed}, stratified)"
+        how = f"(val_split {cfg.val_split}, seed {seed}, stratified, at least one per class)"
     keep = complement(len(train), held)
     source.splits = {"train": train.subset(keep), "val": train.subset(held),
                      **{k: v for k, v in source.splits.items() if k != "train"}}

@@ -1,7 +1,9 @@
 """Held-out validation splits: stratified and seeded, saved as ``split.json`` and reusable from it.
 
 A source without its own val split gets ``val_split`` of every class held out of train, the same images
-for the same seed. Regression targets are stratified by quantile bins of their values. The split is
+for the same seed, and at least one image of every class that has two or more (so that 4 images per class and
+``val_split`` 0.1 still validate on every class). Regression targets are stratified by quantile bins of their
+values. The split is
 written to the run folder (``split.json``) so a later run can reuse exactly it with ``data.split_file``.
 
 >>> keep, held = stratified_split(torch.tensor([0, 0, 0, 1, 1, 1]), 1 / 3, seed=0)
@@ -27,7 +29,12 @@ SPLIT_FORMAT = "visiontrain-split/1"
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (keep, held_out) with ``fraction`` of every class held out, the same for the same seed.
 
-    Float labels (regression targets) are grouped into up to 10 quantile bins first.
+    A class of two or more images gives at least one and keeps at least one (``fraction`` > 0); a class of
+    one image stays in train. Float labels (regression targets) are grouped into up to 10 quantile bins first.
+
+    >>> keep, held = stratified_split(torch.tensor([0, 0, 0, 0, 1, 1]), 0.1, seed=0)
+    >>> len(keep), len(held)  # 0.1 of 4 rounds to 0: one of each class is held out all the same
+    (4, 2)
     """
     if labels.is_floating_point():
         labels = _quantile_bins(labels)
@@ -36,7 +43,8 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     for cls in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == cls).flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_held = min(len(idx) - 1, math.floor(len(idx) * fraction + 0.5)) if len(idx) > 1 else 0
+        wanted = math.floor(len(idx) * fraction + 0.5)
+        n_held = min(len(idx) - 1, max(wanted, 1 if fraction > 0 else 0)) if len(idx) > 1 else 0
         held.append(idx[:n_held])
         keep.append(idx[n_held:])
     return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values

@@ -36,7 +36,7 @@ def checkpoint_meta(state: TrainState) -> dict[str, Any]:
         "epoch": state.epoch,
         "step": state.step,
         "metrics": scalar_metrics(state.epoch_metrics),
-        "monitor": state.monitor.key,
+        "monitor": "last" if state.monitor.last else state.monitor.key,
         "config": state.config.to_dict(),
     }
 
@@ -56,10 +56,12 @@ class BestSaver(Callback):
             monitor = Monitor.resolve("auto", None, state.task)
         key, value = monitor.key, state.epoch_metrics[monitor.key]
         if monitor.better(value, state.best["value"] if state.best else None):
-            prefix = key.split("/")[0] + "/"
+            # the last epoch (no validation split) shows the split it was evaluated on, chosen by nothing
+            prefix = (state.monitor_split if monitor.last else key.split("/")[0]) + "/"
             state.best = {k.removeprefix(prefix): v for k, v in scalar_metrics(state.epoch_metrics).items()
                           if k.startswith(prefix) and k.removeprefix(prefix) in HEADLINE}
-            state.best.update({"epoch": state.epoch, "split": prefix[:-1], "monitor": key, "value": value})
+            state.best.update({"epoch": state.epoch, "split": prefix[:-1], "monitor": "last" if monitor.last else key,
+                               "value": state.epoch if monitor.last else value})
             if self.write:
                 save_checkpoint(self.folder / "best", state.model, checkpoint_meta(state))
         if state.config.train.keep_last and self.write:

@@ -26,16 +26,21 @@ InputPreparer = Callable[[torch.Tensor], torch.Tensor]
 class Monitor:
     """The metric that picks the best checkpoint (and drives early stopping and reduce-on-plateau).
 
+    Without a validation split (``--val-split 0``) nothing is fit to pick an epoch — picking on the test split
+    would report a score chosen on that same split — so ``auto`` keeps the last epoch (``last``) and lets the
+    training metric drive reduce-on-plateau.
+
     >>> Monitor.resolve("auto", "val", "classification")
-    Monitor(key='val/accuracy', mode='max')
-    >>> Monitor.resolve("auto", None, "regression")
-    Monitor(key='train/loss', mode='min')
+    Monitor(key='val/accuracy', mode='max', last=False)
+    >>> Monitor.resolve("auto", "test", "regression")
+    Monitor(key='train/loss', mode='min', last=True)
     >>> Monitor.of("val/loss").better(0.4, 0.5)
     True
     """
 
     key: str
     mode: Literal["min", "max"]
+    last: bool = False  # no validation split: the last epoch is the result, whatever the metric says
 
     @classmethod
     def of(cls, key: str) -> Monitor:
@@ -44,13 +49,16 @@ class Monitor:
 
     @classmethod
     def resolve(cls, setting: str, split: str | None, task: str) -> Monitor:
-        """``train.monitor`` for a run validating on ``split`` (None: no validation split, judge on train)."""
+        """``train.monitor`` for a run validating on ``split`` ("val"; "test" or None: no validation split)."""
         if setting != "auto":
             return cls.of(setting)
-        return cls.of(f"{split or 'train'}/{'loss' if task == 'regression' else 'accuracy'}")
+        metric = "loss" if task == "regression" else "accuracy"
+        if split != "val":
+            return cls(f"train/{metric}", cls.of(f"train/{metric}").mode, last=True)
+        return cls.of(f"{split}/{metric}")
 
     def better(self, value: float, best: float | None) -> bool:
-        return best is None or (value < best if self.mode == "min" else value > best)
+        return self.last or best is None or (value < best if self.mode == "min" else value > best)
 
 
 def input_preparer(normalizer: Normalizer, channels_last: bool) -> InputPreparer:

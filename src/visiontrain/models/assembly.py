@@ -86,7 +86,8 @@ def build_model(cfg: ModelConfig, inp: ModelInput) -> BuiltModel:
     ('fc', 4, 1)
     """
     args = dict(cfg.args)
-    pretrained = (load_pretrained(cfg.name, args, inp, cfg.pretrained, trust_pickle=cfg.trust_pickle)
+    pretrained = (load_pretrained(cfg.name, args, inp, cfg.pretrained, trust_pickle=cfg.trust_pickle,
+                                  check_hash=cfg.pretrained_check_hash)
                   if cfg.pretrained else None)
     model = pretrained.model if pretrained else create_model(cfg.name, inp, args)
     head = find_head(model, pretrained.num_classes if pretrained else inp.num_classes)

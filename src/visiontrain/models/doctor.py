@@ -78,7 +78,8 @@ def _own_model_fits(w: WeightsFile) -> dict[str, Any]:
         prep = meta["preprocessing"]
         inp = ModelInput(int(prep["channels"]), int(prep["size"]), len(meta["classes"]))
         with on_meta():
-            sd = rebuild_model(meta["model"], inp, where=w.path.with_suffix(".json")).state_dict()
+            side = w.path.with_suffix(".json")  # the sidecar, or this file when its header stood in for one
+            sd = rebuild_model(meta["model"], inp, where=side if side.is_file() else w.path).state_dict()
     except TrustError:
         raise  # a sidecar naming code is refused, not reported as a misfit
     except (VisiontrainError, KeyError, TypeError, ValueError) as exc:

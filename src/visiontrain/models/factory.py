@@ -3,7 +3,10 @@
 Every builder takes the input it must fit (channels, side, class count) plus its own keyword arguments, so
 one name works on MNIST and on CIFAR alike. Names not registered here fall through to
 ``torchvision.models`` classifiers (``resnet18``, ``vgg16`` …) with ``num_classes`` set, and to ``timm``
-models as ``timm/<name>`` when the optional ``timm`` package is installed.
+models as ``timm/<name>`` when the optional ``timm`` package is installed. A name ``my_model.py:Tudui`` or
+``mypkg.models:Net`` is your own ``nn.Module`` class, imported (its code runs: callers refuse such a name read
+from a run's files, :mod:`visiontrain.config.trust`) and built with the model args as keyword arguments, plus
+``num_classes``/``in_channels`` when its ``__init__`` takes them (docs/cookbook.md §4).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import replace
 
 from torch import nn
 
-from visiontrain.config.trust import check_builder_args
+from visiontrain.config.trust import check_builder_args, import_spec, names_code
 from visiontrain.errors import ModelError
 from visiontrain.models import timm_models, torchvision_models
 from visiontrain.models.entry import MODELS, ModelEntry, ModelInput, register_model
@@ -23,14 +26,21 @@ from visiontrain.models.surgery import adapt_input_channels
 __all__ = ["MODELS", "ModelEntry", "ModelInput", "count_parameters", "create_model", "get_entry", "register_model"]
 
 
+_USER_ENTRIES: dict[str, ModelEntry] = {}  # one import per spec and process: its module runs once
+
+
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for a name, including torchvision classifiers and ``timm/<name>``."""
+    """The registry entry for a name, including torchvision classifiers, ``timm/<name>`` and ``module:Class``."""
     if name in MODELS:
         return MODELS.get(name)
+    if names_code(name):
+        if name not in _USER_ENTRIES:
+            _USER_ENTRIES[name] = _user_entry(name)
+        return _USER_ENTRIES[name]
     entry = timm_models.entry(name) if name.startswith("timm/") else torchvision_models.entry(name)
     if entry is None:
         raise ModelError(MODELS.unknown_message(name) + " (or any torchvision.models classifier, "
-                         "see `visiontrain models --all`)")
+                         "see `visiontrain models --all`; your own nn.Module class: --model my_model.py:MyNet)")
     return entry
 
 
@@ -58,6 +68,27 @@ def create_model(name: str, inp: ModelInput, args: dict | None = None) -> nn.Mod
     if adapt:
         adapt_input_channels(model, inp.channels)
     return model
+
+
+def _user_entry(spec: str) -> ModelEntry:
+    """Your own ``nn.Module`` class (or a function returning one) as a builder."""
+    made = import_spec(spec, "--model", ModelError)
+    if not callable(made):
+        raise ModelError(f"--model {spec}: {type(made).__name__} is not a class or function")
+    try:
+        params = inspect.signature(made).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    shape = {"num_classes": lambda inp: inp.num_classes, "in_channels": lambda inp: inp.channels}
+
+    def build(inp: ModelInput, **args: object) -> nn.Module:
+        given = {key: value(inp) for key, value in shape.items() if key in params and key not in args}
+        model = made(**given, **args)
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"--model {spec}: it made a {type(model).__name__}, not an nn.Module")
+        return model
+
+    return ModelEntry(build, f"your own {spec}", source="user")
 
 
 def _check_args(name: str, builder: Callable, args: dict) -> None:

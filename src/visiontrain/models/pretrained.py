@@ -3,7 +3,9 @@
 ``--pretrained DEFAULT`` (or ``IMAGENET1K_V1``, or ``ResNet18_Weights.IMAGENET1K_V1``) resolves to a
 torchvision weights entry whose file must already be in ``<torch hub dir>/checkpoints/`` — the place
 ``torchvision`` itself caches downloads. Nothing is downloaded: a missing file gets one line naming the
-file, the folder to put it in, and the URL to fetch it from. ``--pretrained FILE`` takes a safetensors
+file, the folder to put it in, and the URL to fetch it from; a file whose SHA-256 does not begin with the hex
+digits its name carries (``resnet18-f37072fd.pth``) is refused the same way (torch.hub checks that only while
+downloading). ``--pretrained FILE`` takes a safetensors
 file, a state_dict ``.pth`` (``weights_only``) or a visiontrain run, for any model.
 
 The weights are loaded strictly into the architecture they were made for (its class count read from the
@@ -12,6 +14,7 @@ weights), then the input stem and the head are adapted to the data by :mod:`visi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -54,7 +57,8 @@ def is_file_value(value: str) -> bool:
     return os.sep in value or "/" in value or Path(value).suffix.lower() in _FILE_SUFFIXES or Path(value).exists()
 
 
-def load_pretrained(name: str, args: dict, inp: ModelInput, value: str, trust_pickle: bool = False) -> Pretrained:
+def load_pretrained(name: str, args: dict, inp: ModelInput, value: str, trust_pickle: bool = False,
+                    check_hash: bool = True) -> Pretrained:
     """Build ``name`` as the weights ``value`` need it, load them strictly, adapt the stem to ``inp``.
 
     A weights file (here one made on the spot), for gray 32 px images:
@@ -73,7 +77,7 @@ def load_pretrained(name: str, args: dict, inp: ModelInput, value: str, trust_pi
     """
     if is_file_value(value):
         return _from_file(name, args, inp, Path(value), trust_pickle)
-    return _from_enum(name, args, inp, value)
+    return _from_enum(name, args, inp, value, check_hash)
 
 
 def hub_file(url: str) -> Path:
@@ -100,13 +104,40 @@ def weights_entry(name: str, value: str):
     return enum[key]
 
 
-def _from_enum(name: str, args: dict, inp: ModelInput, value: str) -> Pretrained:
+def check_hub_hash(path: Path, url: str) -> None:
+    """The file's SHA-256 must begin with the hex digits its name carries (``resnet18-f37072fd.pth``), which
+    torch.hub checks only while downloading: a file saved under that name later is caught here.
+
+    >>> from hashlib import sha256
+    >>> _ = Path("w.bin").write_bytes(b"weights")
+    >>> good = Path(f"w-{sha256(b'weights').hexdigest()[:8]}.pth")
+    >>> _ = Path("w.bin").rename(good)
+    >>> check_hub_hash(good, "https://example.org/" + good.name)  # passes: nothing to say
+    """
+    match = torch.hub.HASH_REGEX.search(path.name)
+    prefix = match.group(1) if match else ""
+    if not prefix:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    if digest.hexdigest()[: len(prefix)] != prefix:
+        raise CheckpointError(f"{path}: its SHA-256 begins {digest.hexdigest()[:len(prefix)]}, not {prefix} as its "
+                              f"name says, so it is not the file published at {url} (a broken download, or other "
+                              "weights saved under its name); delete it and fetch it again from that URL, or pass "
+                              "your own weights by path (--pretrained FILE)")
+
+
+def _from_enum(name: str, args: dict, inp: ModelInput, value: str, check_hash: bool = True) -> Pretrained:
     weights = weights_entry(name, value)
     path = hub_file(weights.url)
     if not path.is_file():
         raise ModelError(f"pretrained weights {type(weights).__name__}.{weights.name} are not in the torch hub "
                          f"cache and visiontrain does not download: put {path.name} into {path.parent} (get it "
                          f"from {weights.url}), or set TORCH_HOME to a folder whose hub/checkpoints/ has it")
+    if check_hash:
+        check_hub_hash(path, weights.url)
     try:
         tensors = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated download looks like many kinds of error

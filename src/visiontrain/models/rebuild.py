@@ -19,16 +19,17 @@ from visiontrain.models.zoo import on_meta
 
 
 def rebuild_model(spec: dict[str, Any], inp: ModelInput, where: str | Path = "checkpoint",
-                  trust_code: bool = False) -> nn.Module:
+                  trust_code: bool = False, given: tuple[str, ...] = ()) -> nn.Module:
     """The architecture a checkpoint's ``model`` entry describes (weights are loaded by the caller).
 
     The entry comes from a file (``where``): it may not name code and its arguments must be plain values
-    (:func:`visiontrain.config.trust.check_file_values`).
+    (:func:`visiontrain.config.trust.check_file_values`) unless ``trust_code``, or the user said it (``given``: the
+    keys they restated, e.g. ``("model.name",)`` for ``--model my_model.py:Tudui``).
 
     >>> rebuild_model({"name": "resnet18", "args": {}, "head": [64]}, ModelInput(3, 32, 5)).fc[2].out_features
     5
     """
-    check_file_values({"model": spec}, where, trust_code=trust_code)
+    check_file_values({"model": spec}, where, trust_code=trust_code, given=given)
     model = create_model(str(spec["name"]), inp, dict(spec.get("args") or {}))
     if spec.get("head") is not None:
         replace_head(model, inp.num_classes, [int(w) for w in spec["head"]], path=find_head(model, inp.num_classes))

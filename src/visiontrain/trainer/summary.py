@@ -35,8 +35,8 @@ class Run:
     def last_checkpoint(self) -> Path:
         return self.dir / "checkpoints" / "last.json"
 
-    def load(self, which: str = "best") -> LoadedModel:
-        return load(self.dir / "checkpoints" / f"{which}.json")
+    def load(self, which: str = "best", *, trust_code: bool = False, model_spec: str | None = None) -> LoadedModel:
+        return load(self.dir / "checkpoints" / f"{which}.json", trust_code=trust_code, model_spec=model_spec)
 
 
 def summarize(state: TrainState, data: DataBundle, wall_time: float) -> dict[str, Any]:

@@ -165,4 +165,9 @@ def _print_header(cfg: RunConfig, data: DataBundle, state: TrainState) -> None:
         print(f"note: {printable(note)}", file=sys.stderr, flush=True)
     for line in start_lines(data.source, cfg.data.name):  # duplicates and train/val leakage, as `data info` finds
         print(printable(line), file=sys.stderr, flush=True)
-    print(f"run folder: {state.run_dir} (monitor: {state.monitor.key})", file=sys.stderr, flush=True)
+    if state.monitor.last:
+        held = f"the {state.eval_split} split is only reported" if state.eval_split else "nothing is evaluated"
+        print(f"note: no validation split: the last epoch is kept as the result (no best-epoch selection; {held}); "
+              "--val-split 0.1 holds one out of train", file=sys.stderr, flush=True)
+    watched = "last epoch" if state.monitor.last else state.monitor.key
+    print(f"run folder: {state.run_dir} (monitor: {watched})", file=sys.stderr, flush=True)

@@ -19,18 +19,23 @@ from visiontrain.use.loading import LoadedModel, load
 from visiontrain.use.tta import TTAModel, check_tta
 
 
-def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: str = "test", *,
+def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: str | None = None, *,
              data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
              workers: int | None = None, tta: str = "none", mistakes: int = 0,
-             outputs: bool = False, trust_code: bool = False) -> dict[str, Any]:
+             outputs: bool = False, trust_code: bool = False, model_spec: str | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of its own dataset (or of ``data``, with the same classes).
 
     A dataset the checkpoint names as ``module:Class`` is not imported from its sidecar unless ``trust_code`` or
-    ``data`` names it (see :mod:`visiontrain.config.trust`): a file never decides what code runs.
+    ``data`` names it (see :mod:`visiontrain.config.trust`): a file never decides what code runs; nor is a model
+    class, unless ``trust_code`` or ``model_spec`` names it.
+
+    ``split=None`` is the held-out split training reported on: test when the data has one, else val (held out
+    of train the same way, from the run's seed); ``result["split"]`` says which.
 
     ``tta`` averages the probabilities of flipped or five-cropped views (see :mod:`visiontrain.use.tta`);
     ``mistakes=k`` adds the k most confident wrong predictions; ``outputs=True`` adds every image's
-    ``probabilities`` [N, K] and ``targets`` [N] as tensors (what :mod:`~visiontrain.use.report` needs).
+    ``probabilities`` [N, K] and ``targets`` [N] as tensors (what :mod:`~visiontrain.use.report` needs) — for a
+    regression model, ``predictions`` [N] and ``targets`` [N] (it is scored by ``mse``, ``mae``, ``rmse``).
 
     >>> import visiontrain
     >>> r = visiontrain.evaluate("runs/demo", split="test")
@@ -38,10 +43,15 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
     (100, True, 4)
     """
     check_tta(tta)  # before any loading: a typo should cost nothing
-    loaded = model if isinstance(model, LoadedModel) else load(model, device=device, trust_code=trust_code)
+    loaded = model if isinstance(model, LoadedModel) else load(model, device=device, trust_code=trust_code,
+                                                               model_spec=model_spec)
     cfg = _data_config(loaded, data, data_dir, batch_size, workers, trust_code)
     seed = int(loaded.meta.get("config", {}).get("train", {}).get("seed", 0))
-    bundle = build_data(cfg, seed, prep=loaded.prep, splits=(split,))
+    bundle = build_data(cfg, seed, prep=loaded.prep, splits=(split or "test",))
+    if split is None:  # no test split: the val split the run held out (rebuilt only when needed)
+        split = "test" if "test" in bundle.loaders else "val"
+        if split == "val":
+            bundle = build_data(cfg, seed, prep=loaded.prep, splits=(split,))
     if split not in bundle.loaders:
         raise DataError(f"dataset {cfg.name!r} has no {split!r} split; it has: "
                         f"{', '.join(bundle.source.splits)} (choose one with --split)")
@@ -54,8 +64,14 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
     batches = bundle.loaders[split]
     task = str(loaded.meta.get("task", "classification"))
     if task == "regression":
-        result = evaluate_batches(loaded.model, batches, loaded.prep.normalizer(), loaded.device, 1, task=task)
-        return {"checkpoint": str(loaded.path), "data": cfg.name, "split": split, "task": task, **result}
+        recorder = _Recorder(loaded.model, task) if outputs else loaded.model
+        if outputs:
+            batches = recorder.tee(batches)
+        result = evaluate_batches(recorder, batches, loaded.prep.normalizer(), loaded.device, 1, task=task)
+        if outputs:
+            result.update(recorder.tensors())
+        return {"checkpoint": str(loaded.path), "data": cfg.name, "split": split, "task": task,
+                "classes": loaded.classes, "tta": "none", **result}
     if bundle.classes != loaded.classes:
         # Match labels by class name, not position: a folder tree lists its classes alphabetically
         # (synthetic's are not) and may hold only some of the model's classes.
@@ -69,22 +85,27 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
                               mistakes=mistakes)
     if outputs:
         result.update(recorder.tensors())
-    return {"checkpoint": str(loaded.path), "data": cfg.name, "split": split, "classes": loaded.classes,
-            "tta": tta, **result}
+    return {"checkpoint": str(loaded.path), "data": cfg.name, "split": split, "task": task,
+            "classes": loaded.classes, "tta": tta, **result}
 
 
 class _Recorder(nn.Module):
-    """Passes through ``model`` and keeps each batch's probabilities and targets, in order, on the CPU."""
+    """Passes through ``model`` and keeps each batch's probabilities (for regression: predicted values) and
+    targets, in order, on the CPU."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, task: str = "classification") -> None:
         super().__init__()
         self.model = model
+        self.task = task
         self.probabilities: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
-        self.probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
+        if self.task == "regression":
+            self.probabilities.append(logits.detach().float().reshape(len(logits)).cpu())
+        else:
+            self.probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
         return logits
 
     def tee(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -93,7 +114,8 @@ class _Recorder(nn.Module):
             yield images, labels
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"probabilities": torch.cat(self.probabilities), "targets": torch.cat(self.targets)}
+        key = "predictions" if self.task == "regression" else "probabilities"
+        return {key: torch.cat(self.probabilities), "targets": torch.cat(self.targets)}
 
 
 def _data_config(loaded: LoadedModel, data: str | None, data_dir: str | None, batch_size: int | None,

@@ -51,7 +51,18 @@ class UsableModel:
 
 @dataclass
 class LoadedModel(UsableModel):
-    """A checkpoint's model in eval mode with its class names and preprocessing."""
+    """A checkpoint's model in eval mode with its class names and preprocessing.
+
+    Calling it gives the model's **logits** (raw scores, [B, classes]; ``.softmax(1)`` makes probabilities; a
+    regression model's values, [B, 1]) without gradients, on its device, for a batch at the model's input size:
+    a **uint8** batch (pixels 0-255, [B,C,H,W] or one [C,H,W] image) is normalized with the checkpoint's own
+    mean/std first; a **float** batch is taken as already normalized input, as the network saw it in training.
+
+    >>> import torch, visiontrain
+    >>> model = visiontrain.load("runs/demo")
+    >>> model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape
+    torch.Size([2, 4])
+    """
 
     model: nn.Module
     meta: dict[str, Any]
@@ -62,20 +73,35 @@ class LoadedModel(UsableModel):
     def net(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        single = images.dim() == 3
+        batch = images.unsqueeze(0) if single else images
+        logits = self.logits(batch) if batch.dtype == torch.uint8 else self.net(batch.to(self.device))
+        return logits[0] if single else logits
 
-def load(path: str | Path, device: str = "auto", which: str = "best", *, trust_code: bool = False) -> LoadedModel:
+
+def load(path: str | Path, device: str = "auto", which: str = "best", *, trust_code: bool = False,
+         model_spec: str | None = None) -> LoadedModel:
     """Load a checkpoint for prediction or evaluation.
 
-    The sidecar's model must be one visiontrain builds by name, with plain arguments; ``trust_code`` is for
-    what :mod:`visiontrain.config.trust` lets only the user allow (today nothing in a sidecar's model entry needs it).
+    The sidecar's model must be one visiontrain builds by name, with plain arguments. A model trained as your own
+    class (``--model my_model.py:Tudui``) is recorded by that spec, and a file never decides what code runs: it is
+    imported again only when you say it — ``model_spec="my_model.py:Tudui"`` (CLI ``--model``; it may point to
+    where the file is now) or ``trust_code=True`` (see :mod:`visiontrain.config.trust`).
 
     >>> import visiontrain
     >>> m = visiontrain.load("runs/demo")  # a run folder (its best checkpoint), or a checkpoint's .json
     >>> m.classes[:3], m.prep.size
     (['circle', 'square', 'triangle'], 32)
+
+    A ``.safetensors`` checkpoint copied without its ``.json`` loads too: the same fields are in its header, read
+    and checked as the sidecar would be (``visiontrain.load("best.safetensors")``).
     """
     sidecar = resolve_checkpoint(path, which)
-    meta = read_sidecar(sidecar)
+    meta = read_sidecar(sidecar)  # or, when the .json is missing, the copy in the .safetensors header
+    if not sidecar.is_file():
+        sidecar = sidecar.with_suffix(".safetensors")  # the file that described itself: named in every message
     try:
         prep = Preprocessing.from_dict(meta["preprocessing"])
         spec = meta["model"]
@@ -87,10 +113,11 @@ def load(path: str | Path, device: str = "auto", which: str = "best", *, trust_c
         raise CheckpointError(f"{sidecar}: 'classes' must be a non-empty list of names")
     inp = ModelInput(prep.channels, prep.size, len(classes))
     try:
-        model_spec = {**spec, "name": name, "args": args}
-        check_file_values({"model": model_spec}, sidecar, trust_code=trust_code)  # before anything is built
-        check_model_budget(model_spec, inp, meta, sidecar)  # on the meta device, before building for real
-        model = rebuild_model(model_spec, inp, where=sidecar, trust_code=trust_code)
+        given = ("model.name",) if model_spec else ()  # the user named the model's code: theirs, not the file's
+        built = {**spec, "name": model_spec or name, "args": args}
+        check_file_values({"model": built}, sidecar, trust_code=trust_code, given=given)  # before anything is built
+        check_model_budget(built, inp, meta, sidecar)  # on the meta device, before building for real
+        model = rebuild_model(built, inp, where=sidecar, trust_code=trust_code, given=given)
     except (CheckpointError, TrustError):
         raise  # these already name the file and the field
     except VisiontrainError as exc:

@@ -65,11 +65,12 @@ def _read_list(path: Path) -> list[str]:
 
 def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path, top_k: int = 5,
             batch_size: int = 64, device: str = "auto", *, tta: str = "none",
-            progress: bool = False, trust_code: bool = False) -> list[dict[str, Any]]:
+            progress: bool = False, trust_code: bool = False, model_spec: str | None = None) -> list[dict[str, Any]]:
     """Predict the top-k classes of each image.
 
     Returns ``[{"path", "predictions": [{"label", "index", "probability"}]}]``, or ``{"path", "error"}``
-    for a file that could not be read. ``model`` is a run folder, a checkpoint or an export file.
+    for a file that could not be read. ``model`` is a run folder, a checkpoint or an export file; ``model_spec``
+    restates a checkpoint's own model class (``my_model.py:Tudui``, see :func:`visiontrain.load`).
 
     >>> import visiontrain
     >>> visiontrain.predict("runs/demo", ["shape.png"], top_k=3)
@@ -83,7 +84,7 @@ def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path
         raise ConfigError(f"top_k (--top-k) and batch_size (--batch-size) must be at least 1, got {top_k} and "
                           f"{batch_size}")
     loaded = model if isinstance(model, LoadedModel | ExportedModel) else \
-        load_model(model, device=device, trust_code=trust_code)
+        load_model(model, device=device, trust_code=trust_code, model_spec=model_spec)
     if isinstance(inputs, str | Path):
         inputs = [inputs]
     paths = expand_inputs(inputs)

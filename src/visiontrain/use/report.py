@@ -27,6 +27,7 @@ import torch
 from visiontrain.fileio import remove_dead_temps, replace_together
 
 N_BINS = 15  # calibration bins over [0, 1], the usual choice (Guo et al. 2017)
+REGRESSION_FILES = {"predictions": "predictions.png", "markdown": "report.md", "json": "report.json"}
 FILES = {"confusion": "confusion.png", "confusion_counts": "confusion_counts.png",
          "reliability": "reliability.png", "mistakes": "mistakes.png", "markdown": "report.md", "json": "report.json"}
 
@@ -80,13 +81,16 @@ def reliability_bins(confidence: torch.Tensor, correct: torch.Tensor, n_bins: in
 def write_report(result: dict[str, Any], folder: str | Path, mistakes_shown: int = 32) -> dict[str, Any]:
     """Write the report of an ``evaluate(..., outputs=True, mistakes=k)`` result into ``folder``.
 
-    Returns the JSON report (also written as ``report.json``; ``report.md`` shows the same numbers).
+    Returns the JSON report (also written as ``report.json``; ``report.md`` shows the same numbers). A regression
+    result gets its errors (MSE, MAE, RMSE, R², the largest error) and a predicted-against-true picture.
     """
     from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(out)  # what a killed report left behind
+    if result.get("task") == "regression":
+        return _write_regression_report(result, out)
     classes = list(result["classes"])
     metrics = classification_metrics(result["probabilities"], result["targets"], classes)
     report = {key: result.get(key) for key in ("checkpoint", "data", "split", "tta", "loss")}
@@ -119,6 +123,57 @@ def _source(result: dict[str, Any]) -> str:
         checkpoint = checkpoint.with_suffix("")
     source = f"{result.get('split')} split · checkpoint {'/'.join(checkpoint.parts[-3:])}"
     return source + (f" · TTA {result['tta']}" if result.get("tta") not in (None, "none") else "")
+
+
+def regression_metrics(predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    """Errors of predicted values [N] against true values [N]; R² is 1 - SSE / (sum of squares about the mean)."""
+    pred, true = predictions.double().flatten(), targets.double().flatten()
+    error = pred - true
+    spread = float(((true - true.mean()) ** 2).sum())
+    mse = float((error**2).mean())
+    return {"count": len(true), "mse": _f(mse), "mae": _f(error.abs().mean()), "rmse": _f(mse**0.5),
+            "r2": _f(1 - float((error**2).sum()) / spread) if spread > 0 else None,
+            "max_abs_error": _f(error.abs().max()), "mean_error": _f(error.mean())}
+
+
+def _write_regression_report(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
+
+    report = {key: result.get(key) for key in ("checkpoint", "data", "split", "task")}
+    report.update(regression_metrics(result["predictions"], result["targets"]))
+    report["files"] = dict(REGRESSION_FILES)
+    picture = plots.png_bytes(_scatter_figure(result["predictions"], result["targets"]))
+    lines = [f"# Evaluation: {report.get('data')} [{report.get('split')}] (regression)", "",
+             f"- checkpoint: `{report.get('checkpoint')}`", f"- images: {report['count']:,}", "",
+             "| metric | value |", "| --- | --- |"]
+    lines += [f"| {name} | {report[key]:.6g} |" for key, name in (
+        ("mse", "mean squared error"), ("mae", "mean absolute error"), ("rmse", "root mean squared error"),
+        ("max_abs_error", "largest absolute error"), ("mean_error", "mean error (bias)")) if report[key] is not None]
+    if report["r2"] is not None:
+        lines.append(f"| R² | {report['r2']:.4f} |")
+    lines += ["", f"![predicted against true]({REGRESSION_FILES['predictions']})"]
+    replace_together({out / REGRESSION_FILES["predictions"]: picture,
+                      out / REGRESSION_FILES["markdown"]: ("\n".join(lines) + "\n").encode("utf-8"),
+                      out / REGRESSION_FILES["json"]: (json.dumps(report, indent=2) + "\n").encode("utf-8")},
+                     remove=[out / FILES[k] for k in ("confusion", "confusion_counts", "reliability", "mistakes")])
+    return report
+
+
+def _scatter_figure(predictions: torch.Tensor, targets: torch.Tensor):
+    """Predicted against true values, with the diagonal of perfect predictions."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    true, pred = targets.double().flatten().tolist(), predictions.double().flatten().tolist()
+    ax.scatter(true, pred, s=12, alpha=0.7)
+    low, high = min(true + pred), max(true + pred)
+    ax.plot([low, high], [low, high], "k--", linewidth=1, label="perfect prediction")
+    ax.set_xlabel("true value")
+    ax.set_ylabel("predicted value")
+    ax.set_title("predicted against true")
+    ax.legend(loc="upper left")
+    return fig
 
 
 def _mistakes(found: dict[str, Any] | None, classes: list[str], shown: int,

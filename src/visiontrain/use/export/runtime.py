@@ -72,11 +72,11 @@ def export_format(path: str | Path) -> str | None:
 
 
 def load_model(path: str | Path, device: str = "auto", threads: int | None = None, *,
-               trust_code: bool = False) -> LoadedModel | ExportedModel:
+               trust_code: bool = False, model_spec: str | None = None) -> LoadedModel | ExportedModel:
     """A checkpoint/run folder (:func:`visiontrain.load`) or an export file (by its name ending)."""
     if export_format(path) is not None and Path(path).is_file():
         return load_exported(path, device, threads, trust_code=trust_code)
-    return load(path, device=device)
+    return load(path, device=device, trust_code=trust_code, model_spec=model_spec)
 
 
 def load_exported(path: str | Path, device: str = "auto", threads: int | None = None, *,

@@ -55,19 +55,22 @@ class ExportResult:
 
 
 def export(model: LoadedModel | str | Path, format: str = "onnx", out: str | Path | None = None, *,
-           tolerance: float = 1e-3, opset: int | None = None) -> ExportResult:
+           tolerance: float = 1e-3, opset: int | None = None, trust_code: bool = False,
+           model_spec: str | None = None) -> ExportResult:
     """Export a checkpoint (run folder or sidecar) and verify it; returns where and how close it is.
 
     ``out`` (a file, or a folder) defaults to ``<run>/exports/model.<ext>``. Raises :class:`ExportError` (and
     keeps the previous export, if any) when the export's logits differ from PyTorch's by more than
     ``tolerance x max(1, largest |logit|)`` (``ExportResult.tolerance`` is that bound). ``opset`` (ONNX) must be
-    one the installed exporter writes (:func:`~visiontrain.use.export.files.onnx_opsets`).
+    one the installed exporter writes (:func:`~visiontrain.use.export.files.onnx_opsets`). ``model_spec`` or
+    ``trust_code`` let a checkpoint of your own model class load (see :func:`visiontrain.load`).
     """
     if format not in _WRITERS:
         raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(_WRITERS)}")
     if opset is not None and format == "onnx":
         export_files.check_opset(opset)
-    loaded = model if isinstance(model, LoadedModel) else load(model, device="cpu")
+    loaded = model if isinstance(model, LoadedModel) else load(model, device="cpu", trust_code=trust_code,
+                                                               model_spec=model_spec)
     path = Path(out) if out is not None else _default_path(loaded, format)
     if path.is_dir() or export_format(path) is None:  # a folder, existing or to be made
         path = path / FILE_NAMES[format]

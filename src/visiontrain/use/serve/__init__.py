@@ -32,13 +32,14 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def build_app(model_path: str | Path, *, device: str = "auto", tta: str = "none", top_k: int = 5,
               token: str | None = None, allowed_hosts: tuple[str, ...] = (), cors: tuple[str, ...] = (),
-              trust_code: bool = False, **limits: Any) -> Any:
+              trust_code: bool = False, model_spec: str | None = None, **limits: Any) -> Any:
     """Load the model the operator named (never one a request names) and make the app.
 
     ``limits`` are :class:`~visiontrain.use.serve.app.Limits` fields; ``token``, ``allowed_hosts`` and ``cors``
     make its :class:`~visiontrain.use.serve.guard.Access`. Bad limits fail here, before the model is loaded.
     ``trust_code`` lets a ``.pt2`` load, which runs code from the file (see
-    :func:`~visiontrain.use.export.runtime.load_exported`).
+    :func:`~visiontrain.use.export.runtime.load_exported`) and a checkpoint of your own model class, as
+    ``model_spec`` does (see :func:`visiontrain.load`).
     """
     require("fastapi", "serve")  # app, guard and protocol import fastapi/uvicorn, an optional extra
     from visiontrain.use.serve.app import Limits, create_app
@@ -54,7 +55,8 @@ def build_app(model_path: str | Path, *, device: str = "auto", tta: str = "none"
     access = Access(token, tuple(allowed_hosts), tuple(cors))
     # Requests run side by side in `threads` workers: one onnxruntime thread each keeps the cores from being
     # oversubscribed (see docs/benchmarks.md: on 2 cores, 4 clients went from 290 to 850 req/s).
-    model = load_model(model_path, device=device, threads=1 if limit.threads > 1 else None, trust_code=trust_code)
+    model = load_model(model_path, device=device, threads=1 if limit.threads > 1 else None, trust_code=trust_code,
+                       model_spec=model_spec)
     return create_app(model, limit, tta=tta, top_k=top_k, access=access)
 
 
@@ -95,12 +97,12 @@ def _uvicorn_server(app: Any, log_level: str) -> Any:
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, *, device: str = "auto",
           tta: str = "none", top_k: int = 5, log_level: str = "info", token: str | None = None,
           allowed_hosts: tuple[str, ...] = (), cors: tuple[str, ...] = (), trust_code: bool = False,
-          **limits: Any) -> None:
+          model_spec: str | None = None, **limits: Any) -> None:
     """Serve until Ctrl-C. Binding beyond loopback without a ``token`` is allowed but warned about."""
     if not is_ip(host.strip("[]")):  # the name it was started with is one its clients use
         allowed_hosts = (*allowed_hosts, host)
     app = build_app(model_path, device=device, tta=tta, top_k=top_k, token=token, allowed_hosts=allowed_hosts,
-                    cors=cors, trust_code=trust_code, **limits)
+                    cors=cors, trust_code=trust_code, model_spec=model_spec, **limits)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
