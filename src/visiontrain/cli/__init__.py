@@ -15,7 +15,6 @@ from typing import NoReturn
 
 from visiontrain.cli import data, models, recipes, runs, train, use
 from visiontrain.cli.train import config_from_args
-from visiontrain.data.guard import worker_error
 from visiontrain.errors import VisiontrainError
 from visiontrain.fileio import storage_error
 from visiontrain.text import printable
@@ -54,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"visiontrain: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except (OSError, RuntimeError) as exc:  # a full disk met outside visiontrain's own writes, a worker killed
+        from visiontrain.data.guard import worker_error  # the data package loads torchvision: only when needed
+
         problem = storage_error(exc) or worker_error(exc)
         if problem is None:
             raise

@@ -14,11 +14,12 @@ from typing import Any
 from visiontrain.cli.flags import TRUST_CODE_HELP
 from visiontrain.cli.output import print_evaluation, print_predictions
 from visiontrain.text import printable
-from visiontrain.use.tta import TTA_MODES
 
 PT2_TRUST_HELP = ("load a .pt2 export: torch.export.load runs code from the file, so only for a file you "
                    "exported yourself (ONNX and TorchScript exports need no flag)")
-TTA_HELP = f"test-time augmentation: {', '.join(TTA_MODES)} (average the probabilities of the views) [default: none]"
+# use.tta.TTA_MODES's names (tests/use/test_tta.py keeps them equal): that module loads torch, --help must not
+TTA_NAMES = ("none", "flip", "five-crop")
+TTA_HELP = f"test-time augmentation: {', '.join(TTA_NAMES)} (average the probabilities of the views) [default: none]"
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
