@@ -19,7 +19,8 @@ class DataConfig:
     name: str = knob("mnist", "dataset name (mnist, cifar10, …; see `visiontrain datasets`), a folder with one "
                      "sub-folder per class, a .csv/.jsonl manifest, or module:Class for your own Dataset",
                      flag="--data", hparam=True, metavar="SOURCE")
-    dir: str = knob("data", "where datasets are cached / downloaded", flag="--data-dir")
+    dir: str = knob("data", "where registered datasets (mnist, cifar10, …) are cached / downloaded; your own "
+                    "folder of class folders goes to --data", flag="--data-dir")
     batch_size: int = knob(128, "images per training step", low=1, high=2**24, hparam=True)
     eval_batch_size: int = knob(1000, "images per evaluation step (no gradients, so larger is fine)",
                                 low=1, high=2**24)

@@ -80,19 +80,42 @@ def folder_source(root: Path, cfg: DataConfig, seed: int) -> DataSource:
 def split_folders(root: Path) -> dict[str, Path]:
     """The split sub-trees of ``root`` by split (``{"train": root/"train", "val": root/"valid"}``), when it has a
     train folder; ``{}`` for a flat tree of class folders. Two folders for one split are a DataError."""
+    found: dict[str, Path] = {}
+    for split, matches in _split_matches(root).items():
+        if len(matches) > 1:
+            raise DataError(f"data folder {root} has {len(matches)} folders for the {split} split: "
+                            f"{' and '.join(m + '/' for m in matches)}; keep one (merge the others into it)")
+        found[split] = root / matches[0]
+    return found if "train" in found else {}
+
+
+def _split_matches(root: Path) -> dict[str, list[str]]:
     try:
         names = sorted(e.name for e in os.scandir(root) if _is_dir(e) and not _hidden(e.name))
     except OSError as exc:
         raise DataError(f"data folder {root} cannot be listed: {exc.strerror or exc}") from None
-    found: dict[str, Path] = {}
-    for split, aliases in SPLIT_FOLDERS.items():
-        matches = [name for name in names if name.lower() in aliases]
-        if len(matches) > 1:
-            raise DataError(f"data folder {root} has {len(matches)} folders for the {split} split: "
-                            f"{' and '.join(m + '/' for m in matches)}; keep one (merge the others into it)")
-        if matches:
-            found[split] = root / matches[0]
-    return found if "train" in found else {}
+    matches = {split: [name for name in names if name.lower() in aliases] for split, aliases in SPLIT_FOLDERS.items()}
+    return {split: found for split, found in matches.items() if found}
+
+
+def class_folders_in(root: Path, most: int = 3) -> list[str]:
+    """Up to ``most`` folders of ``root`` (or of its train folder) that hold image files: the sign of a user's
+    dataset, which a registered dataset's download cache (``MNIST/raw/*.gz``, ``cifar-10-batches-py/``) is not."""
+    if not root.is_dir():
+        return []
+    train = _split_matches(root).get("train")
+    base = root / train[0] if train else root
+    found = []
+    for name in _class_folders(base, base == root):
+        try:
+            with os.scandir(base / name) as entries:
+                if any(not _is_dir(e) and is_image_file(e.name) for e in entries):
+                    found.append(str((base / name).relative_to(root)))
+        except OSError:
+            continue
+        if len(found) == most:
+            break
+    return found
 
 
 def _layout_note(found: dict[str, Path]) -> str:
