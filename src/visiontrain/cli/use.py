@@ -56,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
                         "preprocessing in the file's metadata; the export is checked against PyTorch on sample "
                         "inputs and the largest logit difference printed.")
     ex.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "pt2"], help="[default: onnx]")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "pt2"], help="[default: onnx, "
+                    "which needs the onnx extra: pip install 'visiontrain[onnx]'; torchscript and pt2 need nothing "
+                    "more]")
     ex.add_argument("--out", help="file or folder to write [default: RUN/exports/model.<ext>]")
     ex.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |logit difference| against "
                     "PyTorch, relative to the largest |logit| when that is above 1 [default: 0.001]")
