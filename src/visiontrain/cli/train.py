@@ -82,7 +82,7 @@ def _refuse_dataset_as_cache(data_dir: str) -> None:
     if found:
         raise ConfigError(f"--data-dir {data_dir} holds class folders ({', '.join(f + '/' for f in found)}): to "
                           f"train on them use --data {data_dir} (--data-dir is only the download cache of "
-                          "registered datasets such as mnist)")
+                          f"registered datasets: for mnist cached there, say --data mnist --data-dir {data_dir})")
 
 
 def _train(args: argparse.Namespace) -> int:
