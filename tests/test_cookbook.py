@@ -430,6 +430,19 @@ def test_readme_first_screen() -> None:
             assert dry_parse(block.code), block.id
 
 
+def test_readme_says_how_to_install_the_cpu_only_torch_first() -> None:
+    """Before the set-up command pulls ~5.6 GB of CUDA wheels: PyTorch's CPU index, for every dependency from it."""
+    setup = DOCS["readme"].read_text(encoding="utf-8").split("\n## ")[1]
+    line = next((ln for ln in re.findall(r"`([^`]*--index-url[^`]*)`", setup)), "")
+    assert line.startswith("python3 -m venv .venv && .venv/bin/pip install ")
+    assert line.endswith(" --index-url https://download.pytorch.org/whl/cpu")
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    deps = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.M | re.S)[1]
+    torch_family = {m for m in re.findall(r'"(torch\w*)[<>=]', deps) if m in ("torch", "torchvision", "torchaudio")}
+    assert torch_family == {"torch", "torchvision"} and set(line.split()) >= torch_family
+    assert setup.index("--index-url") > setup.index(".venv/bin/pip install -e . &&")  # after the command it prepares
+
+
 def _slug(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation dropped (CJK kept), spaces to hyphens."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")

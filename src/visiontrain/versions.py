@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import re
+import sys
 from importlib import metadata
 
 # torch.load(weights_only=True) is what keeps a .pth from running code: CVE-2025-32434 broke it before 2.6,
@@ -25,14 +26,26 @@ def check_torch(version: str | None = None) -> None:
     visiontrain.versions.TorchTooOld: visiontrain needs torch >= 2.10 (found 2.5.1): ...
     """
     if version is None:
-        import torch
-
-        version = str(torch.__version__)
+        version = _torch_version()
     match = re.match(r"(\d+)\.(\d+)", version)
     if match is None or (int(match[1]), int(match[2])) < MIN_TORCH:
         raise TorchTooOld(f"visiontrain needs torch >= {'.'.join(map(str, MIN_TORCH))} (found {version}): older "
                           "versions can run code from a checkpoint even with weights_only=True (CVE-2025-32434, "
                           "CVE-2026-24747); upgrade with: pip install --upgrade 'torch>=2.10' 'torchvision>=0.25'")
+
+
+def _torch_version() -> str:
+    """The torch in use: the imported one's version when it is loaded, else the installed distribution's (read
+    without importing torch, which takes seconds: `visiontrain --help` must not wait for it)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return str(torch.__version__)
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:  # a torch built from source without its metadata: ask torch itself
+        import torch
+
+        return str(torch.__version__)
 
 
 def library_versions() -> dict[str, str]:

@@ -124,6 +124,61 @@ def test_folder_with_train_and_test_only_holds_val_out_of_train(tmp_path: Path, 
     assert all(p.is_relative_to(root / "train") for p in source.splits["val"].paths)
 
 
+@pytest.mark.parametrize(("train", "val", "test"), [
+    ("train", "valid", "test"),  # fastai, Roboflow
+    ("train", "validation", "testing"),
+    ("Training", "Validation", "Test"),  # Windows tools' capitals (fruits-360 writes Training/ and Test/)
+])
+def test_split_folders_go_by_their_common_names(tmp_path: Path, shape_folder, main_cli, train: str, val: str,
+                                                test: str) -> None:
+    root = tmp_path / "shapes"
+    shape_folder(root / train, per_class=3, seed=1)
+    shape_folder(root / val, per_class=1, seed=2)
+    shape_folder(root / test, per_class=2, seed=3)
+    source = load_source(DataConfig(name=str(root)), 0)
+    assert {k: len(v) for k, v in source.splits.items()} == {"train": 12, "val": 4, "test": 8}  # none held out
+    assert all(p.is_relative_to(root / val) for p in source.splits["val"].paths)
+    said = f"split folders: {train}/ → train, {val}/ → val, {test}/ → test"
+    assert said in source.notes
+    out = main_cli("data", "info", root).out.splitlines()
+    assert out[2].startswith("  train") and out[4].startswith("  test") and out[5] == f"note: {said}"
+
+
+def test_train_says_which_folder_became_which_split_first(tmp_path: Path, shape_folder, main_cli) -> None:
+    root = tmp_path / "shapes"
+    shape_folder(root / "train", per_class=3, size=16, seed=1)
+    shape_folder(root / "valid", per_class=1, size=16, seed=2)
+    r = main_cli("train", "--data", root, "--epochs", "1", "--no-plots", "--out", tmp_path / "runs")
+    assert r.code == 0, r.err
+    lines = r.err.splitlines()
+    assert lines[0].startswith("visiontrain: small_cnn") and "12 train, 4 val;" in lines[0]
+    assert lines[1] == "note: split folders: train/ → train, valid/ → val; no test folder (test/ or testing/)"
+
+
+def test_a_missing_val_folder_is_said_and_held_out(tmp_path: Path, shape_folder) -> None:
+    root = tmp_path / "shapes"
+    shape_folder(root / "train", per_class=5, seed=1)
+    source = load_source(DataConfig(name=str(root), val_split=0.2), 0)
+    assert source.notes[0] == ("split folders: train/ → train; no val folder (val/ or valid/ or validation/); no "
+                               "test folder (test/ or testing/)")
+    assert len(source.splits["val"]) == 4
+
+
+def test_two_folders_for_one_split_is_one_clear_error(tmp_path: Path, shape_folder, main_cli, one_line_error) -> None:
+    root = tmp_path / "shapes"
+    for name in ("train", "val", "valid"):
+        shape_folder(root / name, per_class=1)
+    one_line_error(main_cli("data", "info", root), "2 folders for the val split: val/ and valid/; keep one")
+
+
+def test_split_names_without_a_train_folder_are_noted_not_classes(tmp_path: Path, shape_folder) -> None:
+    root = shape_folder(tmp_path / "shapes", per_class=2)
+    shape_folder(root / "test", per_class=1)
+    source = load_source(DataConfig(name=str(root), val_split=0.5), 0)
+    assert source.classes == ALPHABETICAL
+    assert any(n.startswith("test/ in ") and "read only beside a train/ folder" in n for n in source.notes)
+
+
 def test_test_class_not_in_train(tmp_path: Path, shape_folder) -> None:
     root = tmp_path / "shapes"
     shape_folder(root / "train", per_class=2)

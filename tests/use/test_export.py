@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,15 @@ def test_an_opset_the_exporter_silently_replaced_is_refused(tmp_path: Path, synt
     r = main_cli("export", synthetic_run.dir, "--format", "onnx", "--opset", "17", "--out", tmp_path)  # converts
     assert r.code == 0 and "Traceback" not in r.err, r.err
     assert {o.domain: o.version for o in onnx.load(str(tmp_path / "model.onnx")).opset_import}[""] == 17
+
+
+@pytest.mark.parametrize("missing", [("onnx",), ("onnxscript", "onnxruntime")])
+def test_the_default_format_without_the_onnx_extra_is_one_line_naming_it(missing: tuple[str, ...], synthetic_run,
+                                                                          main_cli, one_line_error,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default install has no onnx: `visiontrain export RUN` says what to install, before any work."""
+    for module in missing:
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed: imports and find_spec fail
+    line = one_line_error(main_cli("export", synthetic_run.dir), "ONNX export (export's default format) needs the "
+                          "onnx extra", "pip install 'visiontrain[onnx]'", "--format torchscript")
+    assert f"({', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing)" in line

@@ -5,6 +5,7 @@ anything is loaded)."""
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -111,3 +112,17 @@ def test_bad_serve_flags_are_one_line_before_loading(main_cli, one_line_error, t
     # The model does not exist: an error about the flag shows that nothing was loaded (or bound) first.
     result = main_cli("serve", tmp_path / "no-such-run", *flags)
     one_line_error(result, fragment)
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_api_docs_load_everything_from_this_server_without_a_token(guarded: str, page: str) -> None:
+    """Swagger UI and ReDoc come from the server, not a CDN: offline, every file the page names is here."""
+    status, html, _ = call(guarded, path=page)
+    assert status == 200
+    named = re.findall(r'(?:src|href|spec-url)="([^"]+)"|url: \'([^\']+)\'', html)
+    urls = [a or b for a, b in named]
+    assert "/openapi.json" in urls and any(u.endswith(".js") for u in urls)
+    assert not [u for u in urls if not u.startswith("/") or u.startswith("//")], urls  # no other host
+    for url in urls:
+        status, body, _ = call(guarded, path=url)
+        assert status == 200 and body, url

@@ -110,3 +110,14 @@ def test_a_file_that_is_not_an_image_shows_the_error(page_url: str, browser, tmp
     wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("class") == "error")
     assert "looks like a text file" in _text(browser, "status")
     assert not browser.find_element(By.ID, "result").is_displayed()
+
+
+def test_the_api_docs_page_renders_offline(page_url: str, browser) -> None:
+    """Swagger UI's files come from the server itself (no CDN: this machine has no internet): /docs lists the
+    endpoints."""
+    browser.get(page_url + "/docs")
+    wait = WebDriverWait(browser, 30)
+    paths = wait.until(lambda d: d.execute_script(
+        "const p = [...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent.trim());"
+        "return p.length ? p : null"))
+    assert {"/predict", "/health", "/model"} <= set(paths)

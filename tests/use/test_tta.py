@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import visiontrain
+from visiontrain.cli.use import TTA_NAMES
 from visiontrain.data.synthetic import make_shapes
 from visiontrain.errors import ConfigError
 from visiontrain.use.tta import TTA_MODES, TTAModel, tta_logits
@@ -21,6 +22,11 @@ def _recording(views: list[torch.Tensor]):
         return x[:, :, 0, :3].sum(dim=1)  # depends on position: views must differ to matter
 
     return forward
+
+
+def test_the_cli_lists_every_mode() -> None:
+    """The CLI names the modes without importing use.tta (torch): the two lists must stay the same."""
+    assert list(TTA_NAMES) == list(TTA_MODES)
 
 
 def test_flip_averages_the_probabilities_of_the_image_and_its_mirror() -> None:

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from visiontrain.cli import data, models, recipes, runs, train, use
+from visiontrain.cli.hints import unrecognized_message
 from visiontrain.cli.train import config_from_args
-from visiontrain.data.guard import worker_error
 from visiontrain.errors import VisiontrainError
 from visiontrain.fileio import storage_error
 from visiontrain.text import printable
@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # argparse's error, with the flag visiontrain uses where the arguments are a peer's (cli/hints.py)
+        command = _command_parser(parser, args)
+        command.error(unrecognized_message(extras, {f for a in command._actions for f in a.option_strings}))
     if args.command is None:
         parser.print_help()
         return 0
@@ -54,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"visiontrain: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except (OSError, RuntimeError) as exc:  # a full disk met outside visiontrain's own writes, a worker killed
+        from visiontrain.data.guard import worker_error  # the data package loads torchvision: only when needed
+
         problem = storage_error(exc) or worker_error(exc)
         if problem is None:
             raise
@@ -64,6 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("visiontrain: interrupted", file=sys.stderr)
         return 130
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub-)sub-parser of the command that ran: `visiontrain data info` → the parser of `data info`."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = subs and getattr(args, subs[0].dest or "", None)
+        if not chosen or chosen not in subs[0].choices:
+            return parser
+        parser = subs[0].choices[chosen]
 
 
 def _thread_errors(args: threading.ExceptHookArgs) -> None:

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from visiontrain.cli.flags import TRUST_CODE_HELP, add_config_flags, flag_overrides
 from visiontrain.cli.output import print_train_result
@@ -67,7 +68,21 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if recipe:  # under the YAML's keys and the flags, not over them (config.run._with_recipe)
             raw = {**raw, "recipe": recipe}
         cfg = load_config(raw, where=args.config or "config")
+        if "data.dir" in overrides and "data.name" not in overrides and cfg.data.name == RunConfig().data.name:
+            _refuse_dataset_as_cache(overrides["data.dir"])
     return cfg.override(overrides, where="command line") if overrides else cfg
+
+
+def _refuse_dataset_as_cache(data_dir: str) -> None:
+    """--data-dir is the download cache of registered datasets; people pass their own dataset there and would get
+    MNIST (downloaded into it, even). A folder of class folders there, with no dataset named, is refused."""
+    from visiontrain.data.folders import class_folders_in  # the data package loads torchvision: only here
+
+    found = class_folders_in(Path(data_dir).expanduser())
+    if found:
+        raise ConfigError(f"--data-dir {data_dir} holds class folders ({', '.join(f + '/' for f in found)}): to "
+                          f"train on them use --data {data_dir} (--data-dir is only the download cache of "
+                          f"registered datasets: for mnist cached there, say --data mnist --data-dir {data_dir})")
 
 
 def _train(args: argparse.Namespace) -> int:

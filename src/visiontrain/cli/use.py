@@ -14,14 +14,15 @@ from typing import Any
 from visiontrain.cli.flags import TRUST_CODE_HELP
 from visiontrain.cli.output import print_evaluation, print_predictions
 from visiontrain.text import printable
-from visiontrain.use.tta import TTA_MODES
 
 PT2_TRUST_HELP = ("load a .pt2 export: torch.export.load runs code from the file, so only for a file you "
                    "exported yourself (ONNX and TorchScript exports need no flag); also imports the model class a "
                    "checkpoint records (see --model)")
 MODEL_SPEC_HELP = ("the model class a checkpoint of your own model records, restated: my_model.py:MyNet or "
                    "mypkg.models:MyNet (imported: its code runs; a run's files never import it on their own)")
-TTA_HELP = f"test-time augmentation: {', '.join(TTA_MODES)} (average the probabilities of the views) [default: none]"
+# use.tta.TTA_MODES's names (tests/use/test_tta.py keeps them equal): that module loads torch, --help must not
+TTA_NAMES = ("none", "flip", "five-crop")
+TTA_HELP = f"test-time augmentation: {', '.join(TTA_NAMES)} (average the probabilities of the views) [default: none]"
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
@@ -61,7 +62,9 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
                         "preprocessing in the file's metadata; the export is checked against PyTorch on sample "
                         "inputs and the largest logit difference printed.")
     ex.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "pt2"], help="[default: onnx]")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "pt2"], help="[default: onnx, "
+                    "which needs the onnx extra: pip install 'visiontrain[onnx]'; torchscript and pt2 need nothing "
+                    "more]")
     ex.add_argument("--out", help="file or folder to write [default: RUN/exports/model.<ext>]")
     ex.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |logit difference| against "
                     "PyTorch, relative to the largest |logit| when that is above 1 [default: 0.001]")

@@ -45,6 +45,9 @@ class Knob:
     metavar: str | None = None
     # Flags that set one entry of a mapping field: (flag, entry, help), e.g. --augment → transforms.train.
     shortcuts: tuple[tuple[str, str, str], ...] = ()
+    # What Ultralytics, timm's train.py, fastai or Lightning call this key (``imgsz``, ``-b``): typed here as a flag
+    # or as ``name=value``, the command line answers with this key's flag in one line (never accepted silently).
+    peers: tuple[str, ...] = ()
 
     def check(self, value: Any, key: str) -> str | None:
         """The problem with ``value`` for this knob's range or pattern, or None when it is fine."""

@@ -31,9 +31,9 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    out: str = knob("runs", "the runs root folder")
+    out: str = knob("runs", "the runs root folder", peers=("output", "project", "output_dir", "default_root_dir"))
     name: str | None = knob(None, "run folder name under --out (one name: no / or ..) [default: "
-                            "<data>-<model>-<time>]; an existing name gets a -2, -3 … suffix")
+                            "<data>-<model>-<time>]; an existing name gets a -2, -3 … suffix", peers=("experiment",))
     recipe: str | None = knob(None, "a preset of model, schedule, batch size, precision and epochs (see "
                               "`visiontrain recipes`, e.g. fast); every other flag and config key overrides it")
 

@@ -3,6 +3,8 @@
 ``visiontrain train --help``, the flat YAML names, the checks and the knob table in docs/training.md are made
 from these declarations (:mod:`visiontrain.config.knobs`). A flag defaults to the field's name with dashes
 (``clip_grad_norm`` → ``--clip-grad-norm``); the flag's name with underscores is also its flat YAML name.
+``peers`` are what Ultralytics, timm's train.py, fastai and Lightning call the key: typed as a flag or as
+``name=value``, they get a one-line answer naming the key's flag (``--imgsz`` → ``--image-size``).
 """
 
 from __future__ import annotations
@@ -18,18 +20,20 @@ from visiontrain.config.knobs import knob
 class DataConfig:
     name: str = knob("mnist", "dataset name (mnist, cifar10, …; see `visiontrain datasets`), a folder with one "
                      "sub-folder per class, a .csv/.jsonl manifest, or module:Class for your own Dataset",
-                     flag="--data", hparam=True, metavar="SOURCE")
-    dir: str = knob("data", "where datasets are cached / downloaded", flag="--data-dir")
-    batch_size: int = knob(128, "images per training step", low=1, high=2**24, hparam=True)
+                     flag="--data", hparam=True, metavar="SOURCE", peers=("dataset",))
+    dir: str = knob("data", "where registered datasets (mnist, cifar10, …) are cached / downloaded; your own "
+                    "folder of class folders goes to --data", flag="--data-dir")
+    batch_size: int = knob(128, "images per training step", low=1, high=2**24, hparam=True, peers=("b", "batch", "bs"))
     eval_batch_size: int = knob(1000, "images per evaluation step (no gradients, so larger is fine)",
                                 low=1, high=2**24)
     workers: int = knob(0, f"DataLoader worker processes for file datasets (0 = in the main process); more than "
                         f"{limits.WORKERS_PER_CORE} per CPU core are capped to that, with a note",
-                        low=0, high=limits.MAX_WORKERS)
+                        low=0, high=limits.MAX_WORKERS, peers=("j", "num_workers"))
     val_split: float = knob(0.1, "fraction of train held out (stratified, seeded) when the data has no val split",
                             low=0, high=1, high_open=True)
     image_size: int | None = knob(None, "square input side in pixels [default: the model's or the data's own]",
-                                  low=8, high=limits.MAX_IMAGE_SIZE, metavar="PX")
+                                  low=8, high=limits.MAX_IMAGE_SIZE, metavar="PX",
+                                  peers=("imgsz", "img_size", "img", "input_size"))
     args: dict[str, Any] = knob(help="a dataset argument KEY=VALUE (repeatable), e.g. --data-arg root=data/train",
                                 factory=dict, flag="--data-arg", flat=("data_args",))
     transforms: dict[str, Any] = knob(
@@ -60,12 +64,12 @@ class DataConfig:
 class ModelConfig:
     name: str = knob("small_cnn", "model name (see `visiontrain models`) or any torchvision classifier, or "
                      "timm/<name> with the timm extra, or my_model.py:MyNet / mypkg.models:MyNet for your own "
-                     "nn.Module class", flag="--model", hparam=True, metavar="MODEL")
+                     "nn.Module class", flag="--model", hparam=True, metavar="MODEL", peers=("arch", "a"))
     args: dict[str, Any] = knob(help="a model builder argument KEY=VALUE (repeatable), e.g. --model-arg dropout=0.3",
                                 factory=dict, flag="--model-arg", flat=("model_args",))
     pretrained: str | None = knob(None, "start from pretrained weights: a torchvision weights name (DEFAULT, "
                                   "IMAGENET1K_V1; read from the torch hub cache, offline) or a .safetensors/.pth file "
-                                  "or run")
+                                  "or run", peers=("weights",))
     pretrained_check_hash: bool = knob(True, "check a torch hub cache file named by --pretrained DEFAULT/IMAGENET1K_V1 "
                                        "against the SHA-256 prefix in its file name, as torch.hub does (off: only for "
                                        "weights you saved there under that name yourself)")
@@ -89,14 +93,16 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: Literal["sgd", "adam", "adamw", "rmsprop"] = knob("adam", "the optimizer", flag="--optimizer",
-                                                            hparam=True)
-    lr: float = knob(0.003, "(peak) learning rate", low=0, low_open=True, hparam=True)
-    weight_decay: float = knob(0.0, "weight decay on weights (never biases or norm layers)", low=0, hparam=True)
+                                                            hparam=True, peers=("opt",))
+    lr: float = knob(0.003, "(peak) learning rate", low=0, low_open=True, hparam=True,
+                     peers=("lr0", "learning_rate"))
+    weight_decay: float = knob(0.0, "weight decay on weights (never biases or norm layers)", low=0, hparam=True,
+                               peers=("wd",))
     momentum: float = knob(0.9, "SGD/RMSprop momentum", low=0)
     nesterov: bool = knob(False, "Nesterov momentum for SGD")
     schedule: Literal["none", "step", "multistep", "cosine", "onecycle", "plateau"] = knob(
         "onecycle", "learning-rate schedule (step: --step-size, --gamma; multistep: --milestones; plateau: "
-        "--plateau-patience, --gamma)", hparam=True)
+        "--plateau-patience, --gamma)", hparam=True, peers=("sched", "lr_scheduler", "scheduler"))
     warmup_epochs: float = knob(0.0, "linear learning-rate warm-up in front of the schedule, in epochs (fractions "
                                 "allowed)", low=0)
     step_size: int = knob(1, "epochs between decays (schedule step)", low=1)
@@ -107,7 +113,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = knob(2, "passes over the training set", low=1, high=limits.MAX_EPOCHS, hparam=True)
+    epochs: int = knob(2, "passes over the training set", low=1, high=limits.MAX_EPOCHS, hparam=True,
+                       peers=("max_epochs", "epoch"))
     device: str = knob("auto", "auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps",
                        pattern=r"auto|cpu|mps|cuda(:\d{1,3})?", pattern_help="use auto, cpu, cuda, cuda:N or mps")
     seed: int = knob(0, "random seed for weights, split and shuffling", low=0, high=limits.MAX_SEED, hparam=True)
@@ -116,24 +123,27 @@ class TrainConfig:
     threads: int | None = knob(None, "CPU threads for torch [default: torch's choice]", low=1, high=limits.MAX_THREADS)
     loss: str = knob("auto", "auto (cross_entropy for classes, mse for values), cross_entropy, bce (multi-label), "
                      "mse, l1, smooth_l1, or one you added to visiontrain.engine.losses.LOSSES")
-    label_smoothing: float = knob(0.0, "cross-entropy label smoothing", low=0, high=1, high_open=True)
+    label_smoothing: float = knob(0.0, "cross-entropy label smoothing", low=0, high=1, high_open=True,
+                                  peers=("smoothing",))
     class_weights: str | list[float] | None = knob(None, "'auto' weighs classes by inverse frequency; or one weight "
                                                    "per class")
     precision: Literal["32", "bf16", "fp16", "auto"] = knob(
         "32", "32, bf16 or fp16 mixed precision (fp16 adds a GradScaler), or auto: bf16 where the GPU or CPU "
-        "computes in it natively, else 32", hparam=True)
+        "computes in it natively, else 32", hparam=True, peers=("amp",))
     channels_last: bool = knob(True, "NHWC memory format (faster convolutions on CPUs and tensor cores)")
     compile: bool = knob(False, "torch.compile the model")
-    accumulate: int = knob(1, "batches per optimizer step (gradient accumulation)", low=1)
-    clip_grad_norm: float | None = knob(None, "clip the global gradient norm to this value", low=0, low_open=True)
+    accumulate: int = knob(1, "batches per optimizer step (gradient accumulation)", low=1,
+                           peers=("accumulate_grad_batches", "grad_accum_steps"))
+    clip_grad_norm: float | None = knob(None, "clip the global gradient norm to this value", low=0, low_open=True,
+                                        peers=("clip_grad", "gradient_clip_val"))
     ema_decay: float | None = knob(None, "keep an EMA of the weights with this decay (e.g. 0.999)", low=0, high=1,
-                                   low_open=True, high_open=True)
+                                   low_open=True, high_open=True, peers=("model_ema_decay",))
     mixup_alpha: float = knob(0.0, "MixUp strength (0 = off)", flag="--mixup", low=0)
     cutmix_alpha: float = knob(0.0, "CutMix strength (0 = off)", flag="--cutmix", low=0)
     monitor: str = knob("auto", "metric that picks the best checkpoint, e.g. val/loss [default: val/accuracy, "
                         "val/loss for regression; with no val split the last epoch is kept]")
     early_stop_patience: int | None = knob(None, "stop after N epochs without improvement of --monitor",
-                                           flag="--early-stop", low=1)
+                                           flag="--early-stop", low=1, peers=("patience",))
     keep_last: int = knob(0, "also keep the last N per-epoch checkpoints (epoch-0003.*)", low=0)
     checkpoint_every: int = knob(0, "also checkpoint (for resume) every N optimizer steps; 0 = per epoch only", low=0)
     plots: bool = knob(True, "draw pictures (a training batch, confusion matrix, mistakes, curves) into TensorBoard "

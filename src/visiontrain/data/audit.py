@@ -211,6 +211,7 @@ def format_report(report: dict[str, Any]) -> str:
         detail = (", ".join(f"{c} {n:,}" for c, n in list(split.get("per_class", {}).items())[:30])
                   or ", ".join(f"{k} {v:.4g}" for k, v in split.get("values", {}).items()))
         lines.append(f"  {name:<5} {split['count']:>8,}  {detail}")
+    lines += [f"note: {n}" for n in report["notes"]]  # under the counts: which folder became which split, …
     kinds = report["images"]
     if kinds["sizes"]:
         more = f" (+{kinds['distinct_sizes'] - len(kinds['sizes'])} more)" if kinds["distinct_sizes"] > 10 else ""
@@ -231,7 +232,6 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [f"skipped link: {s['link']} -> {s['target']}: {s['reason']}" for s in report["skipped_links"][:_SHOW]]
     if len(report["skipped_links"]) > _SHOW:
         lines.append(f"… {len(report['skipped_links']) - _SHOW} more skipped links (--json lists all)")
-    lines += [f"note: {n}" for n in report["notes"]]
     lines += [f"warning: {w}" for w in report["warnings"]]
 
     return "\n".join(printable(line) for line in lines)

@@ -1,7 +1,9 @@
 """Folder-per-class trees (torchvision ``ImageFolder`` semantics): ``root/ants/*.jpg``, ``root/bees/*.jpg``.
 
 Class names are the folder names, sorted. ``root/train``, ``root/val`` and ``root/test`` sub-trees are used
-when present (a missing val split is held out of train by ``sources.load_source``). Hidden files, OS junk
+when present, under any of their common names (:data:`SPLIT_FOLDERS`: ``valid/`` as fastai and Roboflow write
+it, ``validation/``, ``testing/``, any case), and the run's first lines say which folder became which split (a
+missing val split is held out of train by ``sources.load_source``). Hidden files, OS junk
 (``.DS_Store``, ``Thumbs.db``) and non-image files are ignored; every file's header is checked before training.
 Nothing outside the data root is read, and folder symlinks are followed only with ``--follow-symlinks``, never
 in a loop or into another class's folder (the rules are in :mod:`visiontrain.data.links`).
@@ -23,6 +25,13 @@ from visiontrain.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The names a split's folder goes by beside train/, compared in lower case (Train/, Test/ as Windows tools write).
+SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
+# At the top of a tree without a train folder these are not classes (and, without train/, not splits: noted).
 _SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -36,17 +45,23 @@ def folder_source(root: Path, cfg: DataConfig, seed: int) -> DataSource:
     notes: list[str] = []
     bad: list[tuple[str, str]] = []
     rules = LinkRules(root, cfg.follow_symlinks)
-    layout = [root / name for name in _SPLIT_NAMES if (root / name).is_dir()]
-    if root / "train" in layout:
+    found = split_folders(root)
+    if found:
+        layout = list(found.values())
         for folder in layout:
             rules.split_folder(folder, [f for f in layout if f != folder])
         _claim_classes(layout, rules)
-        classes, listed = list_class_files(root / "train", None, notes, rules)
+        notes.append(_layout_note(found))
+        classes, listed = list_class_files(found["train"], None, notes, rules)
         lists = {"train": listed}
         for name in ("val", "test"):
-            if root / name in layout:
-                lists[name] = list_class_files(root / name, classes, notes, rules)[1]
+            if name in found:
+                lists[name] = list_class_files(found[name], classes, notes, rules)[1]
     else:
+        ignored = [f"{name}/" for name in _SPLIT_NAMES if (root / name).is_dir()]
+        if ignored:
+            notes.append(f"{', '.join(ignored)} in {root} ignored: split folders are read only beside a train/ "
+                         "folder (the class folders at the top are the training set)")
         _claim_classes([root], rules)
         classes, listed = list_class_files(root, None, notes, rules)
         lists = {"train": listed}
@@ -60,6 +75,55 @@ def folder_source(root: Path, cfg: DataConfig, seed: int) -> DataSource:
     return DataSource(root.name or str(root), classes, channels, side, splits, None, None,
                       rules.note() + notes + skipped_note(bad), preset=preset, root=root, bad_images=bad,
                       skipped_links=rules.skipped)
+
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """The split sub-trees of ``root`` by split (``{"train": root/"train", "val": root/"valid"}``), when it has a
+    train folder; ``{}`` for a flat tree of class folders. Two folders for one split are a DataError."""
+    found: dict[str, Path] = {}
+    for split, matches in _split_matches(root).items():
+        if len(matches) > 1:
+            raise DataError(f"data folder {root} has {len(matches)} folders for the {split} split: "
+                            f"{' and '.join(m + '/' for m in matches)}; keep one (merge the others into it)")
+        found[split] = root / matches[0]
+    return found if "train" in found else {}
+
+
+def _split_matches(root: Path) -> dict[str, list[str]]:
+    try:
+        names = sorted(e.name for e in os.scandir(root) if _is_dir(e) and not _hidden(e.name))
+    except OSError as exc:
+        raise DataError(f"data folder {root} cannot be listed: {exc.strerror or exc}") from None
+    matches = {split: [name for name in names if name.lower() in aliases] for split, aliases in SPLIT_FOLDERS.items()}
+    return {split: found for split, found in matches.items() if found}
+
+
+def class_folders_in(root: Path, most: int = 3) -> list[str]:
+    """Up to ``most`` folders of ``root`` (or of its train folder) that hold image files: the sign of a user's
+    dataset, which a registered dataset's download cache (``MNIST/raw/*.gz``, ``cifar-10-batches-py/``) is not."""
+    if not root.is_dir():
+        return []
+    train = _split_matches(root).get("train")
+    base = root / train[0] if train else root
+    found = []
+    for name in _class_folders(base, base == root):
+        try:
+            with os.scandir(base / name) as entries:
+                if any(not _is_dir(e) and is_image_file(e.name) for e in entries):
+                    found.append(str((base / name).relative_to(root)))
+        except OSError:
+            continue
+        if len(found) == most:
+            break
+    return found
+
+
+def _layout_note(found: dict[str, Path]) -> str:
+    """``split folders: train/ → train, valid/ → val; no test folder (test/ or testing/)``."""
+    used = ", ".join(f"{path.name}/ → {split}" for split, path in found.items())
+    missing = [f"no {split} folder ({' or '.join(a + '/' for a in SPLIT_FOLDERS[split])})"
+               for split in ("val", "test") if split not in found]
+    return f"split folders: {used}" + (f"; {'; '.join(missing)}" if missing else "")
 
 
 def list_class_files(root: Path, classes: list[str] | None, notes: list[str],

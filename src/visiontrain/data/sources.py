@@ -101,7 +101,7 @@ def _find_source(cfg: DataConfig, seed: int) -> DataSource:
 
 @register_dataset("mnist", "MNIST handwritten digits, 28x28 gray, 60k train / 10k test (offline-capable)")
 def _mnist(cfg: DataConfig, seed: int) -> DataSource:
-    root = prepare_mnist(Path(cfg.dir), download=cfg.download, log=lambda line: print(line, flush=True))
+    root = prepare_mnist(Path(cfg.dir), download=cfg.download)  # its progress lines go to stderr
     splits: dict[str, Split] = {}
     for split, train in (("train", True), ("test", False)):
         images, labels = load_mnist(root, train=train)

@@ -13,7 +13,9 @@ The MNIST-style sets are IDX files (no pickle); ``.gz`` copies are unpacked next
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,8 @@ def safe_unpickle(path: Path) -> Any:
 
 def _download(what: str, run: Callable[[], None], where: Path) -> None:
     try:
-        run()
+        with contextlib.redirect_stdout(sys.stderr):  # torchvision prints "Downloading …" to stdout, the result's
+            run()
     except Exception as exc:  # no internet, a proxy, a bad md5: one line with the way out
         text = " ".join(str(exc).split())
         raise DataError(f"{what}: files missing in {where} and the download failed ({type(exc).__name__}: {text}); "

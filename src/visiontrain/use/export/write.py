@@ -31,11 +31,14 @@ from torch import nn
 from visiontrain.errors import ConfigError, VisiontrainError
 from visiontrain.faults import fault_point
 from visiontrain.fileio import commit, temp_beside
-from visiontrain.optional import require
+from visiontrain.optional import require, require_all
 from visiontrain.use.export import files as export_files
 from visiontrain.use.export.runtime import EXPORT_FORMAT, META_KEY, SUFFIXES, export_format, load_exported
 from visiontrain.use.loading import LoadedModel, load
 
+# torch.onnx writes only with onnx and onnxscript installed (its legacy TorchScript exporter too, in torch 2.14);
+# onnxruntime verifies the file. All three are the onnx extra (pyproject.toml).
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt2": "model.pt2"}
 _TRACE_BATCH = 2  # traced at 2, verified at 1 and 5: a batch size baked into the graph cannot pass
 _VERIFY_BATCHES = (1, 5)
@@ -67,6 +70,9 @@ def export(model: LoadedModel | str | Path, format: str = "onnx", out: str | Pat
     """
     if format not in _WRITERS:
         raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(_WRITERS)}")
+    if format == "onnx":  # the default format, but not the default install: say so before any work
+        require_all(ONNX_MODULES, "onnx", "ONNX export (export's default format)",
+                    otherwise="or export with --format torchscript, which needs nothing more")
     if opset is not None and format == "onnx":
         export_files.check_opset(opset)
     loaded = model if isinstance(model, LoadedModel) else load(model, device="cpu", trust_code=trust_code,

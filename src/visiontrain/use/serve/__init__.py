@@ -42,6 +42,7 @@ def build_app(model_path: str | Path, *, device: str = "auto", tta: str = "none"
     ``model_spec`` does (see :func:`visiontrain.load`).
     """
     require("fastapi", "serve")  # app, guard and protocol import fastapi/uvicorn, an optional extra
+    require("fastapi_offline", "serve")  # /docs without a CDN
     from visiontrain.use.serve.app import Limits, create_app
     from visiontrain.use.serve.guard import Access, check_token
 

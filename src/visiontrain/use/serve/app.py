@@ -23,13 +23,14 @@ import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from visiontrain.errors import ConfigError
 from visiontrain.use.export.runtime import ExportedModel
 from visiontrain.use.loading import LoadedModel
-from visiontrain.use.serve.guard import Access, Guard
+from visiontrain.use.serve.guard import DOCS_STATIC, Access, Guard
 from visiontrain.use.serve.work import Lane, Large, predict_small, predict_upload
 
 log = logging.getLogger("visiontrain.serve")
@@ -123,8 +124,10 @@ def create_app(model: LoadedModel | ExportedModel, limits: Limits | None = None,
     access = access or Access()
     small = Lane("image workers", limits.threads, limits.queue)
     large = Lane("large-image workers", max(1, limits.threads // 4), max(1, limits.queue // 4))
-    app = FastAPI(title="visiontrain prediction service", version="1",
-                  description=f"Image classifier over {len(model.classes)} classes.")
+    # FastAPI's /docs and /redoc load Swagger UI and ReDoc from a CDN (a blank page offline); fastapi-offline
+    # serves the same files from the package, under /docs/static.
+    app = FastAPIOffline(title="visiontrain prediction service", version="1", static_url=DOCS_STATIC,
+                         description=f"Image classifier over {len(model.classes)} classes.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_bytes)
     if access.cors:
         from starlette.middleware.cors import CORSMiddleware

@@ -21,7 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 TOKEN_ENV = "VISIONTRAIN_SERVE_TOKEN"  # read by `visiontrain serve` when --token is not given
-OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+DOCS_STATIC = "/docs/static"  # Swagger UI's and ReDoc's own files, served locally (open like /docs)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -87,7 +88,7 @@ class Guard:
                      "that page"), []
 
     def _token(self, scope: dict, headers: dict[bytes, bytes]) -> tuple[int, str, list] | None:
-        if self.access.token is None or scope["path"] in OPEN_PATHS:
+        if self.access.token is None or scope["path"] in OPEN_PATHS or scope["path"].startswith(DOCS_STATIC + "/"):
             return None
         if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
             return None  # a CORS preflight carries no credentials; CORS middleware answers it
