@@ -85,6 +85,20 @@ def main_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
     return call
 
 
+def list_children(pid: int) -> list[int]:
+    """The direct children of a live process (Linux /proc); [] once it has gone."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+@pytest.fixture(scope="session")
+def child_pids() -> Callable[[int], list[int]]:
+    return list_children
+
+
 def assert_one_line_error(result: CliResult, *fragments: str) -> str:
     """Exit code 2, exactly one `visiontrain: error: ...` line on stderr, no traceback; returns the line."""
     assert result.code == 2, (result.code, result.out, result.err)

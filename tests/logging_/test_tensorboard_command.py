@@ -16,14 +16,6 @@ import pytest
 pytest.importorskip("tensorboard")
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -41,7 +33,7 @@ def _free_port() -> int:
 @pytest.mark.slow  # two real process start-ups (visiontrain, TensorBoard): seconds each
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_the_wrapper_stops_tensorboard(tmp_path: Path, signum: int) -> None:
+def test_a_signal_to_the_wrapper_stops_tensorboard(tmp_path: Path, signum: int, child_pids) -> None:
     (tmp_path / "runs").mkdir()
     wrapper = subprocess.Popen([sys.executable, "-m", "visiontrain", "tensorboard", "runs", "--port",
                                 str(_free_port())], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -49,7 +41,7 @@ def test_a_signal_to_the_wrapper_stops_tensorboard(tmp_path: Path, signum: int) 
     children: list[int] = []
     try:
         deadline = time.monotonic() + 60
-        while not (children := _children(wrapper.pid)) and wrapper.poll() is None and time.monotonic() < deadline:
+        while not (children := child_pids(wrapper.pid)) and wrapper.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert children, wrapper.communicate(timeout=10)
         wrapper.send_signal(signum)  # to the wrapper alone, as `kill` or a service manager sends it
@@ -60,7 +52,7 @@ def test_a_signal_to_the_wrapper_stops_tensorboard(tmp_path: Path, signum: int) 
         assert not _alive(children[0]), "TensorBoard outlived its wrapper"
         assert wrapper.returncode == (0 if signum == signal.SIGINT else 128 + signum)
     finally:
-        for pid in [wrapper.pid, *children, *_children(wrapper.pid)]:  # an orphan too (the old wrapper's)
+        for pid in [wrapper.pid, *children, *child_pids(wrapper.pid)]:  # an orphan too (the old wrapper's)
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         wrapper.communicate()

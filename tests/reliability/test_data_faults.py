@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,15 +20,8 @@ from visiontrain.data.guard import item_deadline, loader_errors
 from visiontrain.errors import DataError
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def _kill_a_worker(tmp_path: Path, shapes: Path, victim: int, after_steps: int) -> None:
+def _kill_a_worker(tmp_path: Path, shapes: Path, victim: int, after_steps: int,
+                   child_pids: Callable[[int], list[int]]) -> None:
     """Train on ``shapes`` with 2 workers, SIGKILL one of them (as the kernel's OOM killer would) once
     ``after_steps`` steps are logged, and check the run ends in one line pointing at --workers 0."""
     argv = [sys.executable, "-m", "visiontrain", "train", "--data", shapes, "--workers", "2", "--cache", "off",
@@ -41,7 +35,7 @@ def _kill_a_worker(tmp_path: Path, shapes: Path, victim: int, after_steps: int) 
             seen.append(line)
             if line.startswith("epoch ") and " step " in line and len(seen) > after_steps:
                 break
-        workers = _children(proc.pid)
+        workers = child_pids(proc.pid)
         assert len(workers) >= 2, "".join(seen)
         os.kill(workers[victim % len(workers)], signal.SIGKILL)
         _out, rest = proc.communicate(timeout=120)
@@ -56,17 +50,18 @@ def _kill_a_worker(tmp_path: Path, shapes: Path, victim: int, after_steps: int) 
     assert "data loading worker process died" in errors[0] and "--workers 0" in errors[0]
 
 
-def test_a_worker_killed_mid_epoch_ends_the_run_in_one_line_pointing_at_workers_0(tmp_path: Path,
-                                                                                  shape_folder) -> None:
-    _kill_a_worker(tmp_path, shape_folder(tmp_path / "shapes", 40), victim=0, after_steps=4)
+def test_a_worker_killed_mid_epoch_ends_the_run_in_one_line_pointing_at_workers_0(tmp_path: Path, shape_folder,
+                                                                                  child_pids) -> None:
+    _kill_a_worker(tmp_path, shape_folder(tmp_path / "shapes", 40), victim=0, after_steps=4, child_pids=child_pids)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trial", range(16))
-def test_workers_killed_at_many_moments(trial: int, tmp_path: Path, shape_folder) -> None:
+def test_workers_killed_at_many_moments(trial: int, tmp_path: Path, shape_folder, child_pids) -> None:
     """Train workers and (idle, persistent) validation workers, mid-epoch and at epoch boundaries (18 steps an
     epoch): epochs 1 to 3."""
-    _kill_a_worker(tmp_path, shape_folder(tmp_path / "shapes", 40), victim=trial, after_steps=6 + 2 * trial)
+    _kill_a_worker(tmp_path, shape_folder(tmp_path / "shapes", 40), victim=trial, after_steps=6 + 2 * trial,
+                   child_pids=child_pids)
 
 
 SLOW_DATASET = '''
