@@ -38,7 +38,16 @@ def checkpoint_meta(state: TrainState) -> dict[str, Any]:
         "metrics": scalar_metrics(state.epoch_metrics),
         "monitor": "last" if state.monitor.last else state.monitor.key,
         "config": state.config.to_dict(),
+        **({"thresholds": decision_thresholds(state)} if state.task == "multilabel" else {}),
     }
+
+
+def decision_thresholds(state: TrainState) -> list[float]:
+    """A multi-label model's per-label thresholds: tuned on this epoch's val split (``train.thresholds``), else
+    0.5 — never tuned on the test split, whose score they would flatter."""
+    full = state.epoch_metrics.get("val/_full") or {}
+    tuned = full.get("tuned_thresholds")
+    return list(tuned) if tuned and state.config.train.thresholds != "fixed" else [0.5] * len(state.classes)
 
 
 class BestSaver(Callback):
