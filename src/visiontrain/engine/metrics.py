@@ -8,6 +8,7 @@ per-sample results, kept on the device until :meth:`compute`, so the figures are
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -197,7 +198,9 @@ def multilabel_scores(scores: torch.Tensor, targets: torch.Tensor, thresholds: l
     cut = torch.tensor(thresholds if thresholds is not None else [0.5] * k, dtype=torch.float32)
     decided = (scores >= cut).float()  # torchmetrics takes one threshold: decide here, at each label's own
     present = target.sum(dim=0) > 0
-    per_label = multilabel_average_precision(scores, target, num_labels=k, average="none")
+    with warnings.catch_warnings():  # "no positive samples": such a label's AP is set to NaN just below
+        warnings.simplefilter("ignore", UserWarning)
+        per_label = multilabel_average_precision(scores, target, num_labels=k, average="none")
     per_label = torch.where(present, per_label, torch.nan)
     loss = torch.nn.functional.binary_cross_entropy(scores.clamp(1e-7, 1 - 1e-7), targets.float())
     common = {"preds": decided, "target": target, "num_labels": k, "threshold": 0.5}

@@ -186,7 +186,8 @@ def _write_multilabel_report(result: dict[str, Any], out: Path) -> dict[str, Any
     pictures = {
         "pr_curves": plots.png_bytes(_pr_figure(scores, targets, classes, result["thresholds"], source)),
         "cooccurrence": plots.png_bytes(plots.confusion_figure(
-            report["cooccurrence"], classes, title="true label against predicted labels", source=source)),
+            report["cooccurrence"], classes, title="labels predicted for each true label", source=source,
+            totals=result["support"])),
     }
     lines = [f"# Evaluation: {report.get('data')} [{report.get('split')}] (multi-label)", "",
              f"- checkpoint: `{report.get('checkpoint')}`", f"- images: {report['count']:,}",
@@ -199,7 +200,7 @@ def _write_multilabel_report(result: dict[str, Any], out: Path) -> dict[str, Any
     lines += [f"| {_md(row['label'])} | {row['ap']:.4f} | {row['precision']:.4f} | {row['recall']:.4f} | "
               f"{row['f1']:.4f} | {row['threshold']:.3f} | {row['support']} |" for row in report["per_label"]]
     lines += ["", f"![precision-recall curves]({MULTILABEL_FILES['pr_curves']})", "",
-              f"![true label against predicted labels]({MULTILABEL_FILES['cooccurrence']})"]
+              f"![labels predicted for each true label]({MULTILABEL_FILES['cooccurrence']})"]
     files = {out / MULTILABEL_FILES[k]: data for k, data in pictures.items()}
     files[out / MULTILABEL_FILES["markdown"]] = ("\n".join(lines) + "\n").encode("utf-8")
     files[out / MULTILABEL_FILES["json"]] = (json.dumps(report, indent=2) + "\n").encode("utf-8")  # last: the mark

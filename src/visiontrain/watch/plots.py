@@ -70,14 +70,18 @@ def _fonts(fig: Figure) -> Iterator[None]:
 
 
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str], normalize: bool = True,
-                     title: str = "confusion matrix", source: str = "") -> Figure:
+                     title: str = "confusion matrix", source: str = "", totals: Sequence[int] | None = None) -> Figure:
     """Rows are true classes, columns predictions; normalized rows show recall per class.
+
+    ``totals`` divide the rows instead of their sums: multi-label counts, where an image adds to several cells
+    of its row, are normalized by the images that have the row's label.
 
     ``source`` says what was counted — the split and the checkpoint, e.g. ``"val split · checkpoint last"`` —
     on a second line of the title: a matrix alone does not tell whether it shows the best or the last model.
     """
     counts = torch.tensor(confusion, dtype=torch.float64)
-    values = counts / counts.sum(dim=1, keepdim=True).clamp_min(1) if normalize else counts
+    divisor = counts.sum(dim=1, keepdim=True) if totals is None else torch.tensor(totals, dtype=torch.float64)[:, None]
+    values = counts / divisor.clamp_min(1) if normalize else counts
     n = len(classes)
     side = min(14.0, 2.5 + 0.45 * n)
     fig = Figure(figsize=(side, side))
