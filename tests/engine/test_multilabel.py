@@ -21,7 +21,7 @@ from torch import nn
 import visiontrain
 from visiontrain.config import TrainConfig
 from visiontrain.engine.callbacks import Callback, StopTraining
-from visiontrain.engine.losses import AsymmetricLoss, build_loss, pos_weights
+from visiontrain.engine.losses import AsymmetricLoss, build_loss, label_weights, pos_weights
 from visiontrain.engine.metrics import multilabel_scores, tune_thresholds
 from visiontrain.engine.setup import mix_multilabel
 from visiontrain.errors import ConfigError
@@ -66,6 +66,10 @@ def test_bce_is_multilabel_and_pos_weight_auto_counts_negatives_over_positives()
     assert isinstance(build_loss(TrainConfig(), "multilabel", None), nn.BCEWithLogitsLoss)
     with pytest.raises(ConfigError, match="loss 'bce' is for multilabel but the data is a classification"):
         build_loss(TrainConfig(loss="bce"), "classification", None)
+    with pytest.raises(ConfigError, match="pos_weight is for multi-label data"):
+        label_weights(TrainConfig(pos_weight="auto"), "classification", torch.tensor([0, 1]), 2)
+    with pytest.raises(ConfigError, match="a multi-label run weighs each label's positives with --pos-weight"):
+        label_weights(TrainConfig(class_weights="auto"), "multilabel", labels, 2)
 
 
 def test_asymmetric_loss_without_focusing_or_clipping_is_bce() -> None:
@@ -212,3 +216,13 @@ def test_two_processes_give_the_exact_global_multilabel_figures(tmp_path: Path) 
     meta = json.loads((run / "checkpoints" / "best.json").read_text())
     val = visiontrain.evaluate(run, split="val", outputs=True)
     assert meta["thresholds"] == tune_thresholds(val["probabilities"], val["targets"])
+
+
+def test_the_asymmetric_loss_trains_from_the_cli(tmp_path: Path, main_cli) -> None:
+    result = main_cli("train", "--data", "synthetic_multilabel", "--data-arg", "train=64", "--data-arg", "val=16",
+                      "--data-arg", "test=16", "--data-arg", "size=16", "--epochs", "1", "--loss", "asl",
+                      "--pos-weight", "auto", "--plots", "off", "--quiet", "--out", tmp_path, "--name", "asl")
+    assert result.code == 0, result.err
+    summary = json.loads((tmp_path / "asl" / "summary.json").read_text())
+    assert summary["best"]["monitor"] == "val/map" and summary["test"]["map"] > 0
+    assert json.loads((tmp_path / "asl" / "checkpoints" / "best.json").read_text())["config"]["train"]["loss"] == "asl"

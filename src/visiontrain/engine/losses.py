@@ -41,6 +41,19 @@ def class_weights(cfg: TrainConfig, train_labels: torch.Tensor | None, num_class
     raise ConfigError(f"class_weights must be 'auto' or a list of numbers, not {cfg.class_weights!r}")
 
 
+def label_weights(cfg: TrainConfig, task: str, train_labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """The loss weights the task takes: ``pos_weight`` for multi-label, ``class_weights`` for classes; the other
+    one set is an error, not silently ignored."""
+    if task == "multilabel":
+        if cfg.class_weights is not None:
+            raise ConfigError("class_weights is for one class per image; a multi-label run weighs each label's "
+                              "positives with --pos-weight auto (or one weight per label)")
+        return pos_weights(cfg, train_labels, num_classes)
+    if cfg.pos_weight is not None:
+        raise ConfigError(f"pos_weight is for multi-label data, and this is a {task} dataset; use --class-weights")
+    return class_weights(cfg, train_labels if task == "classification" else None, num_classes)
+
+
 def pos_weights(cfg: TrainConfig, train_labels: torch.Tensor, num_labels: int) -> torch.Tensor | None:
     """``pos_weight: auto``: negatives/positives of each label in train (clamped to 1..100), so BCE counts a
     rare label's few positives as much as its many negatives; or the list given, one weight per label."""

@@ -56,7 +56,7 @@ class Pictures(Callback):
         self.folder.mkdir(exist_ok=True)
         epochs = [h["epoch"] for h in self.history]
         split = state.eval_split or "train"
-        for name in ("loss", "accuracy", "mae"):
+        for name in ("loss", "accuracy", "map", "mae"):
             ys = {f"{s}/{name}": [h.get(f"{s}/{name}", float("nan")) for h in self.history]
                   for s in ("train", split) if any(f"{s}/{name}" in h for h in self.history)}
             if not ys:
