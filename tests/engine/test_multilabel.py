@@ -226,3 +226,11 @@ def test_the_asymmetric_loss_trains_from_the_cli(tmp_path: Path, main_cli) -> No
     summary = json.loads((tmp_path / "asl" / "summary.json").read_text())
     assert summary["best"]["monitor"] == "val/map" and summary["test"]["map"] > 0
     assert json.loads((tmp_path / "asl" / "checkpoints" / "best.json").read_text())["config"]["train"]["loss"] == "asl"
+
+
+def test_test_time_augmentation_is_refused_for_a_multilabel_model(multilabel_run: visiontrain.Run, main_cli,
+                                                                   one_line_error) -> None:
+    """TTA averages softmax probabilities: it would silently give a multi-label model one-class scores."""
+    image = sorted((multilabel_run.dir / "samples").iterdir())[0]
+    for args in (["predict", multilabel_run.dir, image], ["evaluate", multilabel_run.dir, "--split", "val"]):
+        one_line_error(main_cli(*args, "--tta", "flip"), "a multi-label model predicts without it")

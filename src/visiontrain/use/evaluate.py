@@ -16,7 +16,7 @@ from visiontrain.engine.metrics import evaluate_batches
 from visiontrain.errors import DataError
 from visiontrain.models.checks import check_batch_memory
 from visiontrain.use.loading import LoadedModel, load
-from visiontrain.use.tta import TTAModel, check_tta
+from visiontrain.use.tta import TTAModel, check_multilabel_views, check_tta
 
 
 def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: str | None = None, *,
@@ -76,6 +76,7 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
         return {"checkpoint": str(loaded.path), "data": cfg.name, "split": split, "task": task,
                 "classes": loaded.classes, "tta": "none", **result}
     if task == "multilabel":
+        check_multilabel_views(tta, loaded.prep.crops > 1)
         return _evaluate_multilabel(loaded, bundle.classes, batches, outputs,
                                     {"checkpoint": str(loaded.path), "data": cfg.name, "split": split})
     if bundle.classes != loaded.classes:

@@ -24,7 +24,7 @@ from visiontrain.fileio import atomic_write_text
 from visiontrain.models.checks import check_batch_memory
 from visiontrain.use.export.runtime import ExportedModel, load_model
 from visiontrain.use.loading import LoadedModel
-from visiontrain.use.tta import check_tta, tta_logits
+from visiontrain.use.tta import check_multilabel_views, check_tta, tta_logits
 
 Model = LoadedModel | ExportedModel
 
@@ -125,7 +125,8 @@ def classify(model: Model, images: torch.Tensor, top_k: int = 5, tta: str = "non
         values = tta_logits(forward, x, tta).float().reshape(len(x)).cpu()
         return [[{"label": "value", "index": 0, "value": round(float(v), 6)}] for v in values]
     if (getattr(model, "meta", None) or {}).get("task") == "multilabel":
-        return _labels_over(model, torch.sigmoid(tta_logits(forward, x, tta).float()).cpu())
+        check_multilabel_views(tta, x.dim() == 5)
+        return _labels_over(model, torch.sigmoid(forward(x).float()).cpu())
     probs = torch.softmax(tta_logits(forward, x, tta).float(), dim=1).cpu()
     top = probs.topk(k, dim=1)
     return [[{"label": model.classes[i], "index": int(i), "probability": round(float(v), 6)}
