@@ -23,6 +23,7 @@ from visiontrain.config import TrainConfig
 from visiontrain.engine.callbacks import Callback, StopTraining
 from visiontrain.engine.losses import AsymmetricLoss, build_loss, label_weights, pos_weights
 from visiontrain.engine.metrics import multilabel_scores, tune_thresholds
+from visiontrain.engine.resume import read_resume
 from visiontrain.engine.setup import mix_multilabel
 from visiontrain.errors import ConfigError
 from visiontrain.use.export.runtime import load_model
@@ -112,6 +113,8 @@ def test_a_stopped_multilabel_run_resumes_bit_identical(tmp_path: Path) -> None:
     whole = visiontrain.train(_config(tmp_path, "whole"), quiet=True)
     stopped = visiontrain.train(_config(tmp_path, "stopped"), callbacks=[_StopAt(5)], quiet=True)
     assert stopped.summary["steps"] == 5 and whole.summary["steps"] == 6  # 6 batches, 3 steps per epoch
+    point, _ = read_resume(stopped.dir / "checkpoints" / "resume.safetensors")
+    assert len(point["thresholds"]) == 6  # epoch 1's, tuned on val: the resumed run's checkpoints carry them on
     resumed = visiontrain.train(resume=stopped.dir, quiet=True)
     assert resumed.summary["final"] == whole.summary["final"] and "map" in whole.summary["final"]
     for which in ("last", "best"):
@@ -234,3 +237,15 @@ def test_test_time_augmentation_is_refused_for_a_multilabel_model(multilabel_run
     image = sorted((multilabel_run.dir / "samples").iterdir())[0]
     for args in (["predict", multilabel_run.dir, image], ["evaluate", multilabel_run.dir, "--split", "val"]):
         one_line_error(main_cli(*args, "--tta", "flip"), "a multi-label model predicts without it")
+
+
+def test_training_draws_the_pr_curves_and_the_map_curve(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = {**_config(tmp_path, "pictures"), "plots": True, "epochs": 1, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
+              "ema_decay": None, "accumulate": 1}
+    run = visiontrain.train(config, quiet=True)
+    assert {"pr_curves.png", "map.png", "loss.png"} <= {p.name for p in (run.dir / "plots").iterdir()}
+    events = EventAccumulator(str(run.dir), size_guidance={"images": 0})
+    events.Reload()
+    assert "val/pr_curves" in events.Tags()["images"] and "val/map" in events.Tags()["scalars"]

@@ -60,6 +60,8 @@ def _epoch(state: TrainState, loader: Loader, callbacks: Callbacks) -> None:
                                 gather=state.dist.gatherer(), tune=state.config.train.thresholds)
         metrics.update({f"{state.eval_split}/{k}": v for k, v in headline(full).items()})
         metrics[f"{state.eval_split}/_full"] = full
+        if state.eval_split == "val" and "tuned_thresholds" in full:  # multi-label; never tuned on test
+            state.thresholds = list(full["tuned_thresholds"])
     state.epoch_metrics = metrics
     state.schedule.step_epoch(metrics.get(state.monitor.key))  # reduce-on-plateau; else a no-op
     state.epoch += 1

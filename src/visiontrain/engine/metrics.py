@@ -170,6 +170,7 @@ class MultilabelMeter:
             raise ValueError("no samples were evaluated")
         result = multilabel_scores(scores, targets, thresholds)
         result["tuned_thresholds"] = tune_thresholds(scores, targets, tune)
+        result["scores"], result["targets"] = scores, targets  # for the pictures (watch/pictures.py)
         return result
 
 

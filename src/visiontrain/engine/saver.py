@@ -43,11 +43,9 @@ def checkpoint_meta(state: TrainState) -> dict[str, Any]:
 
 
 def decision_thresholds(state: TrainState) -> list[float]:
-    """A multi-label model's per-label thresholds: tuned on this epoch's val split (``train.thresholds``), else
-    0.5 — never tuned on the test split, whose score they would flatter."""
-    full = state.epoch_metrics.get("val/_full") or {}
-    tuned = full.get("tuned_thresholds")
-    return list(tuned) if tuned and state.config.train.thresholds != "fixed" else [0.5] * len(state.classes)
+    """A multi-label model's per-label thresholds: tuned on the last epoch's val split (``train.thresholds``),
+    else 0.5 — never tuned on the test split, whose score they would flatter."""
+    return list(state.thresholds) if state.thresholds else [0.5] * len(state.classes)
 
 
 class BestSaver(Callback):

@@ -114,6 +114,7 @@ def _evaluate_multilabel(loaded: LoadedModel, classes: list[str], batches: Itera
     result = evaluate_batches(recorder, batches, loaded.prep.normalizer(), loaded.device, len(loaded.classes),
                               task="multilabel", thresholds=loaded.meta.get("thresholds"))
     result.pop("tuned_thresholds", None)  # tuned on the split being scored: not the model's
+    result.pop("scores", None), result.pop("targets", None)  # (outputs=True gives them as probabilities, targets)
     if outputs:
         result.update(recorder.tensors())
     return {**head, "task": "multilabel", "classes": loaded.classes, "tta": "none", **result}

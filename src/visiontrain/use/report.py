@@ -184,7 +184,8 @@ def _write_multilabel_report(result: dict[str, Any], out: Path) -> dict[str, Any
     report["files"] = dict(MULTILABEL_FILES)
     source = _source(result)
     pictures = {
-        "pr_curves": plots.png_bytes(_pr_figure(scores, targets, classes, result["thresholds"], source)),
+        "pr_curves": plots.png_bytes(plots.pr_curves_figure(scores, targets, classes, result["thresholds"],
+                                                            source)),
         "cooccurrence": plots.png_bytes(plots.confusion_figure(
             report["cooccurrence"], classes, title="labels predicted for each true label", source=source,
             totals=result["support"])),
@@ -212,31 +213,6 @@ def _write_multilabel_report(result: dict[str, Any], out: Path) -> dict[str, Any
 def _md(text: str) -> str:
     """A label in a Markdown table cell: its pipes would end the cell."""
     return str(text).replace("|", "\\|")
-
-
-def _pr_figure(scores: torch.Tensor, targets: torch.Tensor, classes: list[str], thresholds: list[float],
-               source: str):
-    """Precision against recall of every label, each with a dot where its decision threshold puts it."""
-    from matplotlib.figure import Figure
-    from torchmetrics.functional.classification import binary_precision_recall_curve
-
-    fig = Figure(figsize=(6.5, 5.5))
-    ax = fig.subplots()
-    for j, name in enumerate(classes):
-        if targets[:, j].sum() == 0:
-            continue  # no positive image: no curve
-        precision, recall, cuts = binary_precision_recall_curve(scores[:, j], targets[:, j].round().int())
-        line = ax.plot(recall.numpy(), precision.numpy(), linewidth=1.5, label=name[:20])[0]
-        at = int((cuts >= thresholds[j]).nonzero().min()) if (cuts >= thresholds[j]).any() else len(cuts) - 1
-        ax.plot([float(recall[at])], [float(precision[at])], "o", color=line.get_color(), markersize=6)
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title("precision-recall per label (dot: its threshold)" + (f"\n{source}" if source else ""))
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 def _scatter_figure(predictions: torch.Tensor, targets: torch.Tensor):
