@@ -156,9 +156,9 @@ def gray_run(tmp_path_factory: pytest.TempPathFactory) -> visiontrain.Run:
 
 
 # Every task the project trains: the use commands' tests are parametrized over it (``task_run``). A new task
-# (multi-label) is one entry here and one session fixture of a tiny trained run below.
-TASKS = ("classification", "regression")
-_TASK_RUNS = {"classification": "synthetic_run", "regression": "regression_run"}
+# is one entry here and one session fixture of a tiny trained run below.
+TASKS = ("classification", "regression", "multilabel")
+_TASK_RUNS = {"classification": "synthetic_run", "regression": "regression_run", "multilabel": "multilabel_run"}
 
 
 def write_brightness_manifest(root: Path, count: int = 48, side: int = 16, seed: int = 0) -> Path:
@@ -181,6 +181,15 @@ def regression_run(tmp_path_factory: pytest.TempPathFactory) -> visiontrain.Run:
     manifest = write_brightness_manifest(tmp_path_factory.mktemp("brightness"))
     config = {"data": str(manifest), "epochs": 2, "lr": 0.01, "batch_size": 16, "plots": False,
               "out": str(tmp_path_factory.mktemp("runs")), "name": "regression"}
+    return visiontrain.train(config, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(tmp_path_factory: pytest.TempPathFactory) -> visiontrain.Run:
+    """A small multi-label run: synthetic_multilabel (2-4 of 6 shapes per image), 256 train images, 2 epochs."""
+    config = {"data": {"name": "synthetic_multilabel", "args": {"train": 256, "val": 64, "test": 64}}, "epochs": 2,
+              "lr": 0.01, "batch_size": 32, "plots": False, "out": str(tmp_path_factory.mktemp("runs")),
+              "name": "multilabel"}
     return visiontrain.train(config, quiet=True)
 
 

@@ -35,7 +35,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = {"cookbook": ROOT / "docs" / "cookbook.md", "api": ROOT / "docs" / "api.md", "readme": ROOT / "README.md"}
+DOCS = {"cookbook": ROOT / "docs" / "cookbook.md", "api": ROOT / "docs" / "api.md", "readme": ROOT / "README.md",
+        "multilabel": ROOT / "docs" / "multilabel.md"}
 REAL = os.environ.get("VISIONTRAIN_DOCS_REAL") == "1"
 _FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.M | re.S)
 _NUMBER = r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
@@ -404,6 +405,18 @@ def test_cookbook(block: Block, runner: Runner, folders: dict[str, Path],
     run_block(block, workspace(folders, tmp_path_factory, "cookbook"), runner)
 
 
+def test_every_multilabel_doc_command_parses() -> None:
+    """docs/multilabel.md's commands parse with today's flags (its blocks run in the slow tier, below)."""
+    commands = [dry_parse(b.code) for b in doc_blocks("multilabel") if b.lang == "bash"]
+    assert sum(map(len, commands)) >= 6
+
+
+@pytest.mark.parametrize("block", _params("multilabel", pytest.mark.slow))
+def test_multilabel_doc(block: Block, runner: Runner, folders: dict[str, Path],
+                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    run_block(block, workspace(folders, tmp_path_factory, "multilabel"), runner)
+
+
 @pytest.mark.parametrize("block", _params("api"))
 def test_api_doc(block: Block, runner: Runner, folders: dict[str, Path],
                  tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -448,7 +461,7 @@ def _slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-@pytest.mark.parametrize("doc", ["cookbook", "api", "readme"])
+@pytest.mark.parametrize("doc", ["cookbook", "api", "readme", "multilabel"])
 def test_links_resolve(doc: str) -> None:
     """Every relative link of the page points at a file that exists, and at a heading that exists there."""
     path = DOCS[doc]

@@ -41,15 +41,16 @@ def percent(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-_SHOWN = ("accuracy", "top5", "loss", "mae", "rmse")  # display order; fractions are shown as percentages
+_SHOWN = ("accuracy", "top5", "map", "f1", "loss", "mae", "rmse")  # display order; fractions shown as percentages
+_FRACTIONS = ("accuracy", "top5", "map", "f1")
 
 
 def describe(metrics: dict[str, Any], prefix: str = "", sep: str = ", ", short: bool = False) -> str:
     """``accuracy 99.12%, top5 100.00%, loss 0.0273`` (or ``loss …, mae …, rmse …`` for regression)."""
     parts = []
-    for name in (("loss", "accuracy", "top5", "mae", "rmse") if short else _SHOWN):
+    for name in (("loss", "accuracy", "top5", "map", "mae", "rmse") if short else _SHOWN):
         value = metrics.get(prefix + name)
         if isinstance(value, int | float):
             label = "acc" if short and name == "accuracy" else name
-            parts.append(f"{label} {percent(value) if name in ('accuracy', 'top5') else f'{value:.4f}'}")
+            parts.append(f"{label} {percent(value) if name in _FRACTIONS else f'{value:.4f}'}")
     return sep.join(parts)

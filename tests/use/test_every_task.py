@@ -13,11 +13,13 @@ import visiontrain
 
 # What each task's answers hold: the headline metric evaluate prints, the report's own key, a prediction's key.
 EXPECT = {"classification": {"metric": "accuracy", "report": "macro", "prediction": "probability"},
-          "regression": {"metric": "mae", "report": "r2", "prediction": "value"}}
+          "regression": {"metric": "mae", "report": "r2", "prediction": "value"},
+          "multilabel": {"metric": "mAP", "report": "per_label", "prediction": "probability"}}
 
 
 def _task(run: visiontrain.Run) -> str:
-    return "regression" if run.summary["final"].get("mae") is not None else "classification"
+    final = run.summary["final"]
+    return "regression" if final.get("mae") is not None else "multilabel" if "map" in final else "classification"
 
 
 def _image(run: visiontrain.Run) -> Path:

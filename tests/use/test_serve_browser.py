@@ -121,3 +121,22 @@ def test_the_api_docs_page_renders_offline(page_url: str, browser) -> None:
         "const p = [...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent.trim());"
         "return p.length ? p : null"))
     assert {"/predict", "/health", "/model"} <= set(paths)
+
+
+def test_a_multilabel_model_shows_every_label_over_its_threshold_with_the_threshold_marked(
+        multilabel_run, browser) -> None:
+    import visiontrain
+
+    image = sorted((multilabel_run.dir / "samples").iterdir())[0]
+    expected = visiontrain.predict(multilabel_run.dir, [image])[0]["predictions"]
+    wait = WebDriverWait(browser, 30)
+    with running_server(build_app(multilabel_run.dir)) as url:
+        browser.get(url + "/")
+        wait.until(lambda d: "6 classes" in _text(d, "model"))
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        wait.until(lambda d: not d.execute_script("return document.getElementById('result').hidden"))
+    labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#bars .label")]
+    assert labels == [p["label"] for p in expected]
+    assert browser.find_element(By.ID, "top-label").text == (", ".join(labels) or "no label over its threshold")
+    ticks = browser.execute_script("return [...document.querySelectorAll('#bars .tick')].map(t => t.style.left)")
+    assert [float(t.rstrip("%")) for t in ticks] == pytest.approx([100 * p["threshold"] for p in expected], abs=0.01)

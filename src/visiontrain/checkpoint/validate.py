@@ -28,7 +28,7 @@ MAX_HEADER_BYTES = 64 * 2**20  # a ResNet-152 checkpoint's header is ~60 KB; a r
 MAX_CLASSES = limits.MAX_CLASSES
 MAX_NAME_CHARS = 1_000
 SIZE_RANGE = (8, limits.MAX_IMAGE_SIZE)  # input side in pixels (as config's data.image_size)
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "multilabel")
 # Bytes per element of the safetensors dtypes torch can hold.
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
@@ -131,6 +131,8 @@ def check_sidecar(meta: dict[str, Any], path: Path) -> None:
         ("task", meta.get("task") is None or meta["task"] in TASKS, " or ".join(TASKS)),
         ("task", meta.get("task") != "regression" or len(meta.get("classes") or ()) == 1,
          "classification for a model with several classes (a regression model has one output, 'value')"),
+        ("thresholds", meta.get("thresholds") is None or _thresholds(meta["thresholds"], meta.get("classes")),
+         "a list of one number in [0, 1] per class"),
     ]
     _raise_first(checks, path)
     model, prep, weights = meta["model"], meta["preprocessing"], meta["weights"]
@@ -181,3 +183,9 @@ def _numbers(value: Any, length: Any, low: float) -> bool:
 def _specs(value: Any) -> bool:
     return isinstance(value, list) and len(value) <= 64 and all(
         isinstance(s, dict) and isinstance(s.get("name"), str) for s in value)
+
+
+def _thresholds(value: Any, classes: Any) -> bool:
+    """A multi-label model's decision thresholds: one number in [0, 1] per class."""
+    return (isinstance(value, list) and isinstance(classes, list) and len(value) == len(classes)
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1 for v in value))

@@ -26,7 +26,8 @@ _LOCATIONS = {"mnist": "MNIST/raw", "cifar10": "cifar-10-batches-py", "cifar100"
               "fashion_mnist": "FashionMNIST/raw", "kmnist": "KMNIST/raw"}
 _KINDS = [
     ("PATH/", "a folder with one sub-folder per class (ImageFolder layout), optionally train/ val/ test/"),
-    ("FILE.csv|.jsonl", "a manifest of path,label (classification) or path,value (regression) rows"),
+    ("FILE.csv|.jsonl", "a manifest of path,label (classification), path,labels (multi-label: cat|dog) or "
+                        "path,value (regression) rows"),
     ("module:Class", "your own torch Dataset by import path; constructor arguments via --data-arg KEY=VALUE"),
 ]
 
@@ -169,6 +170,7 @@ def _show(args: argparse.Namespace) -> int:
     import torch
 
     from visiontrain.data import plan_for, resolve_preprocessing
+    from visiontrain.data.audit import label_text
     from visiontrain.data.loaders import BadImageLog
     from visiontrain.data.pipeline import make_loader
     from visiontrain.data.show import save_grid
@@ -188,7 +190,7 @@ def _show(args: argparse.Namespace) -> int:
     plan = plan_for(source, name, prep, train_specs if args.augment else None, torch.device("cpu"))
     loader = make_loader(source.splits[name], plan, data, cfg.train.seed, BadImageLog("skip"), cache=False)
     images, labels = next(iter(loader))
-    names = [f"{float(v):.3g}" if source.task == "regression" else source.classes[int(v)] for v in labels]
+    names = [label_text(v, source.task, source.classes) for v in labels]
     if images.dim() == 5:  # FiveCrop/TenCrop: every crop, each labelled
         names = [n for n in names for _ in range(images.shape[1])]
     stem = f"{slug(source.name, 'data')}-{args.split}{'-augmented' if args.augment else ''}"

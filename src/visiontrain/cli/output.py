@@ -50,6 +50,9 @@ def print_evaluation(r: dict[str, Any]) -> None:
     if r.get("task") == "regression":
         print(f"mse {r['mse']:.6g}   mae {r['mae']:.6g}   rmse {r['rmse']:.6g}")
         return
+    if r.get("task") == "multilabel":
+        _print_multilabel(r)
+        return
     print(f"accuracy {percent(r['accuracy'])}   top5 {percent(r['top5'])}   loss {r['loss']:.4f}")
     classes, confusion = r["classes"], r["confusion"]
     print("\nper-class accuracy:")
@@ -67,6 +70,18 @@ def print_evaluation(r: dict[str, Any]) -> None:
         print(name.rjust(width) + " " + " ".join(str(v).rjust(width) for v in row))
 
 
+def _print_multilabel(r: dict[str, Any]) -> None:
+    print(f"mAP {percent(r['map'])} (micro {percent(r['map_micro'])})   F1 {percent(r['f1'])}   precision "
+          f"{percent(r['precision'])}   recall {percent(r['recall'])}")
+    print(f"exact match {percent(r['exact_match'])}   Hamming loss {r['hamming_loss']:.4f}   loss {r['loss']:.4f}")
+    print("\nper label (at its threshold):")
+    columns = zip(r["classes"], r["ap_per_label"], r["precision_per_label"], r["recall_per_label"],
+                  r["f1_per_label"], r["thresholds"], r["support"], strict=True)
+    print_table([{"label": c, "ap": percent(ap) if ap == ap else "n/a", "precision": percent(p), "recall": percent(rc),
+                  "f1": percent(f), "threshold": f"{t:.3f}", "support": n} for c, ap, p, rc, f, t, n in columns],
+                ["label", "ap", "precision", "recall", "f1", "threshold", "support"])
+
+
 def print_predictions(results: list[dict[str, Any]]) -> None:
     for r in results:  # paths and class names come from files: escaped (printable)
         path = printable(r["path"])
@@ -74,6 +89,12 @@ def print_predictions(results: list[dict[str, Any]]) -> None:
             print(f"{path}: unreadable ({printable(r['error'])})")
             continue
         top = r["predictions"]
+        if not top:  # multi-label: no label reached its threshold
+            print(f"{path}: no label over its threshold")
+            continue
+        if "threshold" in top[0]:  # multi-label: every label over its threshold
+            print(f"{path}: " + ", ".join(f"{printable(p['label'])} {percent(p['probability'])}" for p in top))
+            continue
         if "value" in top[0]:
             print(f"{path}: {top[0]['value']:.6g}")
             continue

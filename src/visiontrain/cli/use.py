@@ -184,6 +184,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if report is not None and report.get("task") == "regression":
         print(f"\nR² {report['r2']:.4f}   largest |error| {report['max_abs_error']:.6g}")
         print(f"report: {Path(report_dir) / 'report.md'} (+ report.json, predictions.png)")
+    elif report is not None and report.get("task") == "multilabel":
+        print(f"report: {Path(report_dir) / 'report.md'} (+ report.json, pr_curves.png, cooccurrence.png)")
     elif report is not None:
         m, w, cal = report["macro"], report["weighted"], report["calibration"]
         print(f"\nmacro    precision {_pct(m['precision'])}  recall {_pct(m['recall'])}  F1 {_pct(m['f1'])}")

@@ -121,12 +121,19 @@ class TrainConfig:
     deterministic: bool = knob(False, "use deterministic algorithms (bit-identical reruns on the GPU too)")
     log_every: int = knob(100, "log the training loss every N steps", low=1)
     threads: int | None = knob(None, "CPU threads for torch [default: torch's choice]", low=1, high=limits.MAX_THREADS)
-    loss: str = knob("auto", "auto (cross_entropy for classes, mse for values), cross_entropy, bce (multi-label), "
-                     "mse, l1, smooth_l1, or one you added to visiontrain.engine.losses.LOSSES")
+    loss: str = knob("auto", "auto (cross_entropy for classes, bce for multi-label, mse for values), cross_entropy, "
+                     "bce (multi-label: sigmoid + binary cross-entropy per label), asl (multi-label: asymmetric loss "
+                     "for long-tailed tags), mse, l1, smooth_l1, or one you added to "
+                     "visiontrain.engine.losses.LOSSES")
     label_smoothing: float = knob(0.0, "cross-entropy label smoothing", low=0, high=1, high_open=True,
                                   peers=("smoothing",))
     class_weights: str | list[float] | None = knob(None, "'auto' weighs classes by inverse frequency; or one weight "
                                                    "per class")
+    pos_weight: str | list[float] | None = knob(None, "multi-label bce: 'auto' weighs each label's positives by "
+                                                "its negatives/positives in train; or one weight per label")
+    thresholds: Literal["per_label", "global", "fixed"] = knob(
+        "per_label", "multi-label decision thresholds, tuned on the val split for the best F1: one per label, one "
+        "global, or fixed at 0.5; saved in the checkpoint and used by predict, serve and exports")
     precision: Literal["32", "bf16", "fp16", "auto"] = knob(
         "32", "32, bf16 or fp16 mixed precision (fp16 adds a GradScaler), or auto: bf16 where the GPU or CPU "
         "computes in it natively, else 32", hparam=True, peers=("amp",))
@@ -141,7 +148,7 @@ class TrainConfig:
     mixup_alpha: float = knob(0.0, "MixUp strength (0 = off)", flag="--mixup", low=0)
     cutmix_alpha: float = knob(0.0, "CutMix strength (0 = off)", flag="--cutmix", low=0)
     monitor: str = knob("auto", "metric that picks the best checkpoint, e.g. val/loss [default: val/accuracy, "
-                        "val/loss for regression; with no val split the last epoch is kept]")
+                        "val/map for multi-label, val/loss for regression; with no val split the last epoch is kept]")
     early_stop_patience: int | None = knob(None, "stop after N epochs without improvement of --monitor",
                                            flag="--early-stop", low=1, peers=("patience",))
     keep_last: int = knob(0, "also keep the last N per-epoch checkpoints (epoch-0003.*)", low=0)

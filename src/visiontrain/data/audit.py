@@ -48,8 +48,24 @@ def describe(source: DataSource) -> dict[str, Any]:
     return report
 
 
+def label_text(label: torch.Tensor, task: str, classes: list[str]) -> str:
+    """One image's label as a caption: a class name, a value, or a multi-label set joined by ``+``."""
+    if task == "regression":
+        return f"{float(label):.3g}"
+    if task == "multilabel":
+        return "+".join(classes[j] for j in label.nonzero().flatten().tolist()) or "(none)"
+    return classes[int(label)]
+
+
 def _split_counts(split: Split, source: DataSource) -> dict[str, Any]:
     out: dict[str, Any] = {"count": len(split)}
+    if source.task == "multilabel":  # per label: images that have it; which labels come together; the unlabelled
+        y = split.labels.double()
+        out["per_class"] = dict(zip(source.classes, [int(v) for v in y.sum(dim=0)], strict=True))
+        out["cooccurrence"] = (y.T @ y).long().tolist()
+        out["without_labels"] = int((y.sum(dim=1) == 0).sum())
+        out["labels_per_image"] = round(float(y.sum()) / max(len(y), 1), 3)
+        return out
     if source.task == "regression":
         v = split.labels.double()
         out["values"] = {"min": float(v.min()), "mean": float(v.mean()), "max": float(v.max())} if len(v) else {}
@@ -204,13 +220,24 @@ def format_report(report: dict[str, Any]) -> str:
     """The text ``data info`` prints."""
     lines = [f"{report['name']}: {report['task']}, {report['channels']} channel(s), "
              f"{'size ' + str(report['size']) if report['size'] else 'mixed sizes'}"]
-    if report["task"] == "classification":
+    if report["task"] in ("classification", "multilabel"):
         lines.append(f"classes ({len(report['classes'])}): {', '.join(report['classes'][:30])}"
                      + (" …" if len(report["classes"]) > 30 else ""))
     for name, split in report["splits"].items():
         detail = (", ".join(f"{c} {n:,}" for c, n in list(split.get("per_class", {}).items())[:30])
                   or ", ".join(f"{k} {v:.4g}" for k, v in split.get("values", {}).items()))
         lines.append(f"  {name:<5} {split['count']:>8,}  {detail}")
+        if "without_labels" in split:
+            lines.append(f"        {split['labels_per_image']:.2f} labels per image, {split['without_labels']:,} "
+                         "image(s) without any label")
+    train = report["splits"].get("train", {})
+    if "cooccurrence" in train and len(report["classes"]) <= 12:  # wider does not fit a terminal: --json has it
+        names = [c[:8] for c in report["classes"]]
+        width = max(6, *(len(n) for n in names))
+        lines.append("co-occurrence in train (images with both labels):")
+        lines.append(" " * (width + 1) + " ".join(n.rjust(width) for n in names))
+        lines += [n.rjust(width) + " " + " ".join(str(v).rjust(width) for v in row)
+                  for n, row in zip(names, train["cooccurrence"], strict=True)]
     lines += [f"note: {n}" for n in report["notes"]]  # under the counts: which folder became which split, …
     kinds = report["images"]
     if kinds["sizes"]:

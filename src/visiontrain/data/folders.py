@@ -7,10 +7,16 @@ missing val split is held out of train by ``sources.load_source``). Hidden files
 (``.DS_Store``, ``Thumbs.db``) and non-image files are ignored; every file's header is checked before training.
 Nothing outside the data root is read, and folder symlinks are followed only with ``--follow-symlinks``, never
 in a loop or into another class's folder (the rules are in :mod:`visiontrain.data.links`).
+
+With ``--data-arg multilabel=true`` the tree is a **multi-label** set: an image may sit in several class folders
+(``cat/0001.jpg`` and ``dog/0001.jpg``), and copies with the same **content** (a hash of the file's bytes — not the
+same file name, which two different photos may share) are one image with every folder's label
+(:func:`merge_copies`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -70,11 +76,55 @@ def folder_source(root: Path, cfg: DataConfig, seed: int) -> DataSource:
     }
     if len(splits["train"]) == 0:
         raise DataError(f"data folder {root}: none of its training images can be read ({bad[0][1]})")
+    task = "multilabel" if _multilabel_arg(cfg.args.get("multilabel", False)) else "classification"
+    if task == "multilabel":
+        splits = {name: merge_copies(split, len(classes)) for name, split in splits.items()}  # type: ignore[arg-type]
     channels, side = natural_shape([s for s in splits.values() if isinstance(s, FileSplit)])
     preset = "photos" if side is None else ("cifar" if side <= 64 else "photos")
     return DataSource(root.name or str(root), classes, channels, side, splits, None, None,
                       rules.note() + notes + skipped_note(bad), preset=preset, root=root, bad_images=bad,
-                      skipped_links=rules.skipped)
+                      skipped_links=rules.skipped, task=task)
+
+
+def _multilabel_arg(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "false", "0", "no"):
+        return text in ("true", "1", "yes")
+    raise DataError(f"data arg multilabel must be true or false, not {value!r}")
+
+
+def merge_copies(split: FileSplit, num_classes: int) -> FileSplit:
+    """One row per distinct image content, labelled with every class folder a copy of it sits in (multi-hot
+    float32 [N, K]); the first copy's path stands for it. Decided by a hash of the bytes, not by file names."""
+    first: dict[tuple[int, str], int] = {}  # (size, digest) → row
+    keep: list[int] = []
+    rows: list[list[int]] = []
+    for i, (path, label) in enumerate(zip(split.paths, split.labels.tolist(), strict=True)):
+        key = _content_key(path)
+        if key not in first:
+            first[key] = len(keep)
+            keep.append(i)
+            rows.append([])
+        rows[first[key]].append(int(label))
+    targets = torch.zeros(len(keep), num_classes, dtype=torch.float32)
+    for row, labels in enumerate(rows):
+        targets[row, labels] = 1.0
+    infos = [split.infos[i] for i in keep] if split.infos is not None else None
+    return FileSplit([split.paths[i] for i in keep], targets, infos)
+
+
+def _content_key(path: Path) -> tuple[int, str]:
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return os.path.getsize(path), digest.hexdigest()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read to match its copies in other class folders "
+                        f"({exc.strerror or exc})") from None
 
 
 def split_folders(root: Path) -> dict[str, Path]:

@@ -1,7 +1,10 @@
 """Manifests: a CSV (``path,label``) or JSON-lines (``{"path": …, "label": …}``) list of images.
 
 ``label`` (or ``class``) makes a classification set: class names, or indices 0..K-1. ``value`` makes a
-**regression** set of float targets. An optional ``split`` column (train / val / test) assigns rows to
+**regression** set of float targets. ``labels`` makes a **multi-label** set: several names per image, separated
+by ``|`` or ``;`` in a CSV cell (``cat|dog``), a list in JSON (``["cat", "dog"]``); so does a CSV whose columns
+after ``path`` (and ``split``) are all 0/1, one column per label. An image with no label is a negative for
+every label (data arg ``empty=error`` refuses it). An optional ``split`` column (train / val / test) assigns rows to
 splits. Paths are relative to the manifest's folder (or ``--data-arg root=DIR``). A two-column CSV without
 a header row is read as ``path,label``. A manifest names its files, so an absolute path is used as written;
 but with a ``root`` given, a relative path must stay inside it (``../x.jpg`` that leaves it is an error).
@@ -10,6 +13,9 @@ but with a ``root`` given, a relative path must stay inside it (``../x.jpg`` tha
 path,label              path,value,split
 ants/1.jpg,ants         faces/001.png,23.5,train
 bees/7.jpg,bees         faces/002.png,41.0,val
+                                                            path,cat,dog
+path,labels             {"path": "a.jpg", "labels": ["cat", "dog"]}    a.jpg,1,1
+a.jpg,cat|dog           {"path": "b.jpg", "labels": []}               b.jpg,0,0
 ```
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +36,12 @@ from visiontrain.data.types import DataSource, FileSplit, Split
 from visiontrain.errors import DataError
 from visiontrain.limits import MAX_CLASSES, MAX_MANIFEST_BYTES, parse_json, read_capped
 
-_LABEL_KEYS = {"label": "classification", "class": "classification", "value": "regression"}
+_LABEL_KEYS = {"label": "classification", "class": "classification", "value": "regression",
+               "labels": "multilabel"}
+_COLUMNS = "\x00columns"  # the target "column" of a CSV with one 0/1 column per label (rows carry name lists)
 _SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-_ARGS = {"root", "classes"}
+_ARGS = {"root", "classes", "empty"}
+_SEPARATORS = re.compile(r"[|;]")  # between the labels of one CSV cell: cat|dog or cat;dog
 
 Row = tuple[int, str, Any, str]  # (line number, path, label or value, split)
 
@@ -47,8 +57,12 @@ def manifest_source(path: Path, cfg: DataConfig, seed: int) -> DataSource:
     if not rows:
         raise DataError(f"manifest {path} has no rows; add lines of path,label (or path,value)")
     root = Path(cfg.args.get("root", path.parent)).expanduser()
-    classes, targets = (_regression(rows, path) if task == "regression"
-                        else _classification(rows, path, cfg.args.get("classes")))
+    if task == "regression":
+        classes, targets = _regression(rows, path)
+    elif task == "multilabel":
+        classes, targets = _multilabel(rows, path, cfg.args.get("classes"), cfg.args.get("empty", "allow"))
+    else:
+        classes, targets = _classification(rows, path, cfg.args.get("classes"))
     bad: list[tuple[str, str]] = []
     splits: dict[str, Split] = {}
     for name in ("train", "val", "test"):
@@ -101,7 +115,7 @@ def _csv_rows(path: Path, text: str) -> tuple[list[Row], str]:
         header, body = ["path", "label"], lines  # headerless path,label
     else:
         body = lines[1:]
-    task, target = _target_column(path, header)
+    task, target = _target_column(path, header, [h.strip() for h in lines[0][1]])
     col = {name: i for i, name in enumerate(header)}
     rows = []
     for n, fields in body:
@@ -109,8 +123,25 @@ def _csv_rows(path: Path, text: str) -> tuple[list[Row], str]:
             raise DataError(f"manifest {path}, line {n}: expected {len(header)} fields ({','.join(header)}), "
                             f"got {len(fields)}")
         split = fields[col["split"]].strip() if "split" in col else "train"
-        rows.append((n, fields[col["path"]].strip(), fields[col[target]].strip(), _split_name(path, n, split)))
+        value: Any = (_flags(path, n, lines[0][1], fields, col) if target == _COLUMNS
+                      else fields[col[target]].strip())
+        rows.append((n, fields[col["path"]].strip(), value, _split_name(path, n, split)))
     return rows, task
+
+
+def _flags(path: Path, line: int, names: list[str], fields: list[str], col: dict[str, int]) -> list[str]:
+    """The labels of a row of 0/1 columns: the names of the columns that hold 1."""
+    out = []
+    for i, name in enumerate(names):
+        if i in (col["path"], col.get("split")):
+            continue
+        cell = fields[i].strip()
+        if cell not in ("0", "1"):
+            raise DataError(f"manifest {path}, line {line}: column {name.strip()!r} holds {cell!r}; one column per "
+                            "label takes 0 or 1")
+        if cell == "1":
+            out.append(name.strip())
+    return out
 
 
 def _json_rows(path: Path, text: str) -> tuple[list[Row], str]:
@@ -135,11 +166,14 @@ def _json_rows(path: Path, text: str) -> tuple[list[Row], str]:
     return rows, task
 
 
-def _target_column(path: Path, names: list[str]) -> tuple[str, str]:
+def _target_column(path: Path, names: list[str], raw: list[str] | None = None) -> tuple[str, str]:
     found = [name for name in names if name in _LABEL_KEYS]
+    others = [name for name in names if name not in ("path", "split")]
+    if not found and raw is not None and len(others) >= 2:  # a CSV of path + one 0/1 column per label
+        return "multilabel", _COLUMNS
     if len(found) != 1:
-        raise DataError(f"manifest {path}: needs exactly one of the columns label, class (classification) or "
-                        f"value (regression); found {names}")
+        raise DataError(f"manifest {path}: needs exactly one of the columns label, class (classification), labels "
+                        f"(multi-label) or value (regression), or one 0/1 column per label; found {names}")
     return _LABEL_KEYS[found[0]], found[0]
 
 
@@ -194,3 +228,50 @@ def _regression(rows: list[Row], path: Path) -> tuple[list[str], torch.Tensor]:
             raise DataError(f"manifest {path}, line {n}: value {value!r} is not finite")
         values.append(number)
     return ["value"], torch.tensor(values, dtype=torch.float32)
+
+
+def _multilabel(rows: list[Row], path: Path, names: Any, empty: Any) -> tuple[list[str], torch.Tensor]:
+    """Multi-hot float32 targets [N, K]; the classes are sorted names, or the data arg ``classes`` in its order."""
+    if empty not in ("allow", "error"):
+        raise DataError(f"manifest {path}: data arg empty must be allow or error, not {empty!r}")
+    per_row = [_label_list(path, n, value) for n, _p, value, _s in rows]
+    if empty == "error":
+        bare = next((rows[i][0] for i, labels in enumerate(per_row) if not labels), None)
+        if bare is not None:
+            raise DataError(f"manifest {path}, line {bare}: the image has no labels and data arg empty=error "
+                            "forbids that; label it, or drop empty=error (it is then a negative for every label)")
+    if names is not None:
+        if not isinstance(names, list) or not names:
+            raise DataError(f"manifest {path}: data arg classes must be a list of label names")
+        classes = [str(c) for c in names]
+        known = set(classes)
+        for i, labels in enumerate(per_row):
+            unknown = next((label for label in labels if label not in known), None)
+            if unknown is not None:
+                raise DataError(f"manifest {path}, line {rows[i][0]}: label {unknown!r} is not in the data arg "
+                                f"classes ({', '.join(classes[:10])}); add it there or fix the row")
+    else:
+        classes = sorted({label for labels in per_row for label in labels})
+    if not classes:
+        raise DataError(f"manifest {path}: no image has a label; a multi-label set needs at least one")
+    if len(classes) > MAX_CLASSES:
+        raise DataError(f"manifest {path}: {len(classes):,} labels is over the limit of {MAX_CLASSES:,}")
+    index = {c: i for i, c in enumerate(classes)}
+    targets = torch.zeros(len(rows), len(classes), dtype=torch.float32)
+    for i, labels in enumerate(per_row):
+        targets[i, [index[label] for label in labels]] = 1.0
+    return classes, targets
+
+
+def _label_list(path: Path, line: int, value: Any) -> list[str]:
+    """One row's labels: a JSON list, or a text cell split on ``|`` or ``;``; blanks dropped, repeats once."""
+    if isinstance(value, str):
+        items: list[Any] = _SEPARATORS.split(value)
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise DataError(f"manifest {path}, line {line}: labels must be a list of names or a text like cat|dog, "
+                        f"got {value!r}")
+    if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in items):
+        raise DataError(f"manifest {path}, line {line}: every label must be a name, got {value!r}")
+    return list(dict.fromkeys(s for s in (str(v).strip() for v in items) if s))

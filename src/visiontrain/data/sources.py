@@ -19,7 +19,7 @@ from visiontrain.data.folders import folder_source
 from visiontrain.data.manifest import manifest_source
 from visiontrain.data.mnist import load_mnist, prepare_mnist
 from visiontrain.data.splits import complement, held_from_record, read_split_file, split_record, stratified_split
-from visiontrain.data.synthetic import SHAPES, make_shapes
+from visiontrain.data.synthetic import MULTI_SHAPES, SHAPES, make_multi_shapes, make_shapes
 from visiontrain.data.types import (
     DATASETS,
     DESCRIPTIONS,
@@ -125,22 +125,33 @@ def _whole(args: dict[str, Any], key: str, default: int) -> int:
 @register_dataset("synthetic", "learnable shapes (circle, square, triangle, cross), made on the fly; for "
                   "tests and demos. args: size, channels, train, val, test")
 def _synthetic(cfg: DataConfig, seed: int) -> DataSource:
+    return _shapes_source(cfg, "synthetic", make_shapes, list(SHAPES))
+
+
+@register_dataset("synthetic_multilabel", "multi-label: 2-4 of six shapes (circle, square, triangle, cross, ring, "
+                  "bar) per image, made on the fly; for tests and demos. args: size, channels, train, val, test")
+def _synthetic_multilabel(cfg: DataConfig, seed: int) -> DataSource:
+    return _shapes_source(cfg, "synthetic_multilabel", make_multi_shapes, list(MULTI_SHAPES), task="multilabel")
+
+
+def _shapes_source(cfg: DataConfig, name: str, make: Any, classes: list[str],
+                   task: str = "classification") -> DataSource:
     args = dict(cfg.args)
     unknown = set(args) - {"size", "channels", "train", "val", "test"}
     if unknown:
-        raise DataError(f"dataset 'synthetic' has no argument {sorted(unknown)[0]!r}; "
+        raise DataError(f"dataset {name!r} has no argument {sorted(unknown)[0]!r}; "
                         "it takes size, channels, train, val, test")
     size, channels = _whole(args, "size", 32), _whole(args, "channels", 3)
     counts = {k: _whole(args, k, d) for k, d in (("train", 2000), ("val", 400), ("test", 400))}
     if channels not in (1, 3) or not 8 <= size <= 1024 or min(counts.values()) < 1:
-        raise DataError("dataset 'synthetic' needs channels 1 or 3, size 8 to 1024 and at least 1 image per split")
+        raise DataError(f"dataset {name!r} needs channels 1 or 3, size 8 to 1024 and at least 1 image per split")
     if max(counts.values()) * size * size > _SYNTHETIC_PIXELS:  # made in one go: ~60 bytes a pixel while making
-        raise DataError(f"dataset 'synthetic': at most {_SYNTHETIC_PIXELS:,} pixels per split (images x size x "
+        raise DataError(f"dataset {name!r}: at most {_SYNTHETIC_PIXELS:,} pixels per split (images x size x "
                         f"size; {_SYNTHETIC_PIXELS // (size * size):,} images of size {size}); use fewer or smaller")
     # Splits come from disjoint seeds so that no image is shared between them.
     splits: dict[str, Split] = {
-        name: TensorSplit(*make_shapes(n, size, channels, seed=1000 * i + 17))
-        for i, (name, n) in enumerate(counts.items())
+        split: TensorSplit(*make(n, size, channels, seed=1000 * i + 17))
+        for i, (split, n) in enumerate(counts.items())
     }
     mean, std = channel_stats(splits["train"].images)  # type: ignore[union-attr]
-    return DataSource("synthetic", list(SHAPES), channels, size, splits, mean, std, preset="none")
+    return DataSource(name, classes, channels, size, splits, mean, std, preset="none", task=task)

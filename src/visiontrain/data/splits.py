@@ -3,7 +3,7 @@
 A source without its own val split gets ``val_split`` of every class held out of train, the same images
 for the same seed, and at least one image of every class that has two or more (so that 4 images per class and
 ``val_split`` 0.1 still validate on every class). Regression targets are stratified by quantile bins of their
-values. The split is
+values; multi-label rows by iterative stratification (:func:`iterative_split`). The split is
 written to the run folder (``split.json``) so a later run can reuse exactly it with ``data.split_file``.
 
 >>> keep, held = stratified_split(torch.tensor([0, 0, 0, 1, 1, 1]), 1 / 3, seed=0)
@@ -36,6 +36,8 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     >>> len(keep), len(held)  # 0.1 of 4 rounds to 0: one of each class is held out all the same
     (4, 2)
     """
+    if labels.dim() == 2:
+        return iterative_split(labels, fraction, seed)
     if labels.is_floating_point():
         labels = _quantile_bins(labels)
     gen = torch.Generator().manual_seed(seed)
@@ -48,6 +50,45 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
         held.append(idx[:n_held])
         keep.append(idx[n_held:])
     return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values
+
+
+def iterative_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (keep, held_out) of multi-hot rows [N, K] by iterative stratification (Sechidis et al., 2011):
+    the rarest label still to place is dealt first, each of its images to the side that most lacks that label,
+    so a rare label lands in val too. Images without labels are split by ``fraction`` at the end.
+
+    Written here rather than taken from ``iterative-stratification``: that package needs scikit-learn (not a
+    dependency) and draws from numpy's global random state; this is 30 lines, seeded by a torch generator.
+
+    >>> y = torch.tensor([[1, 0], [1, 0], [1, 1], [0, 1], [1, 0], [0, 1], [0, 0], [1, 0], [0, 1], [1, 1]])
+    >>> keep, held = iterative_split(y.float(), 0.2, seed=0)
+    >>> len(held), bool(y[held].sum(0).min() > 0)  # both labels are in the held-out part
+    (2, True)
+    """
+    gen = torch.Generator().manual_seed(seed)
+    y = labels.bool()
+    n = len(y)
+    order = torch.randperm(n, generator=gen)  # ties between sides and images break the same way for a seed
+    want_rows = [n * (1 - fraction), n * fraction]  # rows each side still wants: [keep, held]
+    want_label = torch.stack([y.sum(0) * (1 - fraction), y.sum(0) * fraction]).double()  # [2, K]
+    side = torch.full((n,), -1, dtype=torch.int64)
+    pending = y.clone()
+    while pending.any():
+        counts = pending.sum(0)
+        label = int(torch.where(counts > 0, counts, n + 1).argmin())  # the rarest label with images to deal
+        for i in order[pending[order, label]].tolist():
+            need = want_label[:, label]
+            pick = 0 if need[0] > need[1] else 1 if need[1] > need[0] else int(want_rows[1] > want_rows[0])
+            side[i] = pick
+            want_label[pick] -= y[i].double()
+            want_rows[pick] -= 1
+            pending[i] = False
+    for i in order[side[order] < 0].tolist():  # images with no label at all
+        pick = int(want_rows[1] > want_rows[0])
+        side[i], want_rows[pick] = pick, want_rows[pick] - 1
+    if fraction > 0 and n > 1 and not (side == 1).any():  # tiny data: still hold one out
+        side[order[0]] = 1
+    return torch.nonzero(side == 0).flatten(), torch.nonzero(side == 1).flatten()
 
 
 def _quantile_bins(values: torch.Tensor) -> torch.Tensor:

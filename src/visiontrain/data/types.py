@@ -82,7 +82,7 @@ class DataSource:
     mean: tuple[float, ...] | None  # per-channel normalization statistics in [0, 1] units; None = compute
     std: tuple[float, ...] | None
     notes: list[str] = field(default_factory=list)  # things the user should know (e.g. a generated split)
-    task: str = "classification"  # or "regression": labels are float32 values
+    task: str = "classification"  # or "regression": float32 values; "multilabel": float32 multi-hot [N, K]
     preset: str = "photos"  # the training augmentation preset that suits these images (transforms.PRESETS)
     root: Path | None = None  # where relative paths in split.json start
     split_record: dict[str, Any] | None = None  # the generated or reused val split, saved as split.json
@@ -91,8 +91,8 @@ class DataSource:
 
     @property
     def target_dtype(self) -> torch.dtype:
-        """int64 class indices for classification, float32 values for regression."""
-        return torch.float32 if self.task == "regression" else torch.int64
+        """int64 class indices for classification, float32 values (regression) or multi-hot rows (multilabel)."""
+        return torch.int64 if self.task == "classification" else torch.float32
 
 
 SourceBuilder = Callable[[DataConfig, int], DataSource]

@@ -26,7 +26,7 @@ class EMAUpdate(Callback):
         if state.ema is None or state.eval_loader is None:
             return
         full = evaluate_batches(state.ema.module, state.eval_loader, state.prepare, state.device, len(state.classes),
-                                task=state.task, reduce=state.dist.reducer())
+                                task=state.task, reduce=state.dist.reducer(), gather=state.dist.gatherer())
         state.epoch_metrics.update({f"{state.eval_split}_ema/{k}": v for k, v in headline(full).items()})
 
 

@@ -42,6 +42,10 @@ class Dist:
         """Sums a tensor over ranks (identity for one process): exact for counts and float64 sums."""
         return (lambda t: all_sum(t, self)) if self.enabled else (lambda t: t)
 
+    def gatherer(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Concatenates every rank's rows (identity for one process): multi-label AP needs every score."""
+        return (lambda t: all_cat(t, self)) if self.enabled else (lambda t: t)
+
     def sync_gradients(self, model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
         """DDP's ``no_sync`` on accumulation steps that do not end a cycle: one all-reduce per update."""
         if self.enabled and not sync and hasattr(model, "no_sync"):
@@ -88,6 +92,21 @@ def all_sum(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
     if d.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_cat(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Every rank's rows of ``tensor``, rank by rank (ranks may hold different row counts)."""
+    if not d.enabled:
+        return tensor
+    count = torch.tensor([len(tensor)], device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(d.world)]
+    dist.all_gather(counts, count)
+    most = int(max(int(c) for c in counts))
+    padded = torch.zeros((most, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[:len(tensor)] = tensor
+    parts = [torch.zeros_like(padded) for _ in range(d.world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:int(c)] for part, c in zip(parts, counts, strict=True)])
 
 
 def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:

@@ -56,9 +56,12 @@ def _epoch(state: TrainState, loader: Loader, callbacks: Callbacks) -> None:
     metrics = {f"train/{k}": v for k, v in train_one_epoch(state, loader, callbacks).items()}
     if state.eval_loader is not None:
         full = evaluate_batches(state.raw_model, state.eval_loader, state.prepare, state.device, len(state.classes),
-                                mistakes=MISTAKES_SHOWN, task=state.task, reduce=state.dist.reducer())
+                                mistakes=MISTAKES_SHOWN, task=state.task, reduce=state.dist.reducer(),
+                                gather=state.dist.gatherer(), tune=state.config.train.thresholds)
         metrics.update({f"{state.eval_split}/{k}": v for k, v in headline(full).items()})
         metrics[f"{state.eval_split}/_full"] = full
+        if state.eval_split == "val" and "tuned_thresholds" in full:  # multi-label; never tuned on test
+            state.thresholds = list(full["tuned_thresholds"])
     state.epoch_metrics = metrics
     state.schedule.step_epoch(metrics.get(state.monitor.key))  # reduce-on-plateau; else a no-op
     state.epoch += 1

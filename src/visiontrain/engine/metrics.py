@@ -1,4 +1,5 @@
-"""Metrics summed over a whole split — never averaged per batch — for classification and regression.
+"""Metrics summed over a whole split — never averaged per batch — for classification, regression and multi-label
+(scored over every image's scores at once: average precision needs them all).
 
 The notes' (docs/cookbook.md §6) ``total_accuracy = (outputs.argmax(1) == targets).sum()`` overwrites instead
 of adding, and averaging per-batch accuracies weights a short last batch like a full one. Here every count is a sum of
@@ -7,6 +8,7 @@ per-sample results, kept on the device until :meth:`compute`, so the figures are
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -75,16 +77,24 @@ class RegressionMeter:
 def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                      prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
                      num_classes: int, mistakes: int = 0, task: str = "classification",
-                     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+                     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     thresholds: list[float] | None = None, tune: str = "per_label") -> dict:
     """Evaluate ``model`` in eval mode over all batches; restores the model's previous mode.
 
     With ``mistakes=k`` the result also holds the k most confident wrong predictions
     (``result["mistakes"]``: uint8 images, true and predicted indices, confidences).
     A ``regression`` model is scored by MSE (its ``loss``), MAE and RMSE instead. ``reduce`` sums the
     counts over processes when each evaluates its shard of the split (the figures stay exact).
+
+    A ``multilabel`` model is scored by :class:`MultilabelMeter` at ``thresholds`` (default 0.5 for every label);
+    ``gather`` concatenates every process's scores; the thresholds tuned on this split (``tune``) come back as
+    ``result["tuned_thresholds"]``.
     """
     if task == "regression":
         return _evaluate_regression(model, batches, prepare, device, reduce)
+    if task == "multilabel":
+        return _evaluate_multilabel(model, batches, prepare, device, num_classes, gather, thresholds, tune)
     was_training = model.training
     model.eval()
     meter = ClassificationMeter(num_classes, device)
@@ -130,6 +140,141 @@ def _evaluate_regression(model: nn.Module, batches: Iterable[tuple[torch.Tensor,
     return meter.compute()
 
 
+class MultilabelMeter:
+    """Every image's sigmoid scores and multi-hot targets, then (torchmetrics) mAP macro and micro, AP per
+    label, precision/recall/F1 at the decision thresholds, the exact-match ratio and the Hamming loss; and the
+    thresholds that maximize F1 on these very images (per label, or one global), for the checkpoint."""
+
+    def __init__(self, num_labels: int) -> None:
+        self.num_labels = num_labels
+        self.scores: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.scores.append(torch.sigmoid(logits.detach().float()))
+        self.targets.append(targets.detach().float())
+
+    def tensors(self, gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor,
+                                                                                              torch.Tensor]:
+        empty = torch.empty(0, self.num_labels)
+        scores = torch.cat(self.scores) if self.scores else empty
+        targets = torch.cat(self.targets) if self.targets else empty
+        if gather is not None:
+            scores, targets = gather(scores), gather(targets)
+        return scores.cpu(), targets.cpu()
+
+    def compute(self, gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                thresholds: list[float] | None = None, tune: str = "per_label") -> dict:
+        scores, targets = self.tensors(gather)
+        if len(scores) == 0:
+            raise ValueError("no samples were evaluated")
+        result = multilabel_scores(scores, targets, thresholds)
+        result["tuned_thresholds"] = tune_thresholds(scores, targets, tune)
+        result["scores"], result["targets"] = scores, targets  # for the pictures (watch/pictures.py)
+        return result
+
+
+def multilabel_scores(scores: torch.Tensor, targets: torch.Tensor, thresholds: list[float] | None = None) -> dict:
+    """The multi-label metrics of sigmoid ``scores`` [N, K] against multi-hot ``targets`` [N, K].
+
+    A label no image has gets AP NaN and is left out of the macro mean (its AP is not defined).
+
+    >>> s = torch.tensor([[0.9, 0.2], [0.6, 0.7], [0.3, 0.4]])
+    >>> t = torch.tensor([[1., 0.], [0., 1.], [1., 0.]])
+    >>> r = multilabel_scores(s, t)
+    >>> round(r["map"], 4), r["ap_per_label"], round(r["exact_match"], 4), round(r["hamming_loss"], 4)
+    (0.9167, [0.8333, 1.0], 0.3333, 0.3333)
+    """
+    from torchmetrics.functional.classification import (
+        multilabel_average_precision,
+        multilabel_exact_match,
+        multilabel_f1_score,
+        multilabel_hamming_distance,
+        multilabel_precision,
+        multilabel_recall,
+    )
+
+    k = scores.shape[1]
+    target = targets.round().int()
+    cut = torch.tensor(thresholds if thresholds is not None else [0.5] * k, dtype=torch.float32)
+    decided = (scores >= cut).float()  # torchmetrics takes one threshold: decide here, at each label's own
+    present = target.sum(dim=0) > 0
+    with warnings.catch_warnings():  # "no positive samples": such a label's AP is set to NaN just below
+        warnings.simplefilter("ignore", UserWarning)
+        per_label = multilabel_average_precision(scores, target, num_labels=k, average="none")
+    per_label = torch.where(present, per_label, torch.nan)
+    loss = torch.nn.functional.binary_cross_entropy(scores.clamp(1e-7, 1 - 1e-7), targets.float())
+    common = {"preds": decided, "target": target, "num_labels": k, "threshold": 0.5}
+    return {
+        "loss": float(loss),
+        "map": float(per_label[present].mean()) if present.any() else float("nan"),
+        "map_micro": float(multilabel_average_precision(scores, target, num_labels=k, average="micro")),
+        "ap_per_label": [round(float(v), 4) for v in per_label],
+        "precision": float(multilabel_precision(**common, average="micro", zero_division=0)),
+        "recall": float(multilabel_recall(**common, average="micro", zero_division=0)),
+        "f1": float(multilabel_f1_score(**common, average="micro", zero_division=0)),
+        "f1_macro": float(multilabel_f1_score(**common, average="macro", zero_division=0)),
+        "precision_per_label": [round(float(v), 4) for v in multilabel_precision(**common, average="none",
+                                                                                   zero_division=0)],
+        "recall_per_label": [round(float(v), 4) for v in multilabel_recall(**common, average="none",
+                                                                             zero_division=0)],
+        "f1_per_label": [round(float(v), 4) for v in multilabel_f1_score(**common, average="none", zero_division=0)],
+        "support": [int(v) for v in target.sum(dim=0)],
+        "exact_match": float(multilabel_exact_match(decided, target, num_labels=k)),
+        "hamming_loss": float(multilabel_hamming_distance(decided, target, num_labels=k, average="micro")),
+        "thresholds": [round(float(v), 4) for v in cut],
+        "count": len(scores),
+    }
+
+
+def tune_thresholds(scores: torch.Tensor, targets: torch.Tensor, mode: str = "per_label") -> list[float]:
+    """Decision thresholds that maximize F1 on these scores: one per label (``per_label``; a label without
+    positives keeps 0.5), one for all (``global``), or 0.5 (``fixed``). Each sits halfway between the lowest
+    score kept and the highest one left out, so a near-miss on new images still falls on its side.
+
+    >>> tune_thresholds(torch.tensor([[0.9, 0.1], [0.4, 0.8], [0.2, 0.3]]), torch.tensor([[1., 0.], [1., 1.],
+    ...                 [0., 0.]]))
+    [0.3, 0.55]
+    """
+    k = scores.shape[1]
+    if mode == "fixed":
+        return [0.5] * k
+    if mode == "global":
+        return [_best_f1_cut(scores.flatten(), targets.flatten())] * k
+    return [_best_f1_cut(scores[:, j], targets[:, j]) for j in range(k)]
+
+
+def _best_f1_cut(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    positives = float(targets.sum())
+    if positives == 0:
+        return 0.5
+    order = scores.double().argsort(descending=True)
+    ranked, hits = scores.double()[order], targets.double()[order].cumsum(0)
+    f1 = 2 * hits / (positives + torch.arange(1, len(ranked) + 1, dtype=torch.float64))
+    distinct = torch.ones(len(ranked), dtype=torch.bool)  # cut only between different scores
+    distinct[:-1] = ranked[:-1] != ranked[1:]
+    best = int(torch.where(distinct, f1, -1.0).argmax())
+    below = float(ranked[best + 1]) if best + 1 < len(ranked) else 0.0
+    return round((float(ranked[best]) + below) / 2, 4)
+
+
+def _evaluate_multilabel(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                         prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device, num_labels: int,
+                         gather: Callable[[torch.Tensor], torch.Tensor] | None, thresholds: list[float] | None,
+                         tune: str) -> dict:
+    was_training = model.training
+    model.eval()
+    meter = MultilabelMeter(num_labels)
+    try:
+        for images, targets in batches:
+            if len(targets) == 0:
+                continue
+            meter.update(model(prepare(images.to(device, non_blocking=True))), targets.to(device))
+    finally:
+        model.train(was_training)
+    return meter.compute(gather, thresholds, tune)
+
+
 class _Mistakes:
     """Keeps the k most confident wrong predictions seen so far (a running top-k, merged per batch)."""
 
@@ -159,7 +304,8 @@ def headline(metrics: dict) -> dict[str, float]:
     return {k: metrics[k] for k in HEADLINE if k in metrics}
 
 
-HEADLINE = ("accuracy", "loss", "top5", "mae", "rmse")
+HEADLINE = ("accuracy", "loss", "top5", "mae", "rmse", "map", "map_micro", "f1", "precision", "recall", "exact_match",
+            "hamming_loss")
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:

@@ -60,6 +60,7 @@ def save_resume(path: Path, state: TrainState, loader: Loader, callback_state: d
         "sums": _pack(state.sums, "sums", tensors),
         "rng": _rng_state(tensors),
         "best": state.best,
+        "thresholds": state.thresholds,
         "epoch_metrics": scalar_metrics(state.epoch_metrics),  # the last epoch's, for the summary and logs
         "callbacks": callback_state,
         "elapsed_s": elapsed,
@@ -104,6 +105,7 @@ def restore(state: TrainState, meta: dict[str, Any], tensors: dict[str, torch.Te
     state.precision.scaler.load_state_dict(meta["scaler"])
     state.sums = {k: v.to(state.device) for k, v in _unpack(meta["sums"], tensors).items()}
     state.best = meta.get("best")
+    state.thresholds = meta.get("thresholds")
     state.epoch_metrics = dict(meta.get("epoch_metrics") or {})
     state.elapsed_before = float(meta.get("elapsed_s", 0.0))
     _set_rng(meta["rng"], tensors)

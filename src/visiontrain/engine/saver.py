@@ -38,7 +38,14 @@ def checkpoint_meta(state: TrainState) -> dict[str, Any]:
         "metrics": scalar_metrics(state.epoch_metrics),
         "monitor": "last" if state.monitor.last else state.monitor.key,
         "config": state.config.to_dict(),
+        **({"thresholds": decision_thresholds(state)} if state.task == "multilabel" else {}),
     }
+
+
+def decision_thresholds(state: TrainState) -> list[float]:
+    """A multi-label model's per-label thresholds: tuned on the last epoch's val split (``train.thresholds``),
+    else 0.5 — never tuned on the test split, whose score they would flatter."""
+    return list(state.thresholds) if state.thresholds else [0.5] * len(state.classes)
 
 
 class BestSaver(Callback):

@@ -45,8 +45,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def build_mixing(cfg: TrainConfig, num_classes: int) -> BatchTransform | None:
-    """MixUp and/or CutMix (one of them per batch when both are on) from torchvision.transforms.v2."""
+def build_mixing(cfg: TrainConfig, num_classes: int, task: str = "classification") -> BatchTransform | None:
+    """MixUp and/or CutMix (one of them per batch when both are on) from torchvision.transforms.v2; for
+    multi-label targets (multi-hot rows, which torchvision's take as class indices) :func:`mix_multilabel`."""
+    if task == "multilabel" and (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0):
+        return lambda images, labels: mix_multilabel(images, labels, cfg.mixup_alpha, cfg.cutmix_alpha)
     ops: list[nn.Module] = []
     if cfg.mixup_alpha > 0:
         ops.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes))
@@ -56,6 +59,34 @@ def build_mixing(cfg: TrainConfig, num_classes: int) -> BatchTransform | None:
         return None
     op = ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
     return lambda images, labels: op(images, labels)
+
+
+def mix_multilabel(images: torch.Tensor, labels: torch.Tensor, mixup: float, cutmix: float) -> tuple[torch.Tensor,
+                                                                                                    torch.Tensor]:
+    """MixUp or CutMix (one of the two per batch when both are on, as torchvision's RandomChoice) of a batch with
+    its rolled self; multi-hot targets mix with the same weight as the pixels (BCE then takes soft targets).
+    Draws from torch's global generator, like torchvision's, so a resumed run draws the same.
+
+    >>> x, y = torch.zeros(2, 1, 4, 4), torch.tensor([[1., 0.], [0., 1.]])
+    >>> _, mixed = mix_multilabel(x, y, 0.2, 0.0)
+    >>> bool(torch.allclose(mixed.sum(1), torch.ones(2)))
+    True
+    """
+    use_cutmix = cutmix > 0 and (mixup <= 0 or bool(torch.rand(()) < 0.5))
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    other_images, other_labels = images.roll(1, 0), labels.roll(1, 0)
+    if not use_cutmix:
+        return images * lam + other_images * (1 - lam), labels * lam + other_labels * (1 - lam)
+    h, w = images.shape[-2:]
+    cut_h, cut_w = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+    cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+    mixed = images.clone()
+    mixed[..., top:bottom, left:right] = other_images[..., top:bottom, left:right]
+    lam = 1 - (bottom - top) * (right - left) / (h * w)  # the share of pixels kept, as torchvision's CutMix
+    return mixed, labels * lam + other_labels * (1 - lam)
 
 
 def build_ema(model: nn.Module, decay: float | None) -> torch.optim.swa_utils.AveragedModel | None:

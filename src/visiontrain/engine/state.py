@@ -32,6 +32,8 @@ class Monitor:
 
     >>> Monitor.resolve("auto", "val", "classification")
     Monitor(key='val/accuracy', mode='max', last=False)
+    >>> Monitor.resolve("auto", "val", "multilabel")
+    Monitor(key='val/map', mode='max', last=False)
     >>> Monitor.resolve("auto", "test", "regression")
     Monitor(key='train/loss', mode='min', last=True)
     >>> Monitor.of("val/loss").better(0.4, 0.5)
@@ -45,14 +47,14 @@ class Monitor:
     @classmethod
     def of(cls, key: str) -> Monitor:
         """Lower is better for losses and errors, higher for everything else."""
-        return cls(key, "min" if key.endswith(("loss", "error", "mae", "rmse")) else "max")
+        return cls(key, "min" if key.endswith(("loss", "error", "mae", "rmse", "hamming_loss")) else "max")
 
     @classmethod
     def resolve(cls, setting: str, split: str | None, task: str) -> Monitor:
         """``train.monitor`` for a run validating on ``split`` ("val"; "test" or None: no validation split)."""
         if setting != "auto":
             return cls.of(setting)
-        metric = "loss" if task == "regression" else "accuracy"
+        metric = {"regression": "loss", "multilabel": "map"}.get(task, "accuracy")
         if split != "val":
             return cls(f"train/{metric}", cls.of(f"train/{metric}").mode, last=True)
         return cls.of(f"{split}/{metric}")
@@ -84,7 +86,7 @@ class TrainState:
     run_dir: Path
     steps_per_epoch: int  # optimizer steps per epoch
     batches_per_epoch: int
-    task: str = "classification"  # or "regression" (one output, float targets)
+    task: str = "classification"  # or "regression" (one output, float targets), "multilabel" (multi-hot targets)
     dist: Dist = SINGLE  # rank and world size under torchrun
     batch_transform: BatchTransform | None = None  # MixUp/CutMix on the normalized batch
     ema: torch.optim.swa_utils.AveragedModel | None = None
@@ -107,6 +109,7 @@ class TrainState:
     resumed_from: dict[str, Any] | None = None
     finite_step: int = 0  # the last step at which the loss and weights were checked finite (engine/loop.py)
     error: BaseException | None = None  # set when fit fails: on_fit_end then closes files but writes nothing
+    thresholds: list[float] | None = None  # multi-label: tuned on the last epoch's val split (saved for resume)
     monitor: Monitor = field(kw_only=True)  # resolved once, by whoever builds the state
     # Computed once from the fields above (see __post_init__), not by each callback:
     raw_model: nn.Module = field(init=False, repr=False)  # the plain module under torch.compile/DDP

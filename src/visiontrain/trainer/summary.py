@@ -79,7 +79,10 @@ def write_samples(data: DataBundle, folder: Path, count: int = 4) -> None:
         return
     for i in range(min(count, len(split))):
         value = split.labels[i]
-        name = f"{float(value):.4g}" if value.is_floating_point() else data.classes[int(value)]
+        if value.dim() == 1:  # multi-label: the labels it has, joined
+            name = "+".join(data.classes[j] for j in value.nonzero().flatten().tolist()) or "none"
+        else:
+            name = f"{float(value):.4g}" if value.is_floating_point() else data.classes[int(value)]
         label = slug(name, "x", last_part=False)
         target = folder / f"{split_name}_{i}_{label}.png"
         if isinstance(split, TensorSplit):

@@ -145,7 +145,8 @@ def _test_best(state: TrainState, data: DataBundle) -> dict[str, Any]:
     sidecar = state.run_dir / "checkpoints" / "best.json"
     load_into(state.raw_model, load_weights(sidecar, read_sidecar(sidecar)), sidecar)
     full = evaluate_batches(state.raw_model, data.loaders["test"], state.prepare, state.device, len(state.classes),
-                            task=state.task, reduce=state.dist.reducer())
+                            task=state.task, reduce=state.dist.reducer(), gather=state.dist.gatherer(),
+                            thresholds=read_sidecar(sidecar).get("thresholds"))
     return {**headline(full), "epoch": state.best["epoch"] if state.best else None, "checkpoint": "best"}
 
 

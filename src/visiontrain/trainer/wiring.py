@@ -13,7 +13,7 @@ from visiontrain.data import DataBundle, build_data
 from visiontrain.engine import distributed
 from visiontrain.engine.callbacks import Callback, Callbacks
 from visiontrain.engine.control import EarlyStopping, EMAUpdate, GracefulInterrupt
-from visiontrain.engine.losses import build_loss, class_weights
+from visiontrain.engine.losses import build_loss, label_weights
 from visiontrain.engine.optim import Schedule, build_optimizer
 from visiontrain.engine.precision import Precision
 from visiontrain.engine.saver import BestSaver, CheckpointSaver
@@ -53,12 +53,11 @@ def build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
     eval_split = next((s for s in ("val", "test") if s in data.loaders), None)
     monitor = Monitor.resolve(cfg.train.monitor, eval_split, task)
     schedule = Schedule(optimizer, cfg.optim, steps, cfg.train.epochs, monitor.mode)
-    train_labels = data.source.splits["train"].labels if task == "classification" else None
-    weights = class_weights(cfg.train, train_labels, len(classes))
+    weights = label_weights(cfg.train, task, data.source.splits["train"].labels, len(classes))
     loss_fn = build_loss(cfg.train, task, weights.to(device) if weights is not None else None)
     state = TrainState(cfg, model, optimizer, schedule, Precision(cfg.train.precision, device), loss_fn, device,
                        prep, classes, Path(cfg.out), steps, batches, task=task, dist=d,
-                       batch_transform=build_mixing(cfg.train, len(classes)),
+                       batch_transform=build_mixing(cfg.train, len(classes), task),
                        ema=build_ema(raw_model(model), cfg.train.ema_decay), eval_split=eval_split, monitor=monitor)
     return state, data, built
 

@@ -16,7 +16,7 @@ from visiontrain.engine.metrics import evaluate_batches
 from visiontrain.errors import DataError
 from visiontrain.models.checks import check_batch_memory
 from visiontrain.use.loading import LoadedModel, load
-from visiontrain.use.tta import TTAModel, check_tta
+from visiontrain.use.tta import TTAModel, check_multilabel_views, check_tta
 
 
 def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: str | None = None, *,
@@ -35,7 +35,10 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
     ``tta`` averages the probabilities of flipped or five-cropped views (see :mod:`visiontrain.use.tta`);
     ``mistakes=k`` adds the k most confident wrong predictions; ``outputs=True`` adds every image's
     ``probabilities`` [N, K] and ``targets`` [N] as tensors (what :mod:`~visiontrain.use.report` needs) — for a
-    regression model, ``predictions`` [N] and ``targets`` [N] (it is scored by ``mse``, ``mae``, ``rmse``).
+    regression model, ``predictions`` [N] and ``targets`` [N] (it is scored by ``mse``, ``mae``, ``rmse``). A
+    multi-label model is scored by mAP (``map``, ``map_micro``, ``ap_per_label``) and, at the thresholds saved in
+    its checkpoint, precision, recall, F1, ``exact_match`` and ``hamming_loss``; its ``probabilities`` are
+    sigmoid scores and its ``targets`` multi-hot rows [N, K].
 
     >>> import visiontrain
     >>> r = visiontrain.evaluate("runs/demo", split="test")
@@ -72,6 +75,10 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
             result.update(recorder.tensors())
         return {"checkpoint": str(loaded.path), "data": cfg.name, "split": split, "task": task,
                 "classes": loaded.classes, "tta": "none", **result}
+    if task == "multilabel":
+        check_multilabel_views(tta, loaded.prep.crops > 1)
+        return _evaluate_multilabel(loaded, bundle.classes, batches, outputs,
+                                    {"checkpoint": str(loaded.path), "data": cfg.name, "split": split})
     if bundle.classes != loaded.classes:
         # Match labels by class name, not position: a folder tree lists its classes alphabetically
         # (synthetic's are not) and may hold only some of the model's classes.
@@ -89,6 +96,30 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
             "classes": loaded.classes, "tta": tta, **result}
 
 
+def _evaluate_multilabel(loaded: LoadedModel, classes: list[str], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                         outputs: bool, head: dict[str, Any]) -> dict[str, Any]:
+    if classes != loaded.classes:  # the data's label columns, moved to the model's (a label it lacks: all 0)
+        columns = torch.tensor([loaded.classes.index(c) for c in classes])
+        width = len(loaded.classes)
+
+        def widen(labels: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(len(labels), width, dtype=labels.dtype)
+            out[:, columns] = labels
+            return out
+
+        batches = ((images, widen(labels)) for images, labels in batches)
+    recorder = _Recorder(loaded.model, "multilabel") if outputs else loaded.model
+    if outputs:
+        batches = recorder.tee(batches)
+    result = evaluate_batches(recorder, batches, loaded.prep.normalizer(), loaded.device, len(loaded.classes),
+                              task="multilabel", thresholds=loaded.meta.get("thresholds"))
+    result.pop("tuned_thresholds", None)  # tuned on the split being scored: not the model's
+    result.pop("scores", None), result.pop("targets", None)  # (outputs=True gives them as probabilities, targets)
+    if outputs:
+        result.update(recorder.tensors())
+    return {**head, "task": "multilabel", "classes": loaded.classes, "tta": "none", **result}
+
+
 class _Recorder(nn.Module):
     """Passes through ``model`` and keeps each batch's probabilities (for regression: predicted values) and
     targets, in order, on the CPU."""
@@ -104,6 +135,8 @@ class _Recorder(nn.Module):
         logits = self.model(x)
         if self.task == "regression":
             self.probabilities.append(logits.detach().float().reshape(len(logits)).cpu())
+        elif self.task == "multilabel":
+            self.probabilities.append(torch.sigmoid(logits.float()).cpu())
         else:
             self.probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
         return logits

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 
 from visiontrain.data.images import image_to_tensor, is_image_file, open_image
-from visiontrain.errors import ConfigError, DataError, ImageError
+from visiontrain.errors import CheckpointError, ConfigError, DataError, ImageError
 from visiontrain.fileio import atomic_write_text
 from visiontrain.models.checks import check_batch_memory
 from visiontrain.use.export.runtime import ExportedModel, load_model
 from visiontrain.use.loading import LoadedModel
-from visiontrain.use.tta import check_tta, tta_logits
+from visiontrain.use.tta import check_multilabel_views, check_tta, tta_logits
 
 Model = LoadedModel | ExportedModel
 
@@ -124,11 +124,27 @@ def classify(model: Model, images: torch.Tensor, top_k: int = 5, tta: str = "non
     if (getattr(model, "meta", None) or {}).get("task") == "regression":  # one output: the predicted value
         values = tta_logits(forward, x, tta).float().reshape(len(x)).cpu()
         return [[{"label": "value", "index": 0, "value": round(float(v), 6)}] for v in values]
+    if (getattr(model, "meta", None) or {}).get("task") == "multilabel":
+        check_multilabel_views(tta, x.dim() == 5)
+        return _labels_over(model, torch.sigmoid(forward(x).float()).cpu())
     probs = torch.softmax(tta_logits(forward, x, tta).float(), dim=1).cpu()
     top = probs.topk(k, dim=1)
     return [[{"label": model.classes[i], "index": int(i), "probability": round(float(v), 6)}
              for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
             for values, indices in zip(top.values, top.indices, strict=True)]
+
+
+def _labels_over(model: Model, scores: torch.Tensor) -> list[list[dict[str, Any]]]:
+    """Multi-label: every label whose score reaches its threshold (saved in the checkpoint; else 0.5), most
+    probable first, each with the threshold it passed."""
+    cut = (model.meta or {}).get("thresholds") or [0.5] * len(model.classes)
+    if not (isinstance(cut, list) and len(cut) == len(model.classes)
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in cut)):
+        raise CheckpointError(f"{model.path}: its 'thresholds' metadata must be one number per class "
+                              f"({len(model.classes)}); export the run again")
+    return [[{"label": model.classes[i], "index": i, "probability": round(float(row[i]), 6),
+              "threshold": float(cut[i])} for i in row.argsort(descending=True).tolist() if float(row[i]) >= cut[i]]
+            for row in scores]
 
 
 def fit_size(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -28,6 +28,8 @@ from visiontrain.fileio import remove_dead_temps, replace_together
 
 N_BINS = 15  # calibration bins over [0, 1], the usual choice (Guo et al. 2017)
 REGRESSION_FILES = {"predictions": "predictions.png", "markdown": "report.md", "json": "report.json"}
+MULTILABEL_FILES = {"pr_curves": "pr_curves.png", "cooccurrence": "cooccurrence.png", "markdown": "report.md",
+                    "json": "report.json"}
 FILES = {"confusion": "confusion.png", "confusion_counts": "confusion_counts.png",
          "reliability": "reliability.png", "mistakes": "mistakes.png", "markdown": "report.md", "json": "report.json"}
 
@@ -82,7 +84,9 @@ def write_report(result: dict[str, Any], folder: str | Path, mistakes_shown: int
     """Write the report of an ``evaluate(..., outputs=True, mistakes=k)`` result into ``folder``.
 
     Returns the JSON report (also written as ``report.json``; ``report.md`` shows the same numbers). A regression
-    result gets its errors (MSE, MAE, RMSE, R², the largest error) and a predicted-against-true picture.
+    result gets its errors (MSE, MAE, RMSE, R², the largest error) and a predicted-against-true picture; a
+    multi-label result its mAP, a per-label table (AP, precision, recall, F1 at the threshold, support), the
+    precision-recall curve of every label with its threshold marked, and a true-against-predicted label picture.
     """
     from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
 
@@ -91,6 +95,8 @@ def write_report(result: dict[str, Any], folder: str | Path, mistakes_shown: int
     remove_dead_temps(out)  # what a killed report left behind
     if result.get("task") == "regression":
         return _write_regression_report(result, out)
+    if result.get("task") == "multilabel":
+        return _write_multilabel_report(result, out)
     classes = list(result["classes"])
     metrics = classification_metrics(result["probabilities"], result["targets"], classes)
     report = {key: result.get(key) for key in ("checkpoint", "data", "split", "tta", "loss")}
@@ -157,6 +163,56 @@ def _write_regression_report(result: dict[str, Any], out: Path) -> dict[str, Any
                       out / REGRESSION_FILES["json"]: (json.dumps(report, indent=2) + "\n").encode("utf-8")},
                      remove=[out / FILES[k] for k in ("confusion", "confusion_counts", "reliability", "mistakes")])
     return report
+
+
+def _write_multilabel_report(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
+
+    classes, scores, targets = list(result["classes"]), result["probabilities"], result["targets"]
+    keys = ("checkpoint", "data", "split", "task", "count", "loss", "map", "map_micro", "precision", "recall", "f1",
+            "f1_macro", "exact_match", "hamming_loss", "thresholds")
+    report = {key: result.get(key) for key in keys}
+    cut = torch.tensor(result["thresholds"])
+    decided = scores >= cut
+    # images with true label i (rows) in which label j was predicted (columns): the diagonal is each recall
+    report["cooccurrence"] = (targets.T.double() @ decided.double()).round().long().tolist()
+    report["per_label"] = [{"label": c, "ap": ap, "precision": p, "recall": r, "f1": f, "threshold": t, "support": n}
+                           for c, ap, p, r, f, t, n in zip(classes, result["ap_per_label"],
+                                                           result["precision_per_label"], result["recall_per_label"],
+                                                           result["f1_per_label"], result["thresholds"],
+                                                           result["support"], strict=True)]
+    report["files"] = dict(MULTILABEL_FILES)
+    source = _source(result)
+    pictures = {
+        "pr_curves": plots.png_bytes(plots.pr_curves_figure(scores, targets, classes, result["thresholds"],
+                                                            source)),
+        "cooccurrence": plots.png_bytes(plots.confusion_figure(
+            report["cooccurrence"], classes, title="labels predicted for each true label", source=source,
+            totals=result["support"])),
+    }
+    lines = [f"# Evaluation: {report.get('data')} [{report.get('split')}] (multi-label)", "",
+             f"- checkpoint: `{report.get('checkpoint')}`", f"- images: {report['count']:,}",
+             f"- mAP {report['map']:.4f} (macro), {report['map_micro']:.4f} (micro)",
+             f"- at the thresholds: precision {report['precision']:.4f}, recall {report['recall']:.4f}, "
+             f"F1 {report['f1']:.4f} (micro; macro F1 {report['f1_macro']:.4f}), exact match "
+             f"{report['exact_match']:.4f}, Hamming loss {report['hamming_loss']:.4f}", "",
+             "| label | AP | precision | recall | F1 | threshold | support |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {_md(row['label'])} | {row['ap']:.4f} | {row['precision']:.4f} | {row['recall']:.4f} | "
+              f"{row['f1']:.4f} | {row['threshold']:.3f} | {row['support']} |" for row in report["per_label"]]
+    lines += ["", f"![precision-recall curves]({MULTILABEL_FILES['pr_curves']})", "",
+              f"![labels predicted for each true label]({MULTILABEL_FILES['cooccurrence']})"]
+    files = {out / MULTILABEL_FILES[k]: data for k, data in pictures.items()}
+    files[out / MULTILABEL_FILES["markdown"]] = ("\n".join(lines) + "\n").encode("utf-8")
+    files[out / MULTILABEL_FILES["json"]] = (json.dumps(report, indent=2) + "\n").encode("utf-8")  # last: the mark
+    replace_together(files, remove=[out / FILES[k] for k in ("confusion", "confusion_counts", "reliability",
+                                                             "mistakes")] + [out / REGRESSION_FILES["predictions"]])
+    return report
+
+
+def _md(text: str) -> str:
+    """A label in a Markdown table cell: its pipes would end the cell."""
+    return str(text).replace("|", "\\|")
 
 
 def _scatter_figure(predictions: torch.Tensor, targets: torch.Tensor):

@@ -95,3 +95,10 @@ class TTAModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return tta_logits(self.model, x, self.mode)
+
+
+def check_multilabel_views(tta: str, crops: bool) -> None:
+    """Test-time augmentation averages softmax probabilities (one class per image): not a multi-label model's."""
+    if tta != "none" or crops:
+        raise ConfigError("test-time augmentation (--tta, or crops in the eval transforms) is for one class per "
+                          "image; a multi-label model predicts without it: drop --tta")

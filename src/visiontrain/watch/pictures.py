@@ -27,6 +27,13 @@ class Pictures(Callback):
         m = state.epoch_metrics
         self.history.append({"epoch": state.epoch, **{k: v for k, v in m.items() if isinstance(v, float)}})
         full = m.get(f"{state.eval_split}/_full") if state.eval_split else None
+        if full is not None and "scores" in full and self.tb.writer is not None:  # multi-label: PR curves
+            self.last_full, self.last_epoch = full, state.epoch
+            figure = plots.pr_curves_figure(full["scores"], full["targets"], state.classes,
+                                            full["tuned_thresholds"], f"{state.eval_split} split · epoch {state.epoch}")
+            self.tb.writer.add_image(f"{state.eval_split}/pr_curves", plots.figure_image(figure), state.step,
+                                     dataformats="HWC")
+            return
         if full is None or "confusion" not in full or self.tb.writer is None:
             return
         self.last_full, self.last_epoch = full, state.epoch
@@ -56,14 +63,18 @@ class Pictures(Callback):
         self.folder.mkdir(exist_ok=True)
         epochs = [h["epoch"] for h in self.history]
         split = state.eval_split or "train"
-        for name in ("loss", "accuracy", "mae"):
+        for name in ("loss", "accuracy", "map", "mae"):
             ys = {f"{s}/{name}": [h.get(f"{s}/{name}", float("nan")) for h in self.history]
                   for s in ("train", split) if any(f"{s}/{name}" in h for h in self.history)}
             if not ys:
                 continue
             plots.save_png(plots.curve_figure(epochs, ys, "epoch", name, f"{name} per epoch", integer_x=True),
                            self.folder / f"{name}.png")
-        if self.last_full is not None:
+        if self.last_full is not None and "scores" in self.last_full:
+            plots.save_png(plots.pr_curves_figure(self.last_full["scores"], self.last_full["targets"], state.classes,
+                                                  self.last_full["tuned_thresholds"], self._source(split, state)),
+                           self.folder / "pr_curves.png")
+        elif self.last_full is not None:
             source = self._source(split, state)
             for normalize, suffix in ((True, ""), (False, "_counts")):
                 fig = plots.confusion_figure(self.last_full["confusion"], state.classes, normalize=normalize,

@@ -70,14 +70,18 @@ def _fonts(fig: Figure) -> Iterator[None]:
 
 
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str], normalize: bool = True,
-                     title: str = "confusion matrix", source: str = "") -> Figure:
+                     title: str = "confusion matrix", source: str = "", totals: Sequence[int] | None = None) -> Figure:
     """Rows are true classes, columns predictions; normalized rows show recall per class.
+
+    ``totals`` divide the rows instead of their sums: multi-label counts, where an image adds to several cells
+    of its row, are normalized by the images that have the row's label.
 
     ``source`` says what was counted — the split and the checkpoint, e.g. ``"val split · checkpoint last"`` —
     on a second line of the title: a matrix alone does not tell whether it shows the best or the last model.
     """
     counts = torch.tensor(confusion, dtype=torch.float64)
-    values = counts / counts.sum(dim=1, keepdim=True).clamp_min(1) if normalize else counts
+    divisor = counts.sum(dim=1, keepdim=True) if totals is None else torch.tensor(totals, dtype=torch.float64)[:, None]
+    values = counts / divisor.clamp_min(1) if normalize else counts
     n = len(classes)
     side = min(14.0, 2.5 + 0.45 * n)
     fig = Figure(figsize=(side, side))
@@ -133,6 +137,30 @@ def image_grid_figure(images: torch.Tensor, captions: Sequence[str], title: str 
 
 
 _GRID_CELL, _GRID_IMAGE, _GRID_CAPTION, _GRID_MARGIN = 1.9, 1.7, 0.42, 0.05  # inches: two 8-pt caption lines
+
+
+def pr_curves_figure(scores: torch.Tensor, targets: torch.Tensor, classes: list[str], thresholds: list[float],
+                     source: str = "") -> Figure:
+    """Precision against recall of every label, each with a dot where its decision threshold puts it."""
+    from torchmetrics.functional.classification import binary_precision_recall_curve  # deferred: slow to import
+
+    fig = Figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
+    for j, name in enumerate(classes):
+        if targets[:, j].sum() == 0:
+            continue  # no positive image: no curve
+        precision, recall, cuts = binary_precision_recall_curve(scores[:, j], targets[:, j].round().int())
+        line = ax.plot(recall.numpy(), precision.numpy(), linewidth=1.5, label=name[:20])[0]
+        at = int((cuts >= thresholds[j]).nonzero().min()) if (cuts >= thresholds[j]).any() else len(cuts) - 1
+        ax.plot([float(recall[at])], [float(precision[at])], "o", color=line.get_color(), markersize=6)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("precision-recall per label (dot: its threshold)" + (f"\n{source}" if source else ""))
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def curve_figure(x: Sequence[float], ys: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str = "",

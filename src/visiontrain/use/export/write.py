@@ -130,6 +130,7 @@ def export_metadata(loaded: LoadedModel, format: str) -> dict[str, Any]:
         "classes": loaded.classes, "preprocessing": prep.to_dict(),
         "model": loaded.meta.get("model"), "task": loaded.meta.get("task", "classification"),
         "metrics": loaded.meta.get("metrics") or {}, "checkpoint": str(loaded.path),
+        **({"thresholds": loaded.meta["thresholds"]} if "thresholds" in loaded.meta else {}),
         "input": {"name": "image", "dtype": "float32", "shape": ["batch", prep.channels, prep.size, prep.size],
                   "values": "(pixel / 255 - mean) / std per channel, after the eval transforms"},
         "output": {"name": "logits", "shape": ["batch", len(loaded.classes)]},

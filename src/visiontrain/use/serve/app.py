@@ -203,6 +203,7 @@ def model_info(model: LoadedModel | ExportedModel, limits: Limits, tta: str) -> 
         "format": getattr(model, "format", "checkpoint"),
         "task": meta.get("task", "classification"),
         "classes": model.classes,
+        **({"thresholds": meta["thresholds"]} if "thresholds" in meta else {}),
         "input": {"channels": model.prep.channels, "size": model.prep.size},
         "metrics": meta.get("metrics") or {},
         "tta": tta,
