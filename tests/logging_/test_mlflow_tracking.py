@@ -151,6 +151,17 @@ def test_a_missing_mlflow_is_one_line_naming_the_extra(main_cli, one_line_error,
     assert not list(tmp_path.iterdir())  # refused before a run folder was made
 
 
+def test_a_tracking_server_that_cannot_be_reached_is_one_line_before_training(
+        main_cli, one_line_error, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # no minutes of retrying in a test
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    result = main_cli("train", "--data", "synthetic", "--data-arg", "train=16", "--data-arg", "val=8",
+                      "--data-arg", "size=16", "--track", "mlflow", "--track-uri", f"http://127.0.0.1:{_free_port()}",
+                      "--out", tmp_path, "--name", "r", "--quiet")
+    one_line_error(result, "--track mlflow:", "127.0.0.1")
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()  # not one step trained
+
+
 def test_an_unknown_tracker_is_refused_in_one_line(main_cli, one_line_error) -> None:
     one_line_error(main_cli("train", "--track", "wandb"), "train.track", "mlflow")
 

@@ -17,13 +17,23 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from visiontrain.engine.callbacks import Callback
 from visiontrain.engine.state import TrainState
+from visiontrain.errors import ConfigError, VisiontrainError
 from visiontrain.versions import library_versions
 from visiontrain.watch.tensorboard import epoch_scalars, step_scalars
+
+
+class TrackingError(ConfigError):
+    """The tracker's store refused the run or could not be reached (a wrong URI, a server that is down)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 class Tracker:
@@ -109,6 +119,7 @@ class Tracking(Callback):
         self.run_id: str | None = None
         self._open = False
         self._sent: dict[str, int] = {}  # per key, the last step the tracker already holds
+        self._lost = False  # the tracker failed mid-run: no more metrics are sent to it
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id} if self.run_id else {}
@@ -118,16 +129,30 @@ class Tracking(Callback):
 
     def on_fit_start(self, state: TrainState) -> None:
         reopen = self.run_id if state.resumed_from is not None else None
-        self.run_id = self.tracker.start(reopen, state.run_dir.name, run_tags(state))
-        self._open = True
-        self._sent = self.tracker.last_steps() if reopen else {}
-        self.tracker.log_params(flat_params(state.config.to_dict()))
+        try:
+            self.run_id = self.tracker.start(reopen, state.run_dir.name, run_tags(state))
+            self._open = True
+            self._sent = self.tracker.last_steps() if reopen else {}
+            self.tracker.log_params(flat_params(state.config.to_dict()))
+        except VisiontrainError:
+            raise
+        except Exception as exc:  # the store refuses or cannot be reached: one line, before any training
+            where = self.tracker.describe().get("tracking_uri", "its store")
+            raise TrackingError(f"--track {self.tracker.name}: cannot log to {where} (check --track-uri and that the "
+                                f"server runs): {_one_line(exc)}") from None
 
     def _send(self, values: dict[str, float], step: int) -> None:
         fresh = {k: float(v) for k, v in values.items() if step > self._sent.get(k, -1)}
-        if fresh:
+        if not fresh or self._lost:
+            return
+        try:
             self.tracker.log_metrics(fresh, step)
-            self._sent.update(dict.fromkeys(fresh, step))
+        except Exception as exc:  # a tracking server gone mid-run (after its client's own retries) ends no training
+            self._lost = True
+            print(f"note: {self.tracker.name} stopped taking metrics at step {step} ({_one_line(exc)}); training "
+                  "goes on, metrics.jsonl and TensorBoard have every value", file=sys.stderr, flush=True)
+            return
+        self._sent.update(dict.fromkeys(fresh, step))
 
     def on_batch_end(self, state: TrainState) -> None:
         if state.log_due():
