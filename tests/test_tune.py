@@ -33,11 +33,11 @@ SPACE = {"lr": {"log_uniform": [1e-4, 1e-1]}}
 
 
 # The search of the issue's checks: 6 trials of 3 epochs (about 10 s), so in the slow tier; the default tier runs
-# a 2-trial search of 1 epoch (test_a_tiny_search_writes_the_table_the_best_config_and_the_plots).
+# a 2-trial search of 1 epoch (test_a_tiny_search_writes_the_table_and_the_best_config).
 @pytest.fixture(scope="module")
 def search(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("tune")
-    base = {**BASE, "out": str(out)}
+    base = {**BASE, "out": str(out), "plots": True}  # the trials' pictures and the study's plots
     default = visiontrain.train({**base, "name": "default"}, quiet=True)
     seen: list[dict[str, Any]] = []
     result = visiontrain.tune(base, SPACE, trials=6, seed=0, on_trial=seen.append)
@@ -90,7 +90,7 @@ def test_best_yaml_repeats_the_best_trial_exactly(search: dict[str, Any]) -> Non
     assert again.dir.parent == search["out"]  # under the runs root, with a name of its own
 
 
-def test_a_tiny_search_writes_the_table_the_best_config_and_the_plots(tmp_path: Path) -> None:
+def test_a_tiny_search_writes_the_table_and_the_best_config(tmp_path: Path) -> None:
     base = {**BASE, "data": {"name": "synthetic", "args": {"train": 32, "val": 16, "test": 16, "size": 16}},
             "epochs": 1, "out": str(tmp_path)}
     result = visiontrain.tune(base, SPACE, trials=2, seed=0, study="tiny")
@@ -99,7 +99,8 @@ def test_a_tiny_search_writes_the_table_the_best_config_and_the_plots(tmp_path: 
     assert (tmp_path / "tiny" / "trials.csv").read_text().startswith("trial,state,value,param:lr,")
     best = RunConfig.from_dict(yaml.safe_load(Path(result.files["best"]).read_text()))
     assert best.optim.lr == result.best["params"]["lr"] and best.name is None
-    assert {"history", "importance", "intermediate"} <= set(result.files)
+    assert set(result.files) == {"table", "best"}  # --plots off: not Optuna's plots either
+    assert not (tmp_path / "tiny" / "plots").exists()
 
 
 @pytest.mark.parametrize(("space", "fragment"), [

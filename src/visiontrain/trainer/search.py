@@ -17,7 +17,8 @@ for many machines — so any number of ``visiontrain tune`` processes started wi
 ``--study`` share it: Optuna numbers the trials in the database, each number is run once, and together they run
 ``--trials`` trials (those that did not fail). Each process writes what it sees of the whole study at its end
 into ``<runs root>/<study>/``: the trial runs (``trial-0000`` …), ``trials.csv``, ``best.yaml`` (the best
-trial's config: ``visiontrain train --config best.yaml`` repeats it) and Optuna's plots as PNG.
+trial's config: ``visiontrain train --config best.yaml`` repeats it) and Optuna's plots as PNG (none with
+``--plots off``).
 """
 
 from __future__ import annotations
@@ -252,10 +253,15 @@ def _open_study(optuna: Any, url: str, name: str, direction: str, sampler: str, 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as exc:  # a bad URL, a missing driver, a database that refuses: SQLAlchemy says which
-        raise ConfigError(f"--storage {url}: {' '.join(str(exc).split())[:300]}") from None
+    for attempt in range(5):
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            break
+        except Exception as exc:  # a bad URL, a missing driver, a database that refuses: SQLAlchemy says which
+            # Workers started together race to create the tables; the loser finds them made when it tries again.
+            if attempt == 4 or type(exc).__name__ not in ("IntegrityError", "OperationalError"):
+                raise ConfigError(f"--storage {url}: {' '.join(str(exc).split())[:300]}") from None
+            time.sleep(1 + attempt)
     samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
                 "random": lambda: optuna.samplers.RandomSampler(seed=seed)}
     pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
@@ -323,7 +329,8 @@ def _write_outputs(study: Any, folder: Path, name: str, url: str, base: RunConfi
     if best is not None:
         files["best"] = str(_write_best(best, folder, name, base))
     monitor = base.train.monitor if base.train.monitor != "auto" else "val/accuracy"
-    files.update(_plots(study, folder, monitor))
+    if base.train.plots:  # --plots off: no pictures, the study's neither (its importance loads scikit-learn: ~4 s)
+        files.update(_plots(study, folder, monitor))
     return TuneResult(folder, name, url, study.direction.name.lower(), monitor, rows, best, files)
 
 
