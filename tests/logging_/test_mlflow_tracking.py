@@ -250,3 +250,26 @@ def test_a_run_killed_mid_epoch_and_resumed_is_one_server_run_without_a_step_twi
             "report/report.json", "report/reliability.png"} <= files
     local = Path(client.download_artifacts(run_id, "report/report.json"))
     assert local.read_bytes() == (run_dir / "report" / "report.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_under_torchrun_only_rank_zero_logs_one_mlflow_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # for this process's client too
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "VISIONTRAIN_FAULT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MLFLOW_ALLOW_FILE_STORE="true")
+    uri = f"file:{tmp_path / 'mlruns'}"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "visiontrain", "train", "--data", "synthetic", "--data-arg", "train=64",
+                           "--data-arg", "val=16", "--data-arg", "size=16", "--batch-size", "16", "--epochs", "2",
+                           "--plots", "off", "--track", "mlflow", "--track-uri", uri, "--out", "runs", "--name", "ddp",
+                           "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("visiontrain")
+    runs = client.search_runs([experiment.experiment_id])
+    summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
+    assert [r.info.run_id for r in runs] == [summary["tracking"]["mlflow"]["run_id"]]  # one run, not one per rank
+    records = _records(tmp_path / "runs" / "ddp")
+    run_id = runs[0].info.run_id
+    assert _history(client, run_id, "val/accuracy") == [(r["step"], r["val/accuracy"]) for r in records["epoch"]]
+    assert _history(client, run_id, "train/loss") == [(r["step"], r["train/loss"]) for r in records["step"]]
