@@ -30,7 +30,7 @@ def _other_value(leaf: Leaf) -> tuple[list[str], Any]:
     if kind == "mapping":
         return ["k=v"], {"k": "v"}
     if kind.startswith("list["):
-        item = {"list[int]": 3, "list[float]": 0.5}.get(kind, "x*")
+        item = {"list[int]": 3, "list[float]": 0.5}.get(kind, {"train.track": "mlflow"}.get(leaf.key, "x*"))
         return [str(item), str(item)], [item, item]
     if kind == "int":
         value = int(max(low or 0, 1)) + 2 if leaf.default is None else leaf.default + 1

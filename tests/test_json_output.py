@@ -29,11 +29,15 @@ JSON_COMMANDS = _json_commands(build_parser())
 def _arguments(command: str, run: Path, folder: Path, out: Path) -> list[str | Path]:
     """What each command needs besides --json (a new command with --json must be given its arguments here)."""
     sample = sorted((run / "samples").iterdir())[0]
+    space = out.parent / "space.yaml"
+    space.write_text("lr: {log_uniform: [1.0e-4, 1.0e-1]}\n")
+    tiny = ["--data", "synthetic", *(a for k in ("train=16", "val=8", "test=8", "size=16") for a in ("--data-arg", k))]
     return {
         "evaluate": [run], "predict": [run, sample], "export": [run, "--format", "torchscript", "--out", out],
         "datasets": [], "data list": [], "data info": [folder], "data stats": [folder], "models": [],
         "models show": ["small_cnn"], "checkpoint inspect": [run / "checkpoints" / "best.safetensors"],
         "runs": [run.parent], "recipes": [],
+        "tune": ["--space", space, *tiny, "--epochs", "1", "--plots", "off", "--trials", "1", "--out", out.parent],
     }[command]
 
 

@@ -21,7 +21,7 @@ from visiontrain.errors import VisiontrainError
 
 if TYPE_CHECKING:
     from visiontrain.config import RunConfig
-    from visiontrain.trainer import Run, find_lr, train
+    from visiontrain.trainer import Run, TuneResult, find_lr, train, tune
     from visiontrain.use.evaluate import evaluate
     from visiontrain.use.export.write import export
     from visiontrain.use.loading import LoadedModel, load
@@ -47,7 +47,7 @@ def list_datasets(pattern: str = "*") -> list[str]:
 def __getattr__(name: str) -> Any:
     """The API loads on first use (PEP 562): `import visiontrain` and every `visiontrain` command start without
     torchvision, the data sources and the model zoo, which only the commands that use them import."""
-    if name in ("Run", "find_lr", "train"):
+    if name in ("Run", "TuneResult", "find_lr", "train", "tune"):
         from visiontrain import trainer as module
     elif name in ("LoadedModel", "load"):
         from visiontrain.use import loading as module
@@ -75,5 +75,5 @@ def __dir__() -> list[str]:
 _SUBPACKAGES = ("checkpoint", "config", "data", "engine", "errors", "fileio", "limits", "models", "optional",
                 "registry", "text", "trainer", "use", "watch")
 
-__all__ = ["LoadedModel", "Run", "RunConfig", "VisiontrainError", "evaluate", "export", "find_lr", "list_datasets",
-           "list_models", "load", "predict", "train"]
+__all__ = ["LoadedModel", "Run", "RunConfig", "TuneResult", "VisiontrainError", "evaluate", "export", "find_lr",
+           "list_datasets", "list_models", "load", "predict", "train", "tune"]

@@ -1,6 +1,6 @@
 """The ``visiontrain`` command: the only place that parses argv. Thin: build a config, call the API, print.
 
-One module per command group (:mod:`.train`, :mod:`.use`, :mod:`.data`, :mod:`.models`, :mod:`.runs`,
+One module per command group (:mod:`.train`, :mod:`.tune`, :mod:`.use`, :mod:`.data`, :mod:`.models`, :mod:`.runs`,
 :mod:`.recipes`), the flags made from the config schema (:mod:`.flags`), and what is printed (:mod:`.output`).
 """
 
@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from visiontrain.cli import data, models, recipes, runs, train, use
+from visiontrain.cli import data, models, recipes, runs, train, tune, use
 from visiontrain.cli.hints import unrecognized_message
 from visiontrain.cli.train import config_from_args
 from visiontrain.errors import VisiontrainError
@@ -89,7 +89,7 @@ def _thread_errors(args: threading.ExceptHookArgs) -> None:
 
 # Each command module has ``register(subparsers) -> {name: handler}``; a handler takes the parsed args and
 # returns the exit code. The modules import what their commands run only when they run (a quick --help).
-COMMAND_GROUPS = [train, use, data, models, runs, recipes]
+COMMAND_GROUPS = [train, tune, use, data, models, runs, recipes]
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 

@@ -39,6 +39,8 @@ def print_train_result(run: Any) -> None:
         f"checkpoints:  {run_dir / 'checkpoints'}/best.safetensors (+ .json), last.safetensors",
         f"watch it:     tensorboard --logdir {shlex.quote(str(run_dir.parent))}",
     ]
+    for name, where in s.get("tracking", {}).items():
+        lines.append(f"tracked:      {name} run {where.get('run_id')} in {where.get('tracking_uri')}")
     samples = sorted(p for p in (run_dir / "samples").glob("*") if p.is_file())  # copies keep their .jpg etc.
     target = shlex.quote(str(samples[0])) if samples else "IMAGE.png"
     lines.append(f"try it:       visiontrain predict {shlex.quote(str(run_dir))} {target}")

@@ -159,5 +159,13 @@ class TrainConfig:
                                              "the global batch is this x processes", low=1)
     scale_lr: bool = knob(False, "with several processes: multiply --lr by the process count")
     sync_bn: bool = knob(False, "with several processes: BatchNorm statistics over the global batch")
+    track: list[str] = knob(help="send the run to an experiment tracker too: mlflow (params, every TensorBoard "
+                            "scalar, tags, and the best checkpoint, plots and evaluation report as artifacts; "
+                            "docs/experiments.md)", factory=list, pattern="mlflow",
+                            pattern_help="the trackers visiontrain knows: mlflow")
+    track_uri: str | None = knob(None, "the tracker's store: an MLflow tracking URI (http://host:5000, "
+                                 "sqlite:///mlflow.db, …) [default: $MLFLOW_TRACKING_URI, else sqlite:///<out>/"
+                                 "mlflow.db]", metavar="URI")
+    track_experiment: str = knob("visiontrain", "the tracker's experiment that groups the runs", metavar="NAME")
     dist_timeout_s: float = knob(600.0, "with several processes: a rank that stops answering for this many "
                                  "seconds ends the job (no hang)", flag="--dist-timeout", low=0, low_open=True)

@@ -20,13 +20,16 @@ from visiontrain.engine.metrics import evaluate_batches, headline
 from visiontrain.engine.resume import read_resume, restore, stream_fingerprint
 from visiontrain.engine.state import TrainState
 from visiontrain.engine.timing import TimeTotals
-from visiontrain.errors import CheckpointError
+from visiontrain.errors import CheckpointError, VisiontrainError
 from visiontrain.fileio import atomic_write_json, remove_stale_temps
 from visiontrain.models import count_parameters
 from visiontrain.text import printable, slug
 from visiontrain.trainer.folders import as_config, clear_for_restart, make_run_dir, saved_config, start_run_dir
 from visiontrain.trainer.summary import Run, summarize, write_samples
-from visiontrain.trainer.wiring import build_callbacks, build_state
+from visiontrain.trainer.wiring import build_callbacks, build_state, check_trackers
+from visiontrain.use.evaluate import evaluate
+from visiontrain.use.report import write_report
+from visiontrain.watch.tracking import Tracking
 
 __all__ = ["Run", "as_config", "find_lr", "make_run_dir", "saved_config", "train"]
 
@@ -54,8 +57,10 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
     extra = Callbacks(callbacks or []).items  # an unknown ``order`` is an error before anything is built
     cfg = (as_config(config, trust_code=trust_code) if config is not None or resume is None
            else saved_config(resume, trust_code=trust_code))
+    check_trackers(cfg)
     state, data, built = build_state(cfg)
     cfg, d = state.config, state.dist  # (under torchrun: the global batch and lr this job runs with)
+    trackers: list[Tracking] = []
     try:
         if resume is None:
             if d.main:  # one process owns the run folder; the others learn its name
@@ -64,6 +69,7 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
         else:
             state.run_dir = Path(resume)
         chain = build_callbacks(state, data, built, extra, quiet or not d.main, started)
+        trackers = [cb for cb in chain.items if isinstance(cb, Tracking)]
         if resume is not None:
             _resume(state, data, chain)  # first: a refused resume must leave the run folder untouched
         if d.main:
@@ -80,8 +86,14 @@ def train(config: RunConfig | dict | str | Path | None = None, *, resume: str | 
             summary["test"] = _test_best(state, data)
         if d.main:
             write_samples(data, state.run_dir / "samples")
+            if trackers:
+                summary["tracking"] = {cb.tracker.name: cb.tracker.describe() for cb in trackers}
             atomic_write_json(state.run_dir / "summary.json", summary)
+            if trackers:
+                _finish_tracking(state, trackers)
     finally:
+        for cb in trackers:  # still open only when something failed after the fit: the tracker run failed
+            cb.end("FAILED")
         distributed.teardown(d)
     return Run(state.run_dir, cfg, summary)
 
@@ -114,6 +126,25 @@ def find_lr(config: RunConfig | dict | str | Path | None = None, *, steps: int =
             writer.add_scalar("lr_find/loss", loss, i)
             writer.add_scalar("lr_find/lr", lr, i)
     return result
+
+
+def _finish_tracking(state: TrainState, trackers: list[Tracking]) -> None:
+    """The evaluation report of the best checkpoint (``<run>/report/``; mostly pictures, so none with ``--plots
+    off``), then every tracker gets the files."""
+    run = state.run_dir
+    best = run / "checkpoints" / "best.json"
+    if best.is_file() and state.config.train.plots:
+        try:
+            result = evaluate(best, device=str(state.device), mistakes=32, outputs=True)
+            write_report(result, run / "report")
+        except VisiontrainError as exc:  # the run is trained and saved; the report is extra
+            print(f"note: no evaluation report for the tracker ({exc})", file=sys.stderr, flush=True)
+    files = {"": [run / "config.yaml", run / "summary.json", run / "results.csv"],
+             "checkpoints": [best, best.with_suffix(".safetensors")],
+             "plots": sorted((run / "plots").glob("*.png")),
+             "report": sorted(p for p in (run / "report").glob("*") if p.is_file())}
+    for cb in trackers:
+        cb.finish(files)
 
 
 def _resume(state: TrainState, data: DataBundle, chain: Callbacks) -> None:

@@ -23,10 +23,13 @@ from visiontrain.engine.timing import LoaderBound, TimeTotals
 from visiontrain.engine.unfreeze import GradualUnfreeze
 from visiontrain.models import ModelInput, get_entry
 from visiontrain.models.assembly import BuiltModel, build_model
+from visiontrain.optional import require_all
 from visiontrain.watch.console import ConsoleLogger
 from visiontrain.watch.files import MetricsFile, ResultsFile
+from visiontrain.watch.mlflow_tracker import MlflowTracker
 from visiontrain.watch.pictures import Pictures
 from visiontrain.watch.tensorboard import TensorBoardLogger
+from visiontrain.watch.tracking import Tracker, Tracking
 
 
 def build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
@@ -75,6 +78,7 @@ def build_callbacks(state: TrainState, data: DataBundle, built: BuiltModel, extr
         items += [tensorboard]
         items += [Pictures(state.run_dir / "plots", tensorboard)] if cfg.plots else []
         items += [LoaderBound(data.loaders["train"])]  # one line when the data starves the model
+        items += [Tracking(tracker) for tracker in build_trackers(state)]
     items += [BestSaver(state.run_dir / "checkpoints", write=main)]
     items += [EarlyStopping(cfg.early_stop_patience)] if cfg.early_stop_patience else []
     items += [GracefulInterrupt(), TimeTotals()]
@@ -84,3 +88,19 @@ def build_callbacks(state: TrainState, data: DataBundle, built: BuiltModel, extr
     if main:  # the resume point holds the state of the whole chain
         chain.add(CheckpointSaver(state.run_dir / "checkpoints", data.loaders["train"], chain, started))
     return chain
+
+
+TRACKER_MODULES = {"mlflow": ["mlflow"]}  # what each tracker of ``train.track`` imports (its extra's name)
+
+
+def check_trackers(cfg: RunConfig) -> None:
+    """Before anything is built: a tracker whose extra is missing is one line saying how to install it."""
+    for name in dict.fromkeys(cfg.train.track):
+        require_all(TRACKER_MODULES[name], name, f"--track {name}")
+
+
+def build_trackers(state: TrainState) -> list[Tracker]:
+    """The experiment trackers ``train.track`` names (each opens its store now: a bad URI stops the run here)."""
+    cfg = state.config
+    makers = {"mlflow": lambda: MlflowTracker(cfg.train.track_uri, cfg.train.track_experiment, Path(cfg.out))}
+    return [makers[name]() for name in dict.fromkeys(cfg.train.track)]

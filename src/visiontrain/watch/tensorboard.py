@@ -37,6 +37,32 @@ EPOCH_TAGS = {
 }
 
 
+def step_scalars(state: TrainState) -> dict[str, float]:
+    """The scalars of a logged step (``state.log_due()``): loss, learning rate, gradient norm."""
+    return {"train/loss": state.loss_value(), "train/lr": state.step_lr, "train/grad_norm": state.grad_norm_value()}
+
+
+def epoch_scalars(state: TrainState) -> dict[str, float]:
+    """The scalars of an epoch's end, by TensorBoard tag (every tracker gets the same ones)."""
+    m = state.epoch_metrics
+    out = {"epoch": float(state.epoch)}
+    out.update({tag: m[key] for key, tag in EPOCH_TAGS.items() if key in m})
+    for key, value in m.items():
+        split, _, name = key.partition("/")
+        if split != "train" and name in HEADLINE:
+            out[key] = value
+    return out
+
+
+def final_scalars(state: TrainState) -> dict[str, float]:
+    """The final metrics shown beside the hyperparameters (``hparams/…``), logged one step past the last."""
+    metrics = {f"hparams/{k}": v for k, v in state.epoch_metrics.items()
+               if isinstance(v, float) and k.split("/")[-1] in HEADLINE}
+    if state.best is not None:
+        metrics["hparams/best_value"] = float(state.best["value"])
+    return metrics
+
+
 class TensorBoardLogger(Callback):
     order = "observe"
 
@@ -60,20 +86,12 @@ class TensorBoardLogger(Callback):
             self.writer.add_images("train/batch", images, state.step)  # uint8 NCHW: shown as is
             self._shown_batch = True
         if state.log_due():
-            self.writer.add_scalar("train/loss", state.loss_value(), state.step)
-            self.writer.add_scalar("train/lr", state.step_lr, state.step)
-            self.writer.add_scalar("train/grad_norm", state.grad_norm_value(), state.step)
+            for tag, value in step_scalars(state).items():
+                self.writer.add_scalar(tag, value, state.step)
 
     def on_epoch_end(self, state: TrainState) -> None:
-        m, step = state.epoch_metrics, state.step
-        self.writer.add_scalar("epoch", state.epoch, step)
-        for key, tag in EPOCH_TAGS.items():
-            if key in m:
-                self.writer.add_scalar(tag, m[key], step)
-        for key, value in m.items():
-            split, _, name = key.partition("/")
-            if split != "train" and name in HEADLINE:
-                self.writer.add_scalar(key, value, step)
+        for tag, value in epoch_scalars(state).items():
+            self.writer.add_scalar(tag, value, state.step)
         self.writer.flush()
 
     def on_fit_end(self, state: TrainState) -> None:
@@ -90,10 +108,7 @@ class TensorBoardLogger(Callback):
         from torch.utils.tensorboard.summary import hparams
 
         params = hparam_values(state.config)  # the keys the config schema marks as hyperparameters
-        metrics = {f"hparams/{k}": v for k, v in state.epoch_metrics.items()
-                   if isinstance(v, float) and k.split("/")[-1] in HEADLINE}
-        if state.best is not None:
-            metrics["hparams/best_value"] = float(state.best["value"])
+        metrics = final_scalars(state)
         if not metrics:
             return
         for part in hparams(params, metrics):
