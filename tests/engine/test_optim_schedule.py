@@ -49,6 +49,36 @@ def test_onecycle_rises_to_the_peak_around_pct_start_then_anneals_to_about_zero(
     assert lrs[-1] < LR * 1e-4
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_a_resume_with_more_epochs_follows_the_new_length(schedule: str) -> None:
+    """Resumed after 15 steps of a 4-epoch run with --epochs 6: the schedule ends near zero at the new end."""
+    optimizer, cfg = _optimizer(schedule=schedule)
+    first = Schedule(optimizer, cfg, SPE, EPOCHS)
+    for _ in range(15):
+        optimizer.step()
+        first.step_batch()
+    state = json.loads(json.dumps(first.state_dict(), default=list))
+    longer = Schedule(optimizer, cfg, SPE, EPOCHS + 2)
+    longer.load_state_dict(state)
+    lrs = []
+    for _ in range(15, SPE * (EPOCHS + 2)):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        longer.step_batch()
+    assert longer.done == SPE * (EPOCHS + 2)
+    assert lrs[-1] < LR * 1e-2 and max(lrs) <= LR * (1 + 1e-9)
+
+
+def test_a_resume_shorter_than_the_steps_done_is_one_line() -> None:
+    optimizer, cfg = _optimizer(schedule="onecycle")
+    first = Schedule(optimizer, cfg, SPE, EPOCHS)
+    for _ in range(25):
+        optimizer.step()
+        first.step_batch()
+    with pytest.raises(ConfigError, match="more --epochs"):
+        Schedule(optimizer, cfg, SPE, 2).load_state_dict(first.state_dict())
+
+
 def test_onecycle_warmup_epochs_sets_its_rising_phase() -> None:
     lrs = _trace(schedule="onecycle", warmup_epochs=2)
     assert abs(max(range(TOTAL), key=lrs.__getitem__) - 2 * SPE) <= 1

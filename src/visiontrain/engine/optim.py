@@ -121,6 +121,16 @@ class Schedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.done = int(state["done"])
-        self.per_step.load_state_dict(state["per_step"])
+        if isinstance(self.per_step, lr_scheduler.OneCycleLR):
+            # OneCycle's state holds its length: a resume with other --epochs keeps this run's length (the cycle
+            # stretches or shrinks around the steps done, as the LambdaLR schedules do, whose state holds none)
+            length = {key: getattr(self.per_step, key) for key in ("total_steps", "_schedule_phases")}
+            self.per_step.load_state_dict(state["per_step"])
+            if self.done >= length["total_steps"]:
+                raise ConfigError(f"this run has already taken {self.done} optimizer steps, as many as its new "
+                                  f"length of {length['total_steps']}; resume it with more --epochs")
+            self.per_step.__dict__.update(length)
+        else:
+            self.per_step.load_state_dict(state["per_step"])
         if self.plateau is not None and state.get("plateau") is not None:
             self.plateau.load_state_dict(state["plateau"])
