@@ -207,6 +207,15 @@ def test_predict_json_schema_and_top_k(e2e: E2E) -> None:
         assert preds[0]["label"] == Path(item["path"]).stem.rsplit("_", 1)[-1]
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback_before_or_after_the_command(where: str, tmp_path: Path, main_cli) -> None:
+    train = ["train", "--data", "synthetic", "--model", "small_cn", "--out", tmp_path / "runs"]
+    r = main_cli(*(["--debug", *train] if where == "before" else [*train, "--debug"]))
+    assert r.code == 2
+    assert "Traceback (most recent call last)" in r.err and "ModelError" in r.err
+    assert r.err.rstrip().splitlines()[-1].startswith("visiontrain: error: unknown model 'small_cn'")
+
+
 def test_a_real_process_errs_in_one_line(tmp_path: Path, commands, one_line_error) -> None:
     vt = [sys.executable, "-m", "visiontrain"]
     r = commands({

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
+    if "--debug" in extras:  # also after the command (`visiontrain train … --debug`), where people type it
+        extras = [e for e in extras if e != "--debug"]
+        args.debug = True
     if extras:  # argparse's error, with the flag visiontrain uses where the arguments are a peer's (cli/hints.py)
         command = _command_parser(parser, args)
         command.error(unrecognized_message(extras, {f for a in command._actions for f in a.option_strings}))
