@@ -91,6 +91,18 @@ def test_only_rank_zero_writes(runs: Path) -> None:
 
 
 @pytest.mark.slow
+def test_with_batchnorm_every_rank_validates_the_model_rank_zero_saves(tmp_path: Path) -> None:
+    """small_cnn has BatchNorm: each rank's running statistics move with its own batches, so the ranks validate
+    rank 0's buffers (what is saved), and the reported figures equal a one-process evaluation of the checkpoint."""
+    two = _torchrun(tmp_path, "bn", 2, "--model", "small_cnn", "--epochs", "1")
+    assert two.returncode == 0, two.stderr[-3000:]
+    summary = json.loads((tmp_path / "bn" / "summary.json").read_text())
+    single = visiontrain.evaluate(visiontrain.load(tmp_path / "bn", device="cpu", which="last"), split="val")
+    assert summary["final"]["accuracy"] == pytest.approx(single["accuracy"], abs=1e-12)
+    assert summary["final"]["loss"] == pytest.approx(single["loss"], rel=1e-6)
+
+
+@pytest.mark.slow
 def test_two_process_run_killed_resumes_in_one_process(runs: Path, tmp_path: Path) -> None:
     killed = _torchrun(tmp_path, "killed", 2, env=_env(VISIONTRAIN_FAULT="step:10"))
     assert killed.returncode != 0

@@ -87,6 +87,15 @@ def wrap(model: nn.Module, d: Dist, device: torch.device, sync_bn: bool) -> nn.M
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def broadcast_buffers(model: nn.Module, d: Dist) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank. Each rank's last training forward moved
+    its own copy with its own batch, so without this the ranks would validate slightly different models, and
+    none of them exactly the one rank 0 saves. (Training is unchanged: DDP broadcasts them at every forward.)"""
+    if d.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def all_sum(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
     """Sum a tensor over ranks in place (exact for integer counts and float64 sums)."""
     if d.enabled:

@@ -19,6 +19,7 @@ import torch
 
 from visiontrain.data.loaders import Loader
 from visiontrain.engine.callbacks import Callbacks, StopTraining
+from visiontrain.engine.distributed import broadcast_buffers
 from visiontrain.engine.metrics import evaluate_batches, headline
 from visiontrain.engine.state import TrainState
 from visiontrain.engine.timing import DataTimer
@@ -55,6 +56,7 @@ def _epoch(state: TrainState, loader: Loader, callbacks: Callbacks) -> None:
     callbacks.fire("on_epoch_start", state)
     metrics = {f"train/{k}": v for k, v in train_one_epoch(state, loader, callbacks).items()}
     if state.eval_loader is not None:
+        broadcast_buffers(state.raw_model, state.dist)
         full = evaluate_batches(state.raw_model, state.eval_loader, state.prepare, state.device, len(state.classes),
                                 mistakes=MISTAKES_SHOWN, task=state.task, reduce=state.dist.reducer(),
                                 gather=state.dist.gatherer(), tune=state.config.train.thresholds)
