@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,15 @@ def test_evaluate_report_cli_on_a_trained_run(tmp_path: Path, synthetic_run, mai
         p.name for p in out.iterdir()}
     text = main_cli("evaluate", synthetic_run.dir, "--report", tmp_path / "again")
     assert text.code == 0 and "macro    precision" in text.out and "report.md" in text.out
+
+
+@pytest.mark.parametrize("given", ["run", "checkpoints/best.json"])
+def test_a_bare_report_goes_into_the_run_folder(given: str, tmp_path: Path, synthetic_run, main_cli) -> None:
+    run = Path(shutil.copytree(synthetic_run.dir, tmp_path / "run"))
+    r = main_cli("evaluate", run if given == "run" else run / given, "--split", "val", "--report")
+    assert r.code == 0, r.err
+    assert f"report: {run / 'report' / 'report.md'}" in r.out
+    assert json.loads((run / "report" / "report.json").read_text())["split"] == "val"
 
 
 def test_unknown_tta_is_a_one_line_error(synthetic_run, main_cli, one_line_error) -> None:

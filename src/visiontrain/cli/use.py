@@ -35,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
     ev.add_argument("--batch-size", type=int, help="images per evaluation step")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or mps [default: auto]")
     ev.add_argument("--json", action="store_true", help="print the full result as JSON")
-    ev.add_argument("--report", metavar="DIR", help="write a report there: per-class precision/recall/F1, "
-                    "confusion matrices, calibration (ECE, reliability diagram), confident mistakes; Markdown + JSON")
+    ev.add_argument("--report", metavar="DIR", nargs="?", const="", help="write a report there [default: report/ in "
+                    "the run folder]: per-class precision/recall/F1, confusion matrices, calibration (ECE, "
+                    "reliability diagram), confident mistakes; Markdown + JSON")
     ev.add_argument("--tta", default="none", help="test-time augmentation: none, flip, five-crop [default: none]")
     ev.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     ev.add_argument("--model", dest="model_spec", metavar="SPEC", help=MODEL_SPEC_HELP)
@@ -157,11 +158,20 @@ def _bounded(kind: type, low: float, high: float, *, above: bool = False) -> Cal
     return parse
 
 
+def _run_folder(path: Path) -> Path:
+    """The run a checkpoint argument belongs to: a folder itself, runs/x for runs/x/checkpoints/best.json."""
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
 def evaluate_command(args: argparse.Namespace) -> int:
     """``visiontrain evaluate``: print (or --json) the result; ``--report DIR`` writes the full report."""
     from visiontrain.use.evaluate import evaluate
 
     report_dir = getattr(args, "report", None)
+    if report_dir == "":  # a bare --report: beside the checkpoint's run
+        report_dir = str(_run_folder(Path(args.checkpoint)) / "report")
     result = evaluate(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir,
                       batch_size=args.batch_size, device=args.device, tta=getattr(args, "tta", "none"),
                       mistakes=32 if report_dir else 0, outputs=bool(report_dir),
