@@ -257,10 +257,11 @@ def test_bare_pretrained_trains_a_photo_folder_with_the_weights_input(server: We
     _timm_repo(server)
     photos = shape_folder(tmp_path / "photos", 2, size=40)
     shape_folder(photos, 2, size=48, seed=1, suffix=".jpg")  # photos of mixed sizes
-    args = ["train", "--data", photos, "--model", "timm/test_efficientnet", "--pretrained", "--epochs", "1",
-            "--batch-size", "6", "--plots", "off", "--out", tmp_path / "runs"]
+    args = ["train", "--data", photos, "--model", "timm/test_efficientnet", "--pretrained", "--recipe", "finetune",
+            "--epochs", "2", "--batch-size", "6", "--plots", "off", "--out", tmp_path / "runs"]
     result = main_cli(*args, "--name", "online")
     assert result.code == 0, result.err
+    assert "epoch 2: unfroze" in result.err  # the recipe: the head alone first, then everything
     run = tmp_path / "runs" / "online"
     record = json.loads((run / "pretrained.json").read_text())
     assert record["source"] == f"hf-hub:{TIMM_REPO}" and record["classes"][0] == "tench"

@@ -63,8 +63,9 @@ class UsableModel:
         """
         mode = "L" if self.prep.channels == 1 else "RGB"
         channels = [v2.Grayscale()] if self.prep.channels == 1 else [v2.RGB()]
-        return v2.Compose([ImageMode(mode), v2.ToImage(), *channels, self.transform(), v2.ToDtype(torch.float32, scale=True),
-                           v2.Normalize(list(self.prep.mean), list(self.prep.std))])
+        normalize = v2.Normalize(list(self.prep.mean), list(self.prep.std))
+        return v2.Compose([ImageMode(mode), v2.ToImage(), *channels, self.transform(),
+                           v2.ToDtype(torch.float32, scale=True), normalize])
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
