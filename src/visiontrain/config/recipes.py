@@ -13,7 +13,7 @@ hyperparameters were tuned on the validation split, never on the test split.
 >>> resolve("nope")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-visiontrain.errors.ConfigError: unknown recipe 'nope'; choose one of: fast, fast_long, seeds, finetune (see ...)
+visiontrain.errors.ConfigError: unknown recipe 'nope'; choose one of: fast, fast_long, finetune, seeds (see ...)
 """
 
 from __future__ import annotations
