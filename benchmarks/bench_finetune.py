@@ -51,7 +51,7 @@ RUNS: dict[str, list[str]] = {
     "finetune": ["--recipe", "finetune", "--model", MODEL, "--init-from", "{weights}", "--init-match", "order"],
     # ablations: one ingredient of the recipe changed
     "no_warmup": ["--recipe", "finetune", "--model", MODEL, "--init-from", "{weights}", "--init-match", "order",
-                  "--no-freeze-backbone", "--backbone-lr-scale", "1"],
+                  "--no-freeze-backbone", "--set", "model.unfreeze_at=null", "--backbone-lr-scale", "1"],
     "no_smoothing": ["--recipe", "finetune", "--model", MODEL, "--init-from", "{weights}", "--init-match", "order",
                      "--label-smoothing", "0"],
     "ema": ["--recipe", "finetune", "--model", MODEL, "--init-from", "{weights}", "--init-match", "order",
@@ -60,7 +60,7 @@ RUNS: dict[str, list[str]] = {
                       "--optimizer", "adam", "--weight-decay", "0", "--schedule", "onecycle"],
     # the same model and training from scratch (nothing frozen: a random backbone has nothing to keep)
     "scratch": ["--recipe", "finetune", "--model", MODEL, "--set", "model.pretrained=null", "--no-freeze-backbone",
-                "--backbone-lr-scale", "1"],
+                "--set", "model.unfreeze_at=null", "--backbone-lr-scale", "1"],
     # a small network at the photos' own size, visiontrain's defaults: the from-scratch baseline at its best
     "scratch_small_cnn": ["--model", "small_cnn", "--image-size", "32", "--epochs", "30"],
 }

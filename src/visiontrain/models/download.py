@@ -94,7 +94,8 @@ def fetch_url(url: str, what: str, offline: bool = False) -> Path:
         raise WeightsUnavailable(f"{what}: {source} answered HTTP {exc.code} ({exc.reason}); {where}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise WeightsUnavailable(f"{what}: cannot download {source} ({reason}); {where}") from None
+        raise WeightsUnavailable(f"{what}: cannot download {source} ({reason}); {where}, or name a mirror that has "
+                                 f"it: {MIRROR_ENV}=https://your.mirror") from None
     except RuntimeError as exc:  # torch.hub's hash check: the .partial file is already removed
         raise CheckpointError(f"{what}: the file downloaded from {source} is not the one published ({exc}); "
                               "nothing was kept: run again to retry, or check the mirror") from None
