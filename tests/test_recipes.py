@@ -108,3 +108,18 @@ def test_auto_precision_is_bf16_only_on_native_hardware(monkeypatch: pytest.Monk
     assert resolve_precision("fp16", cpu) == "fp16"  # an explicit choice is kept
     with pytest.raises(ConfigError, match="choose one of: 32, bf16, fp16, auto"):
         Precision("half", cpu)
+
+
+def test_the_finetune_recipe_starts_from_pretrained_weights_unless_init_from_brings_them() -> None:
+    cfg = load_config({"recipe": "finetune", "model": {"name": "timm/resnet10t"}})
+    assert (cfg.model.pretrained, cfg.model.freeze_backbone, cfg.model.unfreeze_at, cfg.model.backbone_lr_scale) \
+        == ("DEFAULT", True, 2, 0.1)
+    assert (cfg.optim.name, cfg.optim.schedule, cfg.train.label_smoothing, cfg.data.transforms["train"]) \
+        == ("adamw", "cosine", 0.1, "photos")
+    for via_flags in (False, True):  # a YAML key, or a flag on the command line (an override of the recipe's config)
+        cfg = (load_config({"recipe": "finetune"}).override({"recipe": "finetune", "model.init_from": "w.pth"})
+               if via_flags else load_config({"recipe": "finetune", "model": {"init_from": "w.pth"}}))
+        assert cfg.model.pretrained is None and cfg.model.init_from == "w.pth" and cfg.model.freeze_backbone
+    both = load_config({"recipe": "finetune"}).override({"model.init_from": "w.pth",
+                                                         "model.pretrained": "IMAGENET1K_V1"})
+    assert both.model.pretrained == "IMAGENET1K_V1"  # said explicitly: kept

@@ -19,7 +19,7 @@ from visiontrain.engine.callbacks import Callback
 from visiontrain.errors import CheckpointError, ModelError
 from visiontrain.models import ModelInput
 from visiontrain.models.assembly import build_model, model_spec
-from visiontrain.models.pretrained import hub_file
+from visiontrain.models.download import hub_file
 from visiontrain.models.rebuild import rebuild_model
 
 WEIGHTS = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
@@ -58,21 +58,22 @@ def test_a_cache_file_whose_hash_does_not_match_its_name_is_refused_in_one_line(
                                                                                 one_line_error) -> None:
     """torch.hub checks the SHA-256 prefix a weights file's name carries only while downloading; a file saved
     under that name afterwards (here: random weights as mobilenet_v3_small-047dcff4.pth) was loaded as ImageNet's."""
+    digest = hashlib.sha256(torch_home.read_bytes()).hexdigest()
     with pytest.raises(CheckpointError) as err:
         build_model(ModelConfig("mobilenet_v3_small", pretrained="DEFAULT"), ModelInput(3, 32, 5))
-    digest = hashlib.sha256(torch_home.read_bytes()).hexdigest()
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{torch_home}: its SHA-256 begins {digest[:8]}, not 047dcff4")
-    assert "delete it" in message and WEIGHTS.url in message
+    assert "removed it from the cache" in message and WEIGHTS.url in message and not torch_home.exists()
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), torch_home)
     result = main_cli("train", "--data", "synthetic", "--data-arg", "train=8", "--data-arg", "val=4", "--data-arg",
-                      "test=4", "--model", "mobilenet_v3_small", "--pretrained", "DEFAULT", "--out", torch_home.parent)
-    one_line_error(result, "mobilenet_v3_small-047dcff4.pth", "not 047dcff4", "delete it")
+                      "test=4", "--model", "mobilenet_v3_small", "--pretrained", "--out", torch_home.parent)
+    one_line_error(result, "mobilenet_v3_small-047dcff4.pth", "not 047dcff4", "removed it from the cache")
 
 
 def test_missing_cache_file_is_one_line_with_file_folder_and_url(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     with pytest.raises(ModelError) as err:
-        build_model(ModelConfig("mobilenet_v3_small", pretrained="DEFAULT"), ModelInput(3, 32, 5))
+        build_model(ModelConfig("mobilenet_v3_small", pretrained="DEFAULT", offline=True), ModelInput(3, 32, 5))
     message = str(err.value)
     assert "\n" not in message
     assert "mobilenet_v3_small-047dcff4.pth" in message and WEIGHTS.url in message

@@ -34,8 +34,8 @@ def test_timm_head_replacement_and_pretrained_file(tmp_path) -> None:
     rebuilt = rebuild_model(built.spec, ModelInput(3, 32, 4))
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in
                                                                      built.model.state_dict().items()}
-    with pytest.raises(ModelError, match="timm weights are not fetched offline"):
-        build_model(ModelConfig("timm/resnet10t", pretrained="DEFAULT"), ModelInput(3, 32, 4))
+    with pytest.raises(ModelError, match="timm has no such weights for resnet10t; it has c3_in1k"):
+        build_model(ModelConfig("timm/resnet10t", pretrained="nope"), ModelInput(3, 32, 4))
     with pytest.raises(ModelError, match="unknown timm model 'resnet9000'"):
         get_entry("timm/resnet9000")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, features
 
 import visiontrain
@@ -167,3 +168,26 @@ def test_bad_device_is_one_line(synthetic_run, awkward, main_cli, one_line_error
         pytest.skip("this machine has CUDA")
     one_line_error(main_cli("predict", synthetic_run.dir, awkward["image.bmp"], "--device", "cuda"),
                    "CUDA is not available")
+
+
+@pytest.mark.parametrize("fixture", ["synthetic_run", "gray_run"])
+def test_plain_pytorch_model_on_preprocess_predicts_as_predict_does(fixture: str, request, tmp_path: Path) -> None:
+    """``loaded.model`` is a plain nn.Module: ``preprocess()`` (resize, crop, Normalize) makes its input from an
+    image, so ``model(preprocess(img))`` gives predict's logits; the uint8 ``transform()`` alone would not."""
+    run = request.getfixturevalue(fixture)
+    loaded = visiontrain.load(run.dir, device="cpu")
+    images, _ = make_shapes(8, 40, 3, seed=77)  # RGB photos of another size: preprocess fits channels and size
+    pictures = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images]
+    x = torch.stack([loaded.preprocess()(p) for p in pictures])
+    assert x.dtype == torch.float32 and tuple(x.shape[1:]) == (loaded.prep.channels, 32, 32)
+    with torch.no_grad():
+        plain = loaded.model(x.contiguous(memory_format=torch.channels_last))
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (loaded.prep.mean, loaded.prep.std))
+        unnormalized = loaded.model(x * std + mean)  # [0, 1] pixels, as a transform without Normalize gives
+    paths = [tmp_path / f"{i}.png" for i in range(len(pictures))]
+    for picture, path in zip(pictures, paths, strict=True):
+        picture.save(path)
+    results = visiontrain.predict(run.dir, paths, top_k=len(loaded.classes), device="cpu")
+    torch.testing.assert_close(plain.softmax(1), torch.tensor([[c["probability"] for c in sorted(
+        r["predictions"], key=lambda c: c["index"])] for r in results]), atol=1e-4, rtol=0)
+    assert not torch.allclose(plain, unnormalized, atol=1e-3)

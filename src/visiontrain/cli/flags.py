@@ -107,6 +107,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(type={"int": int, "float": float}.get(kind[5:-1], str), nargs="+")
         else:
             kwargs.update(type={"int": int, "float": float}.get(kind, str))
+        if leaf.knob.const is not None:  # the flag alone means this value
+            kwargs.update(nargs="?", const=leaf.knob.const)
         kwargs.setdefault("metavar", _metavar(leaf))
         group.add_argument(leaf.flag, **kwargs)
         for flag, entry, text in leaf.knob.shortcuts:

@@ -48,6 +48,8 @@ class Knob:
     # What Ultralytics, timm's train.py, fastai or Lightning call this key (``imgsz``, ``-b``): typed here as a flag
     # or as ``name=value``, the command line answers with this key's flag in one line (never accepted silently).
     peers: tuple[str, ...] = ()
+    # The value of the flag given alone (``--pretrained`` = ``--pretrained DEFAULT``); None: the flag needs a value.
+    const: str | None = None
 
     def check(self, value: Any, key: str) -> str | None:
         """The problem with ``value`` for this knob's range or pattern, or None when it is fine."""

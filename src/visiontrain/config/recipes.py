@@ -10,10 +10,10 @@ hyperparameters were tuned on the validation split, never on the test split.
 
 >>> resolve("fast")["model.name"]
 'fast_cnn'
->>> resolve("nope")
+>>> resolve("nope")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-visiontrain.errors.ConfigError: unknown recipe 'nope'; choose one of: fast, fast_long, seeds (see `visiontrain recipes`)
+visiontrain.errors.ConfigError: unknown recipe 'nope'; choose one of: fast, fast_long, finetune, seeds (see ...)
 """
 
 from __future__ import annotations
@@ -69,6 +69,32 @@ RECIPES.register("seeds", Recipe(
      "optim.lr": 0.01, "optim.momentum": 0.0, "optim.nesterov": False, "optim.weight_decay": 0.0,
      "optim.schedule": "none", "optim.warmup_epochs": 0.0, "train.precision": "32", "train.label_smoothing": 0.0},
     measured="the baseline of benchmarks/bench_engine.py"))
+
+# Fine-tuning pretrained ImageNet weights on a folder of one's own photos (docs/training.md#fine-tuning, the
+# measurements in docs/benchmarks.md#fine-tuning). The input side and eval pipeline come from the weights.
+FINETUNE: dict[str, Any] = {
+    "model.name": "resnet18",
+    "model.pretrained": "DEFAULT",  # dropped when --init-from brings the weights instead
+    "model.freeze_backbone": True,  # epoch 1 trains the new head only: its random gradients never reach the backbone
+    "model.unfreeze_at": 2,  # then everything, the backbone at a tenth of the head's rate
+    "model.backbone_lr_scale": 0.1,
+    "data.transforms.train": "photos",  # random resized crops (35-100% of the photo) and flips
+    "data.batch_size": 32,
+    "optim.name": "adamw",
+    "optim.lr": 0.001,
+    "optim.weight_decay": 0.05,
+    "optim.schedule": "cosine",
+    "optim.warmup_epochs": 0.0,
+    "train.epochs": 8,
+    "train.label_smoothing": 0.1,
+    "train.ema_decay": None,
+    "train.precision": "auto",
+}
+RECIPES.register("finetune", Recipe(
+    "fine-tune pretrained weights on your photos: the model's default ImageNet weights (resnet18 unless --model), "
+    "their input size, photo augmentation, the head alone for 1 epoch then everything with the backbone at 0.1x, "
+    "AdamW + cosine, label smoothing 0.1, 8 epochs",
+    FINETUNE, measured="fine-tune vs from scratch on real photos; see docs/benchmarks.md"))
 
 
 def resolve(name: str) -> dict[str, Any]:

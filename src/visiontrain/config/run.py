@@ -53,10 +53,17 @@ class RunConfig:
         recipe = next((v for k, v in overrides.items() if canonical_key(k, where) == "recipe"), None)
         if recipe is not None and recipe != self.recipe:
             model = next((v for k, v in overrides.items() if canonical_key(k, where) == "model.name"), None)
-            for dotted, value in _recipe_settings(recipe, model, where).items():
+            init_from = next((v for k, v in overrides.items() if canonical_key(k, where) == "model.init_from"),
+                             merged.get("model", {}).get("init_from"))
+            for dotted, value in _recipe_settings(recipe, model, where, init_from).items():
                 _set_dotted(merged, dotted, value, where)
+        given = {canonical_key(k, where) for k in overrides}
         for dotted, value in overrides.items():
             _set_dotted(merged, canonical_key(dotted, where), value, where)
+        name = recipe or self.recipe
+        if name and "model.init_from" in given and "model.pretrained" not in given and merged["model"].get(
+                "pretrained") == resolve_recipe(str(name)).get("model.pretrained"):
+            merged["model"]["pretrained"] = None  # --init-from brings the weights, not the recipe's pretrained ones
         return load_config(merged, where=where)
 
 
@@ -151,18 +158,21 @@ def _with_recipe(nested: dict[str, Any], where: str) -> dict[str, Any]:
     if name is None:
         return nested
     model = nested.get("model", {}).get("name")
+    init_from = nested.get("model", {}).get("init_from")
     base: dict[str, Any] = {}
-    for dotted, value in _recipe_settings(name, model, where).items():
+    for dotted, value in _recipe_settings(name, model, where, init_from).items():
         _set_dotted(base, dotted, value, where)
     return _merge_under(base, nested)
 
 
-def _recipe_settings(name: Any, model: Any, where: str) -> dict[str, Any]:
+def _recipe_settings(name: Any, model: Any, where: str, init_from: Any = None) -> dict[str, Any]:
     if not isinstance(name, str):
         raise ConfigError(f"{where}: recipe must be a recipe name such as fast, got {name!r}")
     settings = resolve_recipe(name)
     if model is not None and model != settings.get("model.name"):  # its model arguments fit its own model only
         settings = {k: v for k, v in settings.items() if not k.startswith("model.args")}
+    if init_from:  # the weights come from --init-from: a recipe's pretrained weights would be loaded under them
+        settings.pop("model.pretrained", None)
     return settings
 
 

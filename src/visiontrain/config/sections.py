@@ -67,12 +67,16 @@ class ModelConfig:
                      "nn.Module class", flag="--model", hparam=True, metavar="MODEL", peers=("arch", "a"))
     args: dict[str, Any] = knob(help="a model builder argument KEY=VALUE (repeatable), e.g. --model-arg dropout=0.3",
                                 factory=dict, flag="--model-arg", flat=("model_args",))
-    pretrained: str | None = knob(None, "start from pretrained weights: a torchvision weights name (DEFAULT, "
-                                  "IMAGENET1K_V1; read from the torch hub cache, offline) or a .safetensors/.pth file "
-                                  "or run", peers=("weights",))
+    pretrained: str | None = knob(None, "start from pretrained weights, downloaded into the standard caches when "
+                                  "missing: alone = the model's default weights (torchvision's DEFAULT, timm's "
+                                  "pretrained_cfg), a weights name (IMAGENET1K_V1; a timm tag such as a1_in1k), "
+                                  "hf-hub:ORG/NAME, an https URL, or a .safetensors/.pth file or run",
+                                  peers=("weights",), const="DEFAULT", metavar="WEIGHTS")
     pretrained_check_hash: bool = knob(True, "check a torch hub cache file named by --pretrained DEFAULT/IMAGENET1K_V1 "
                                        "against the SHA-256 prefix in its file name, as torch.hub does (off: only for "
                                        "weights you saved there under that name yourself)")
+    offline: bool = knob(False, "never download pretrained weights: use the caches only (HF_HUB_OFFLINE=1 does "
+                         "the same); a missing file is one line saying where to put it")
     head: list[int] | None = knob(None, "hidden widths of a new classification head, e.g. --head 128: "
                                   "features → 128 → classes", low=1, high=limits.MAX_HEAD_WIDTH)
     in_channels: int | None = knob(None, "channels the model reads: 1 adapts an RGB stem to gray "

@@ -112,14 +112,16 @@ class DataBundle:
 def build_data(cfg: DataConfig, seed: int, *, channels: int | None = None, size: int | None = None,
                prep: Preprocessing | None = None, splits: tuple[str, ...] = ("train", "val", "test"),
                pin_memory: bool = False, device: torch.device | str | None = None,
-               model_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> DataBundle:
+               model_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+               photo_eval: list[Spec] | None = None) -> DataBundle:
     """Load ``cfg``'s source and make loaders.
 
     ``channels``/``size`` are what the model requires (None = the data's own); ``prep`` fixes the whole
     preprocessing instead (evaluating a trained checkpoint on new data: every split then gets the eval
     transforms, unshuffled). ``device`` is where in-memory batches are cut and augmented (default: the
     GPU when ``pin_memory`` says training runs there). ``model_stats`` are the mean/std a pretrained model
-    expects, used by ``normalize: auto``.
+    expects, used by ``normalize: auto``; ``photo_eval`` the evaluation pipeline pretrained weights were made
+    with (resize, centre crop, interpolation), used for photos of mixed sizes when no eval transforms are given.
     """
     source = load_source(cfg, seed, need_val="val" in splits)
     if "train" in splits and len(source.splits["train"]) == 0:
@@ -133,7 +135,7 @@ def build_data(cfg: DataConfig, seed: int, *, channels: int | None = None, size:
     bad_log = BadImageLog(cfg.bad_images, source.bad_images)
     training = prep is None
     if prep is None:
-        prep, train_specs, stats = resolve_preprocessing(cfg, source, channels, size)
+        prep, train_specs, stats = resolve_preprocessing(cfg, source, channels, size, photo_eval)
     else:
         train_specs, stats = prep.eval_transforms, (prep.mean, prep.std)
         check_eval(train_specs, "checkpoint eval_transforms")
@@ -148,13 +150,16 @@ def build_data(cfg: DataConfig, seed: int, *, channels: int | None = None, size:
     return DataBundle(source, prep, loaders, bad_log, train_specs if training else [])
 
 
-def resolve_preprocessing(cfg: DataConfig, source: DataSource, channels: int | None,
-                          size: int | None) -> tuple[Preprocessing, list[Spec], tuple | None]:
+def resolve_preprocessing(cfg: DataConfig, source: DataSource, channels: int | None, size: int | None,
+                          photo_eval: list[Spec] | None = None) -> tuple[Preprocessing, list[Spec], tuple | None]:
     """(preprocessing without statistics yet, training specs, mean/std of a Normalize spec or None)."""
     size = cfg.image_size or size or source.size or 64
     channels = channels or source.channels
     from_files = not isinstance(source.splits["train"], TensorSplit)
     train_specs, eval_list = resolve(cfg.transforms, size, source.preset, from_files, source.size)
+    if photo_eval and from_files and source.size is None and cfg.transforms.get("eval") is None \
+            and photo_eval[-1].get("size") == [size, size]:  # the weights' own pipeline, when it makes this size
+        eval_list = [dict(spec) for spec in photo_eval]
     train_specs, train_norm = split_normalize(train_specs)
     eval_list, eval_norm = split_normalize(eval_list)
     check_eval(eval_list)

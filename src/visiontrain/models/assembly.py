@@ -23,6 +23,7 @@ from torch import nn
 from visiontrain.checkpoint.weights import WRAPPER_PREFIXES
 from visiontrain.config import ModelConfig
 from visiontrain.errors import ModelError
+from visiontrain.fileio import atomic_write_text
 from visiontrain.models.factory import ModelInput, create_model
 from visiontrain.models.partial import LoadReport, load_partial
 from visiontrain.models.pretrained import IMPLIED_ARGS, Pretrained, is_file_value, load_pretrained
@@ -61,6 +62,7 @@ class BuiltModel:
         if self.pretrained is not None:
             what = f"replaced for {self._classes()} classes" if self.head_replaced else "kept"
             lines.append(f"pretrained: {self.pretrained.description}; head {self.head!r} {what}")
+            atomic_write_text(run_dir / "pretrained.json", json.dumps(self.pretrained_record(), indent=2) + "\n")
         if self.init_report is not None:
             path = run_dir / "init_report.json"
             path.write_text(json.dumps(self.init_report.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -71,6 +73,15 @@ class BuiltModel:
                          f"values); training {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,}")
         for line in [] if quiet else lines:
             print(line, file=sys.stderr, flush=True)
+
+    def pretrained_record(self) -> dict[str, Any]:
+        """What the run started from (``pretrained.json``): the weights, the file read, and what published weights
+        say about themselves — input side, resize, interpolation, mean/std and their own class names."""
+        p = self.pretrained
+        if p is None:
+            return {}
+        return {"weights": p.description, "file": p.file, "num_classes": p.num_classes, "head_replaced":
+                self.head_replaced, **(p.info.to_dict() if p.info else {})}
 
     def _classes(self) -> int:
         head = self.model.get_submodule(self.head)
@@ -87,7 +98,7 @@ def build_model(cfg: ModelConfig, inp: ModelInput) -> BuiltModel:
     """
     args = dict(cfg.args)
     pretrained = (load_pretrained(cfg.name, args, inp, cfg.pretrained, trust_pickle=cfg.trust_pickle,
-                                  check_hash=cfg.pretrained_check_hash)
+                                  check_hash=cfg.pretrained_check_hash, offline=cfg.offline)
                   if cfg.pretrained else None)
     model = pretrained.model if pretrained else create_model(cfg.name, inp, args)
     head = find_head(model, pretrained.num_classes if pretrained else inp.num_classes)

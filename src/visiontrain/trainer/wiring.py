@@ -23,6 +23,7 @@ from visiontrain.engine.timing import LoaderBound, TimeTotals
 from visiontrain.engine.unfreeze import GradualUnfreeze
 from visiontrain.models import ModelInput, get_entry
 from visiontrain.models.assembly import BuiltModel, build_model
+from visiontrain.models.pretrained import describe_weights
 from visiontrain.optional import require_all
 from visiontrain.watch.console import ConsoleLogger
 from visiontrain.watch.files import MetricsFile, ResultsFile
@@ -39,8 +40,11 @@ def build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
     cfg = distributed.effective_config(cfg, d)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     entry = get_entry(cfg.model.name)
+    # published weights say the input they were made for: its side, and how photos are resized and cropped
+    weights = describe_weights(cfg.model.name, cfg.model.pretrained, cfg.model.offline)
     data = build_data(cfg.data, cfg.train.seed, channels=cfg.model.in_channels or entry.channels,
-                      size=entry.default_size, pin_memory=device.type == "cuda", device=device)
+                      size=weights.size if weights else entry.default_size, pin_memory=device.type == "cuda",
+                      device=device, photo_eval=weights.eval_transforms() if weights else None)
     if d.enabled:  # each process takes its part of every global batch
         for name, loader in data.loaders.items():
             loader.shard(d.rank, d.world, drop_tail=name == "train")

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
+from torchvision.transforms import v2
 
 from visiontrain.checkpoint.format import load_into, load_weights, read_sidecar, resolve_checkpoint
 from visiontrain.config.trust import check_file_values
@@ -22,6 +24,16 @@ from visiontrain.errors import CheckpointError, TrustError, VisiontrainError
 from visiontrain.models import ModelInput
 from visiontrain.models.checks import check_head, check_model_budget
 from visiontrain.models.rebuild import rebuild_model
+
+
+class ImageMode:
+    """A PIL image in ``mode`` ('L', 'RGB') as Pillow converts it — what ``predict`` reads files as; tensors pass."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, image: Any) -> Any:
+        return image.convert(self.mode) if isinstance(image, Image.Image) and image.mode != self.mode else image
 
 
 class UsableModel:
@@ -41,7 +53,19 @@ class UsableModel:
         return list(self.meta["classes"])
 
     def transform(self):
+        """The evaluation transforms, uint8 in and uint8 out (resize, crop): what calling the model expects."""
         return build_transforms(self.prep.eval_transforms)
+
+    def preprocess(self) -> v2.Compose:
+        """One callable from an image (PIL, or a uint8 tensor [C,H,W]) to the input the plain ``nn.Module``
+        takes: the channels the model reads, the evaluation transforms, [0, 1] floats, Normalize with the
+        checkpoint's mean/std — so ``loaded.model(loaded.preprocess()(img)[None])`` predicts as ``predict`` does.
+        """
+        mode = "L" if self.prep.channels == 1 else "RGB"
+        channels = [v2.Grayscale()] if self.prep.channels == 1 else [v2.RGB()]
+        normalize = v2.Normalize(list(self.prep.mean), list(self.prep.std))
+        return v2.Compose([ImageMode(mode), v2.ToImage(), *channels, self.transform(),
+                           v2.ToDtype(torch.float32, scale=True), normalize])
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -62,6 +86,16 @@ class LoadedModel(UsableModel):
     >>> model = visiontrain.load("runs/demo")
     >>> model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape
     torch.Size([2, 4])
+
+    For plain PyTorch, ``model.model`` is the ``nn.Module`` and ``model.preprocess()`` turns an image into its
+    normalized input (resize, crop, Normalize included):
+
+    >>> from PIL import Image
+    >>> x = model.preprocess()(Image.open("shape.png"))
+    >>> x.dtype, tuple(x.shape)
+    (torch.float32, (3, 32, 32))
+    >>> model.classes[int(model.model(x[None]).argmax())] == model.classes[int(model(x).argmax())]
+    True
     """
 
     model: nn.Module
