@@ -126,8 +126,8 @@ class Schedule:
             # stretches or shrinks around the steps done, as the LambdaLR schedules do, whose state holds none)
             length = {key: getattr(self.per_step, key) for key in ("total_steps", "_schedule_phases")}
             self.per_step.load_state_dict(state["per_step"])
-            if self.done >= length["total_steps"]:
-                raise ConfigError(f"this run has already taken {self.done} optimizer steps, as many as its new "
+            if self.done > length["total_steps"]:
+                raise ConfigError(f"this run has already taken {self.done} optimizer steps, more than its new "
                                   f"length of {length['total_steps']}; resume it with more --epochs")
             self.per_step.__dict__.update(length)
         else:
