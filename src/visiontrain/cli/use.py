@@ -62,9 +62,22 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
                         "preprocessing in the file's metadata; the export is checked against PyTorch on sample "
                         "inputs and the largest logit difference printed.")
     ex.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "pt2"], help="[default: onnx, "
-                    "which needs the onnx extra: pip install 'visiontrain[onnx]'; torchscript and pt2 need nothing "
-                    "more]")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "pt2", "openvino"],
+                    help="[default: onnx, which needs the onnx extra: pip install 'visiontrain[onnx]'; openvino "
+                    "needs the openvino extra too; torchscript and pt2 need nothing more]")
+    ex.add_argument("--with-preprocessing", action="store_true", help="onnx/openvino: put the normalization and "
+                    "channel conversion in the graph: it takes uint8 pixels of the saved size and returns "
+                    "probabilities")
+    ex.add_argument("--layout", default="nhwc", choices=["nhwc", "nchw"], help="with --with-preprocessing: the "
+                    "pixel batch's layout, N x H x W x C (what Pillow/numpy give) or N x C x H x W [default: nhwc]")
+    ex.add_argument("--quantize", choices=["int8", "fp16"], help="int8: static quantization for CPUs (onnx, "
+                    "openvino), calibrated on training images; fp16: half precision for GPUs (onnx); checked by "
+                    "top-1 agreement and accuracy on the held-out split")
+    ex.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS", help="with --quantize: "
+                    "refuse the export when its accuracy is more than this many points below the model's "
+                    "[default: 1]")
+    ex.add_argument("--calibration-images", type=int, default=300, metavar="N", help="with --quantize int8: "
+                    "training images (a seeded sample) the activation ranges are measured on [default: 300]")
     ex.add_argument("--out", help="file or folder to write [default: RUN/exports/model.<ext>]")
     ex.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |logit difference| against "
                     "PyTorch, relative to the largest |logit| when that is above 1 [default: 0.001]")
@@ -115,14 +128,25 @@ def _export_command(args: argparse.Namespace) -> int:
     from visiontrain.use.export.write import export
 
     r = export(args.checkpoint, args.format, args.out, tolerance=args.tolerance, opset=args.opset,
-               trust_code=args.trust_code, model_spec=args.model_spec)
+               trust_code=args.trust_code, model_spec=args.model_spec, with_preprocessing=args.with_preprocessing,
+               layout=args.layout, quantize=args.quantize, max_accuracy_drop=args.max_accuracy_drop,
+               calibration_images=args.calibration_images)
     if args.json:
         print(json.dumps({"path": str(r.path), "format": r.format, "max_abs_diff": r.max_abs_diff,
-                          "tolerance": r.tolerance, "metadata": r.metadata}, indent=2))
+                          "tolerance": r.tolerance, "verification": r.verification, "metadata": r.metadata},
+                         indent=2))
         return 0
-    print(f"exported {r.format}: {r.path} ({r.path.stat().st_size / 2**20:.2f} MiB)")
+    size = r.path.stat().st_size + sum(f.stat().st_size for f in [r.path.with_suffix(".bin")] if f.is_file())
+    what = f"{r.metadata.get('precision', 'fp32')} {r.format}" + (", preprocessing in the graph"
+                                                                 if args.with_preprocessing else "")
+    print(f"exported {what}: {r.path} ({size / 2**20:.2f} MiB)")
     print(f"verified against PyTorch on batches of 1 and 5: max abs difference {r.max_abs_diff:.3g} "
-          f"(allowed {r.tolerance:.3g})")
+          f"(allowed {r.tolerance:.3g})" + (" — of the fp32 graph it was made from" if r.verification else ""))
+    if r.verification:
+        v = r.verification
+        print(f"checked on the {v['split']} split ({v['images']} images): top-1 agreement with fp32 "
+              f"{v['top1_agreement']:.2f}%, accuracy {v['accuracy']:.2f}% (fp32 {v['accuracy_fp32']:.2f}%, drop "
+              f"{v['accuracy_drop']:.2f} points, allowed {v['max_accuracy_drop']:g}); saved in its metadata")
     print(f"classes and preprocessing are in its metadata; try: visiontrain predict {r.path} IMAGE.png")
     return 0
 

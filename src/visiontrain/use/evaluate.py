@@ -136,3 +136,9 @@ def _data_config(loaded: LoadedModel, data: str | None, data_dir: str | None, ba
         overrides["workers"] = workers
     merged = {**base.__dict__, **overrides}
     return load_config({"data": merged}).data
+
+
+def saved_data_config(loaded: LoadedModel, *, trust_code: bool = False) -> DataConfig:
+    """The data a checkpoint was trained on, as its sidecar records it (checked like evaluate's own: a sidecar
+    never names code); what export calibrates an int8 model on."""
+    return _data_config(loaded, None, None, None, None, trust_code)
