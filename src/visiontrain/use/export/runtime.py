@@ -21,6 +21,7 @@ pytorch#153410), the Python source of its guards, and its shape expressions (``s
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -199,11 +200,15 @@ def _load_openvino(path: Path, device: torch.device, threads: int | None = None)
     text = model.get_rt_info(OPENVINO_META).astype(str) if model.has_rt_info(OPENVINO_META) else None
     config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
     compiled = core.compile_model(model, "CPU", config)
-    # one infer request per call: a request holds its outputs, and the server calls side by side
     dtype = torch.uint8 if compiled.input(0).get_element_type() == ov.Type.u8 else torch.float32
+    # one infer request per thread: a request holds its outputs (the server calls side by side), and making one
+    # per call costs more than a small net's whole inference
+    requests = threading.local()
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        out = compiled.create_infer_request().infer([x.detach().to(dtype).contiguous().cpu().numpy()])
+        if not hasattr(requests, "request"):
+            requests.request = compiled.create_infer_request()
+        out = requests.request.infer([x.detach().to(dtype).contiguous().cpu().numpy()])
         return torch.from_numpy(next(iter(out.values())).copy()).to(x.device)
 
     return forward, text
