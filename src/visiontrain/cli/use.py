@@ -54,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
     pr.add_argument("--tta", default="none", help="test-time augmentation: none, flip, five-crop [default: none]")
     pr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar on stderr [default: when stderr is a terminal]")
+    pr.add_argument("--explain", metavar="DIR", help="write a Grad-CAM overlay of each image there (the heat map "
+                    "of its top class on the image, class and probability above; needs a run or checkpoint)")
+    pr.add_argument("--layer", metavar="NAME", help="with --explain: the module Grad-CAM reads (a name from "
+                    "model.named_modules()) [default: the end of the last convolutional stage]")
     pr.add_argument("--trust-code", action="store_true", help=PT2_TRUST_HELP)
     pr.add_argument("--model", dest="model_spec", metavar="SPEC", help=MODEL_SPEC_HELP)
 
@@ -227,7 +231,11 @@ def predict_command(args: argparse.Namespace) -> int:
                       batch_size=64 if getattr(args, "batch_size", None) is None else args.batch_size,
                       tta=getattr(args, "tta", "none"),
                       progress=sys.stderr.isatty() if progress is None else progress,
-                      trust_code=getattr(args, "trust_code", False), model_spec=getattr(args, "model_spec", None))
+                      trust_code=getattr(args, "trust_code", False), model_spec=getattr(args, "model_spec", None),
+                      explain=getattr(args, "explain", None), layer=getattr(args, "layer", None))
+    if getattr(args, "explain", None):
+        done = sum("explanation" in r for r in results)
+        print(f"wrote {done} Grad-CAM overlay(s) to {args.explain}", file=sys.stderr)
     csv_path = getattr(args, "csv", None)
     if csv_path:
         write_csv(results, csv_path)
