@@ -108,3 +108,25 @@ def test_explain_refuses_an_export_and_an_unknown_layer(synthetic_run, tmp_path:
     one_line_error(main_cli("predict", exported, image, "--explain", tmp_path / "why"), "not an export")
     one_line_error(main_cli("predict", synthetic_run.dir, image, "--explain", tmp_path / "why", "--layer", "nope"),
                    "--layer 'nope'", "10")
+
+
+def test_evaluate_report_shows_the_mistakes_with_their_heat_maps(synthetic_run, shape_folder, tmp_path: Path) -> None:
+    from visiontrain.use.report import write_report
+
+    folder = shape_folder(tmp_path / "swapped", 6)
+    (folder / "circle").rename(folder / "tmp")  # circles filed as squares and squares as circles: mistakes for sure
+    (folder / "square").rename(folder / "circle")
+    (folder / "tmp").rename(folder / "square")
+    result = visiontrain.evaluate(synthetic_run.dir, data=str(folder), split="train", mistakes=8, outputs=True,
+                                  explain_mistakes=True)
+    found = result["mistakes"]
+    assert len(found["true"]) >= 4 and found["heat"].shape == (len(found["true"]), 32, 32)
+    report = write_report(result, tmp_path / "report")
+    assert report["files"]["mistakes_gradcam"] == "mistakes_gradcam.png"
+    with Image.open(tmp_path / "report" / "mistakes_gradcam.png") as picture:
+        assert picture.info["Title"].startswith("why: Grad-CAM of the predicted class")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "![why: Grad-CAM of the predicted class](mistakes_gradcam.png)" in text
+    plain = visiontrain.evaluate(synthetic_run.dir, data=str(folder), split="train", mistakes=8, outputs=True)
+    write_report(plain, tmp_path / "report")  # without the maps: the old picture goes with the old report
+    assert not (tmp_path / "report" / "mistakes_gradcam.png").exists()

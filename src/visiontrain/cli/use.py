@@ -193,6 +193,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     result = evaluate(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir,
                       batch_size=args.batch_size, device=args.device, tta=getattr(args, "tta", "none"),
                       mistakes=32 if report_dir else 0, outputs=bool(report_dir),
+                      explain_mistakes=bool(report_dir) and _has_gradcam(),
                       trust_code=bool(getattr(args, "trust_code", False)),
                       model_spec=getattr(args, "model_spec", None))
     report = None
@@ -220,6 +221,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
               f"{_pct(cal['mean_confidence'])}")
         print(f"report: {Path(report_dir) / 'report.md'} (+ report.json, confusion, reliability and mistakes PNGs)")
     return 0
+
+
+def _has_gradcam() -> bool:
+    """The explain extra is there: the report's mistakes then get their Grad-CAM overlays too."""
+    import importlib.util
+
+    return importlib.util.find_spec("pytorch_grad_cam") is not None
 
 
 def predict_command(args: argparse.Namespace) -> int:
