@@ -13,7 +13,7 @@ from PIL import Image
 
 import visiontrain
 from visiontrain.data.synthetic import make_shapes
-from visiontrain.use.explain import gradcam, mass_inside, target_layer
+from visiontrain.use.explain import gradcam, mass_inside, occlusion, target_layer
 
 
 def _shape_boxes(n: int, size: int, seed: int) -> list[tuple[int, int, int, int]]:
@@ -48,6 +48,15 @@ def test_most_of_the_heat_lies_inside_the_shapes_box(synthetic_run, shapes) -> N
         inside = statistics.mean(mass_inside(m, box) for m, box in zip(maps, boxes, strict=True))
         assert inside >= bound, (layer, inside, area)
     assert area < 0.3  # the check means something: a uniform map would put ~25% inside
+
+
+def test_the_gradient_free_occlusion_map_lies_on_the_shape_too(synthetic_run, shapes) -> None:
+    """Occlusion (hide a 4x4 square, see the class's probability fall) is sharper here: measured 86% inside."""
+    images, boxes, _ = shapes
+    model = visiontrain.load(synthetic_run.dir, device="cpu")
+    maps = occlusion(model, images[:16])
+    assert maps.shape == (16, 32, 32) and float(maps.max()) == pytest.approx(1.0)
+    assert statistics.mean(mass_inside(m, box) for m, box in zip(maps, boxes[:16], strict=True)) >= 0.7
 
 
 def test_the_heat_follows_the_class_asked_for(synthetic_run, shapes) -> None:
@@ -105,7 +114,12 @@ def test_explain_refuses_an_export_and_an_unknown_layer(synthetic_run, tmp_path:
     image = tmp_path / "x.png"
     Image.fromarray(make_shapes(1, 32, 3)[0][0].permute(1, 2, 0).numpy()).save(image)
     exported = visiontrain.export(synthetic_run.dir, "torchscript", tmp_path).path
-    one_line_error(main_cli("predict", exported, image, "--explain", tmp_path / "why"), "not an export")
+    one_line_error(main_cli("predict", exported, image, "--explain", tmp_path / "why"), "not an export",
+                   "--explain-method occlusion")
+    r = main_cli("predict", exported, image, "--explain", tmp_path / "why", "--explain-method", "occlusion")
+    assert r.code == 0 and "wrote 1 occlusion overlay(s)" in r.err  # forward passes only: an export can
+    with Image.open(tmp_path / "why" / "x.png") as picture:
+        assert picture.width > 200
     one_line_error(main_cli("predict", synthetic_run.dir, image, "--explain", tmp_path / "why", "--layer", "nope"),
                    "--layer 'nope'", "10")
 

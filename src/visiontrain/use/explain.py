@@ -30,7 +30,7 @@ from visiontrain.errors import ConfigError
 from visiontrain.fileio import atomic_write_bytes
 from visiontrain.optional import require
 from visiontrain.text import printable
-from visiontrain.use.loading import LoadedModel
+from visiontrain.use.loading import LoadedModel, UsableModel
 
 
 def target_layer(model: nn.Module, layer: str | None = None, size: int = 32,
@@ -98,6 +98,53 @@ def gradcam(model: LoadedModel, images: torch.Tensor, classes: Sequence[int] | N
     return torch.from_numpy(np.nan_to_num(maps).clip(0, 1)).float()
 
 
+@torch.no_grad()
+def occlusion(model: UsableModel, images: torch.Tensor, classes: Sequence[int] | None = None,
+              patch: int | None = None) -> torch.Tensor:
+    """The gradient-free alternative: how much the class's probability falls when a square of the image is hidden
+    (filled with the mean pixel), square by square (side ``patch``, default 1/8 of the image, half-overlapping);
+    maps [B, H, W] in [0, 1]. It needs only forward passes, so it explains an export as well as a checkpoint —
+    at the cost of ~(2·8−1)² = 225 forward passes per batch (Zeiler & Fergus 2014)."""
+    images = images.to(model.device)
+    batch, _, height, width = images.shape
+    side = patch or max(2, min(height, width) // 8)
+    stride = max(1, side // 2)
+    if classes is None:
+        classes = model.logits(images).argmax(1).tolist()
+    rows = torch.arange(batch)
+    picked = torch.as_tensor(list(classes))
+    base = torch.softmax(model.logits(images).float(), 1).cpu()[rows, picked]
+    fill = (torch.tensor(model.prep.mean) * 255).round().to(torch.uint8).reshape(1, -1, 1, 1).to(images.device)
+    heat, count = torch.zeros(batch, height, width), torch.zeros(height, width)
+    for y in range(0, max(1, height - side + 1), stride):
+        for x in range(0, max(1, width - side + 1), stride):
+            hidden = images.clone()
+            hidden[:, :, y:y + side, x:x + side] = fill
+            drop = base - torch.softmax(model.logits(hidden).float(), 1).cpu()[rows, picked]
+            heat[:, y:y + side, x:x + side] += drop.clamp(min=0).reshape(batch, 1, 1)
+            count[y:y + side, x:x + side] += 1
+    heat /= count.clamp(min=1)
+    top = heat.flatten(1).amax(1).clamp(min=1e-12).reshape(batch, 1, 1)
+    return heat / top
+
+
+METHODS = ("gradcam", "occlusion")
+
+
+def explain_maps(model: UsableModel, images: torch.Tensor, classes: Sequence[int] | None = None,
+                 method: str = "gradcam", layer: str | None = None) -> torch.Tensor:
+    """Heat maps [B, H, W] in [0, 1] by ``method``: "gradcam" (a checkpoint's PyTorch model) or "occlusion" (any
+    model, exports included)."""
+    if method not in METHODS:
+        raise ConfigError(f"--explain-method {method!r}: choose one of {', '.join(METHODS)}")
+    if method == "occlusion":
+        return occlusion(model, images, classes)
+    if not isinstance(model, LoadedModel):
+        raise ConfigError("Grad-CAM follows the PyTorch model's gradients, which an export does not have: give the "
+                          "run folder or checkpoint, or use --explain-method occlusion (forward passes only)")
+    return gradcam(model, images, classes, layer)
+
+
 def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.45) -> torch.Tensor:
     """The uint8 image [C, H, W] with the heat map [H, W] blended over it in the jet colours (red = most)."""
     from matplotlib import colormaps  # matplotlib: loaded when a picture is drawn
@@ -107,7 +154,7 @@ def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.45) -> tor
     return ((1 - alpha) * rgb.float() + alpha * colours).round().clamp(0, 255).to(torch.uint8)
 
 
-def overlay_png(image: torch.Tensor, heat: torch.Tensor, caption: str) -> bytes:
+def overlay_png(image: torch.Tensor, heat: torch.Tensor, caption: str, method: str = "Grad-CAM") -> bytes:
     """One overlay as a PNG: the image, the heat map on it and the caption (class and probability) above."""
     from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
 
@@ -115,11 +162,12 @@ def overlay_png(image: torch.Tensor, heat: torch.Tensor, caption: str) -> bytes:
     big = max(1, 224 // side)  # a 32 px image is a smudge at its own size: shown at ~224 px, pixels kept sharp
     both = torch.stack([image.expand(3, -1, -1) if image.shape[0] == 1 else image, overlay(image, heat)])
     both = both.repeat_interleave(big, dim=2).repeat_interleave(big, dim=3)
-    return plots.png_bytes(plots.image_grid_figure(both, ["image", "Grad-CAM (red: most evidence)"],
+    return plots.png_bytes(plots.image_grid_figure(both, ["image", f"{method} (red: most evidence)"],
                                                    title=printable(caption), columns=2))
 
 
-def write_overlays(folder: str | Path, items: Sequence[tuple[str, torch.Tensor, torch.Tensor, str]]) -> list[Path]:
+def write_overlays(folder: str | Path, items: Sequence[tuple[str, torch.Tensor, torch.Tensor, str]],
+                   method: str = "Grad-CAM") -> list[Path]:
     """``(name, image, heat, caption)`` items as ``folder/<name>.png``; names made unique; returns the files."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,18 +179,19 @@ def write_overlays(folder: str | Path, items: Sequence[tuple[str, torch.Tensor, 
             n += 1
             stem = f"{Path(name).stem}-{n}"
         used.add(f"{stem}.png")
-        written.append(atomic_write_bytes(out / f"{stem}.png", overlay_png(image, heat, caption)))
+        written.append(atomic_write_bytes(out / f"{stem}.png", overlay_png(image, heat, caption, method)))
     return written
 
 
-def explain_batch(model: LoadedModel, images: torch.Tensor, tops: Sequence[Sequence[dict]], names: Sequence[str],
-                  folder: str | Path, layer: str | None = None) -> list[Path]:
+def explain_batch(model: UsableModel, images: torch.Tensor, tops: Sequence[Sequence[dict]], names: Sequence[str],
+                  folder: str | Path, layer: str | None = None, method: str = "gradcam") -> list[Path]:
     """Overlays of a predicted uint8 batch, each for its top class (``predict``'s results), written to
     ``folder/<name>.png`` with the class and its probability as the caption."""
     classes = [top[0]["index"] for top in tops]
-    heat = gradcam(model, images, classes, layer)
+    heat = explain_maps(model, images, classes, method, layer)
     captions = [f"{top[0]['label']} {100 * top[0]['probability']:.2f}%" for top in tops]
-    return write_overlays(folder, list(zip(names, images.cpu(), heat, captions, strict=True)))
+    return write_overlays(folder, list(zip(names, images.cpu(), heat, captions, strict=True)),
+                          "Grad-CAM" if method == "gradcam" else "occlusion")
 
 
 def mass_inside(heat: torch.Tensor, box: tuple[int, int, int, int]) -> float:

@@ -67,15 +67,16 @@ def _read_list(path: Path) -> list[str]:
 def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path, top_k: int = 5,
             batch_size: int = 64, device: str = "auto", *, tta: str = "none",
             progress: bool = False, trust_code: bool = False, model_spec: str | None = None,
-            explain: str | Path | None = None, layer: str | None = None) -> list[dict[str, Any]]:
+            explain: str | Path | None = None, layer: str | None = None,
+            explain_method: str = "gradcam") -> list[dict[str, Any]]:
     """Predict the top-k classes of each image.
 
     Returns ``[{"path", "predictions": [{"label", "index", "probability"}]}]``, or ``{"path", "error"}``
     for a file that could not be read. ``model`` is a run folder, a checkpoint or an export file; ``model_spec``
     restates a checkpoint's own model class (``my_model.py:Tudui``, see :func:`visiontrain.load`).
-    ``explain`` (a folder; a checkpoint, not an export) writes a Grad-CAM overlay of each image for its top class
-    there and names it in the result's ``"explanation"``; ``layer`` picks the layer (see
-    :mod:`visiontrain.use.explain`).
+    ``explain`` (a folder) writes an overlay of each image for its top class there and names it in the result's
+    ``"explanation"``: Grad-CAM (a checkpoint; ``layer`` picks the layer) or, with ``explain_method="occlusion"``,
+    the gradient-free occlusion map (exports too; see :mod:`visiontrain.use.explain`).
 
     >>> import visiontrain
     >>> visiontrain.predict("runs/demo", ["shape.png"], top_k=3)
@@ -90,9 +91,9 @@ def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path
                           f"{batch_size}")
     loaded = model if isinstance(model, LoadedModel | ExportedModel) else \
         load_model(model, device=device, trust_code=trust_code, model_spec=model_spec)
-    if explain is not None and not isinstance(loaded, LoadedModel):
+    if explain is not None and not isinstance(loaded, LoadedModel) and explain_method == "gradcam":
         raise ConfigError("--explain needs the PyTorch model (Grad-CAM follows its gradients): give the run folder "
-                          "or checkpoint, not an export")
+                          "or checkpoint, not an export — or use --explain-method occlusion (forward passes only)")
     if isinstance(inputs, str | Path):
         inputs = [inputs]
     paths = expand_inputs(inputs)
@@ -121,8 +122,7 @@ def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path
             for result, top in zip(slots, tops, strict=True):
                 result["predictions"] = top
             if explain is not None:
-                assert isinstance(loaded, LoadedModel)
-                files = explain_batch(loaded, batch, tops, slot_names, explain, layer)
+                files = explain_batch(loaded, batch, tops, slot_names, explain, layer, explain_method)
                 for result, file in zip(slots, files, strict=True):
                     result["explanation"] = str(file)
         if bar is not None:
