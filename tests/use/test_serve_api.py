@@ -78,6 +78,22 @@ def test_predict_multipart_and_raw_bytes(server: str) -> None:
         assert status == 200 and raw == out  # the same answer either way
 
 
+def test_explain_returns_the_grad_cam_overlay_as_a_png(server: str) -> None:
+    import base64
+
+    data, truth = _png(777)
+    assert call(server, path="/model")[1]["explain"] is True  # what the page's "why?" toggle asks first
+    status, out, _ = call(server, "POST", "/predict?top_k=2&explain=true", data, {"Content-Type": "image/png"})
+    assert status == 200, out
+    assert out["top"]["label"] == truth and out["explanation"]["class"] == truth
+    assert out["explanation"]["method"] == "grad-cam"
+    with Image.open(io.BytesIO(base64.b64decode(out["explanation"]["png_base64"]))) as picture:
+        assert picture.format == "PNG" and picture.width > 200
+        assert picture.info["Title"] == f"{truth} {100 * out['top']['probability']:.2f}%"
+    plain = call(server, "POST", "/predict?top_k=2", data, {"Content-Type": "image/png"})[1]
+    assert "explanation" not in plain and plain["predictions"] == out["predictions"]
+
+
 @pytest.mark.parametrize(("body", "headers", "status", "fragment"), [
     (b"hello", {"Content-Type": "text/plain"}, 415, "not accepted"),
     (b"hello", {}, 415, "Content-Type"),
@@ -227,6 +243,9 @@ def test_serve_cli_with_an_onnx_export(synthetic_run, tmp_path: Path) -> None:
         assert call(url, "POST", "/predict", data, {"Content-Type": "image/png"})[0] == 401
         status, out, _ = call(url, "POST", "/predict", data, {"Content-Type": "image/png", **auth})
         assert status == 200 and out["top"]["label"] == truth
+        assert info["explain"] is False  # an export has no gradients: no toggle, and asking is a 400
+        status, out, _ = call(url, "POST", "/predict?explain=true", data, {"Content-Type": "image/png", **auth})
+        assert status == 400 and "not an export" in out["error"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -140,3 +140,21 @@ def test_a_multilabel_model_shows_every_label_over_its_threshold_with_the_thresh
     assert browser.find_element(By.ID, "top-label").text == (", ".join(labels) or "no label over its threshold")
     ticks = browser.execute_script("return [...document.querySelectorAll('#bars .tick')].map(t => t.style.left)")
     assert [float(t.rstrip("%")) for t in ticks] == pytest.approx([100 * p["threshold"] for p in expected], abs=0.01)
+
+
+def test_the_why_toggle_shows_the_grad_cam_overlay(page_url: str, browser, tmp_path: Path) -> None:
+    wait = WebDriverWait(browser, 30)
+    browser.get(page_url + "/")
+    wait.until(lambda d: d.find_element(By.ID, "why-toggle").is_displayed())  # a served run can explain
+    (first, _), (path, truth) = _shape_files(tmp_path, seed=13)[:2]  # two files: re-choosing one fires no change
+    browser.find_element(By.ID, "file").send_keys(str(first))
+    wait.until(lambda d: _text(d, "status") == first.name)
+    assert not browser.find_element(By.ID, "why").is_displayed()  # off: no overlay asked for
+    browser.find_element(By.ID, "explain").click()
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    wait.until(lambda d: _text(d, "status") == path.name and d.find_element(By.ID, "why").is_displayed())
+    size = wait.until(lambda d: d.execute_script(
+        "const i = document.getElementById('why'); return i.complete && i.naturalWidth ? "
+        "[i.naturalWidth, i.naturalHeight, i.src.slice(0, 22)] : null"))
+    assert size[0] > 200 and size[1] > 100 and size[2] == "data:image/png;base64,"  # the decoded PNG drew
+    assert browser.find_element(By.ID, "top-label").text == truth

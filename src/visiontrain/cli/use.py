@@ -55,6 +55,13 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
     pr.add_argument("--tta", default="none", help="test-time augmentation: none, flip, five-crop [default: none]")
     pr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar on stderr [default: when stderr is a terminal]")
+    pr.add_argument("--explain", metavar="DIR", help="write a Grad-CAM overlay of each image there (the heat map "
+                    "of its top class on the image, class and probability above; needs a run or checkpoint)")
+    pr.add_argument("--explain-method", default="gradcam", choices=["gradcam", "occlusion"], help="with "
+                    "--explain: gradcam (a run or checkpoint: gradients) or occlusion (gradient-free: hides one "
+                    "square at a time; exports too, ~225 forward passes per batch) [default: gradcam]")
+    pr.add_argument("--layer", metavar="NAME", help="with --explain: the module Grad-CAM reads (a name from "
+                    "model.named_modules()) [default: the end of the last convolutional stage]")
     pr.add_argument("--trust-code", action="store_true", help=PT2_TRUST_HELP)
     pr.add_argument("--model", dest="model_spec", metavar="SPEC", help=MODEL_SPEC_HELP)
 
@@ -63,9 +70,22 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Any]:
                         "preprocessing in the file's metadata; the export is checked against PyTorch on sample "
                         "inputs and the largest logit difference printed.")
     ex.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "pt2"], help="[default: onnx, "
-                    "which needs the onnx extra: pip install 'visiontrain[onnx]'; torchscript and pt2 need nothing "
-                    "more]")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "pt2", "openvino"],
+                    help="[default: onnx, which needs the onnx extra: pip install 'visiontrain[onnx]'; openvino "
+                    "needs the openvino extra too; torchscript and pt2 need nothing more]")
+    ex.add_argument("--with-preprocessing", action="store_true", help="onnx/openvino: put the normalization and "
+                    "channel conversion in the graph: it takes uint8 pixels of the saved size and returns "
+                    "probabilities")
+    ex.add_argument("--layout", default="nhwc", choices=["nhwc", "nchw"], help="with --with-preprocessing: the "
+                    "pixel batch's layout, N x H x W x C (what Pillow/numpy give) or N x C x H x W [default: nhwc]")
+    ex.add_argument("--quantize", choices=["int8", "fp16"], help="int8: static quantization for CPUs (onnx, "
+                    "openvino), calibrated on training images; fp16: half precision for GPUs (onnx); checked by "
+                    "top-1 agreement and accuracy on the held-out split")
+    ex.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS", help="with --quantize: "
+                    "refuse the export when its accuracy is more than this many points below the model's "
+                    "[default: 1]")
+    ex.add_argument("--calibration-images", type=int, default=300, metavar="N", help="with --quantize int8: "
+                    "training images (a seeded sample) the activation ranges are measured on [default: 300]")
     ex.add_argument("--out", help="file or folder to write [default: RUN/exports/model.<ext>]")
     ex.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |logit difference| against "
                     "PyTorch, relative to the largest |logit| when that is above 1 [default: 0.001]")
@@ -116,14 +136,25 @@ def _export_command(args: argparse.Namespace) -> int:
     from visiontrain.use.export.write import export
 
     r = export(args.checkpoint, args.format, args.out, tolerance=args.tolerance, opset=args.opset,
-               trust_code=args.trust_code, model_spec=args.model_spec)
+               trust_code=args.trust_code, model_spec=args.model_spec, with_preprocessing=args.with_preprocessing,
+               layout=args.layout, quantize=args.quantize, max_accuracy_drop=args.max_accuracy_drop,
+               calibration_images=args.calibration_images)
     if args.json:
         print(json.dumps({"path": str(r.path), "format": r.format, "max_abs_diff": r.max_abs_diff,
-                          "tolerance": r.tolerance, "metadata": r.metadata}, indent=2))
+                          "tolerance": r.tolerance, "verification": r.verification, "metadata": r.metadata},
+                         indent=2))
         return 0
-    print(f"exported {r.format}: {r.path} ({r.path.stat().st_size / 2**20:.2f} MiB)")
+    size = r.path.stat().st_size + sum(f.stat().st_size for f in [r.path.with_suffix(".bin")] if f.is_file())
+    what = f"{r.metadata.get('precision', 'fp32')} {r.format}" + (", preprocessing in the graph"
+                                                                 if args.with_preprocessing else "")
+    print(f"exported {what}: {r.path} ({size / 2**20:.2f} MiB)")
     print(f"verified against PyTorch on batches of 1 and 5: max abs difference {r.max_abs_diff:.3g} "
-          f"(allowed {r.tolerance:.3g})")
+          f"(allowed {r.tolerance:.3g})" + (" — of the fp32 graph it was made from" if r.verification else ""))
+    if r.verification:
+        v = r.verification
+        print(f"checked on the {v['split']} split ({v['images']} images): top-1 agreement with fp32 "
+              f"{v['top1_agreement']:.2f}%, accuracy {v['accuracy']:.2f}% (fp32 {v['accuracy_fp32']:.2f}%, drop "
+              f"{v['accuracy_drop']:.2f} points, allowed {v['max_accuracy_drop']:g}); saved in its metadata")
     print(f"classes and preprocessing are in its metadata; try: visiontrain predict {r.path} IMAGE.png")
     return 0
 
@@ -175,6 +206,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     result = evaluate(args.checkpoint, data=args.data, split=args.split, data_dir=args.data_dir,
                       batch_size=args.batch_size, device=args.device, tta=getattr(args, "tta", "none"),
                       mistakes=32 if report_dir else 0, outputs=bool(report_dir),
+                      explain_mistakes=bool(report_dir) and _has_gradcam(),
                       trust_code=bool(getattr(args, "trust_code", False)),
                       model_spec=getattr(args, "model_spec", None))
     report = None
@@ -206,6 +238,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _has_gradcam() -> bool:
+    """The explain extra is there: the report's mistakes then get their Grad-CAM overlays too."""
+    import importlib.util
+
+    return importlib.util.find_spec("pytorch_grad_cam") is not None
+
+
 def predict_command(args: argparse.Namespace) -> int:
     """``visiontrain predict``: screen, --json or --csv FILE; unreadable files are listed on stderr."""
     from visiontrain.use.predict import predict, write_csv
@@ -215,7 +254,13 @@ def predict_command(args: argparse.Namespace) -> int:
                       batch_size=64 if getattr(args, "batch_size", None) is None else args.batch_size,
                       tta=getattr(args, "tta", "none"),
                       progress=sys.stderr.isatty() if progress is None else progress,
-                      trust_code=getattr(args, "trust_code", False), model_spec=getattr(args, "model_spec", None))
+                      trust_code=getattr(args, "trust_code", False), model_spec=getattr(args, "model_spec", None),
+                      explain=getattr(args, "explain", None), layer=getattr(args, "layer", None),
+                      explain_method=getattr(args, "explain_method", "gradcam"))
+    if getattr(args, "explain", None):
+        done = sum("explanation" in r for r in results)
+        method = "Grad-CAM" if getattr(args, "explain_method", "gradcam") == "gradcam" else "occlusion"
+        print(f"wrote {done} {method} overlay(s) to {args.explain}", file=sys.stderr)
     csv_path = getattr(args, "csv", None)
     if csv_path:
         write_csv(results, csv_path)

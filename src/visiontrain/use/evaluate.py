@@ -15,6 +15,7 @@ from visiontrain.data import build_data
 from visiontrain.engine.metrics import evaluate_batches
 from visiontrain.errors import DataError
 from visiontrain.models.checks import check_batch_memory
+from visiontrain.use.explain import gradcam
 from visiontrain.use.loading import LoadedModel, load
 from visiontrain.use.tta import TTAModel, check_multilabel_views, check_tta
 
@@ -22,7 +23,8 @@ from visiontrain.use.tta import TTAModel, check_multilabel_views, check_tta
 def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: str | None = None, *,
              data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
              workers: int | None = None, tta: str = "none", mistakes: int = 0,
-             outputs: bool = False, trust_code: bool = False, model_spec: str | None = None) -> dict[str, Any]:
+             outputs: bool = False, trust_code: bool = False, model_spec: str | None = None,
+             explain_mistakes: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of its own dataset (or of ``data``, with the same classes).
 
     A dataset the checkpoint names as ``module:Class`` is not imported from its sidecar unless ``trust_code`` or
@@ -33,7 +35,9 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
     of train the same way, from the run's seed); ``result["split"]`` says which.
 
     ``tta`` averages the probabilities of flipped or five-cropped views (see :mod:`visiontrain.use.tta`);
-    ``mistakes=k`` adds the k most confident wrong predictions; ``outputs=True`` adds every image's
+    ``mistakes=k`` adds the k most confident wrong predictions (``explain_mistakes``: with each one's Grad-CAM
+    map for the predicted class, ``result["mistakes"]["heat"]``, see :mod:`visiontrain.use.explain`);
+    ``outputs=True`` adds every image's
     ``probabilities`` [N, K] and ``targets`` [N] as tensors (what :mod:`~visiontrain.use.report` needs) — for a
     regression model, ``predictions`` [N] and ``targets`` [N] (it is scored by ``mse``, ``mae``, ``rmse``). A
     multi-label model is scored by mAP (``map``, ``map_micro``, ``ap_per_label``) and, at the thresholds saved in
@@ -92,6 +96,10 @@ def evaluate(model: LoadedModel | str | Path, data: str | None = None, split: st
                               mistakes=mistakes)
     if outputs:
         result.update(recorder.tensors())
+    found = result.get("mistakes")
+    if explain_mistakes and found and found["true"]:
+        images = found["images"][:, 0] if found["images"].dim() == 5 else found["images"]  # multi-crop: the first
+        found["heat"] = gradcam(loaded, images, found["pred"])
     return {"checkpoint": str(loaded.path), "data": cfg.name, "split": split, "task": task,
             "classes": loaded.classes, "tta": tta, **result}
 
@@ -169,3 +177,9 @@ def _data_config(loaded: LoadedModel, data: str | None, data_dir: str | None, ba
         overrides["workers"] = workers
     merged = {**base.__dict__, **overrides}
     return load_config({"data": merged}).data
+
+
+def saved_data_config(loaded: LoadedModel, *, trust_code: bool = False) -> DataConfig:
+    """The data a checkpoint was trained on, as its sidecar records it (checked like evaluate's own: a sidecar
+    never names code); what export calibrates an int8 model on."""
+    return _data_config(loaded, None, None, None, None, trust_code)

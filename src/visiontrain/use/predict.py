@@ -22,6 +22,7 @@ from visiontrain.data.images import image_to_tensor, is_image_file, open_image
 from visiontrain.errors import CheckpointError, ConfigError, DataError, ImageError
 from visiontrain.fileio import atomic_write_text
 from visiontrain.models.checks import check_batch_memory
+from visiontrain.use.explain import explain_batch
 from visiontrain.use.export.runtime import ExportedModel, load_model
 from visiontrain.use.loading import LoadedModel
 from visiontrain.use.tta import check_multilabel_views, check_tta, tta_logits
@@ -65,12 +66,17 @@ def _read_list(path: Path) -> list[str]:
 
 def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path, top_k: int = 5,
             batch_size: int = 64, device: str = "auto", *, tta: str = "none",
-            progress: bool = False, trust_code: bool = False, model_spec: str | None = None) -> list[dict[str, Any]]:
+            progress: bool = False, trust_code: bool = False, model_spec: str | None = None,
+            explain: str | Path | None = None, layer: str | None = None,
+            explain_method: str = "gradcam") -> list[dict[str, Any]]:
     """Predict the top-k classes of each image.
 
     Returns ``[{"path", "predictions": [{"label", "index", "probability"}]}]``, or ``{"path", "error"}``
     for a file that could not be read. ``model`` is a run folder, a checkpoint or an export file; ``model_spec``
     restates a checkpoint's own model class (``my_model.py:Tudui``, see :func:`visiontrain.load`).
+    ``explain`` (a folder) writes an overlay of each image for its top class there and names it in the result's
+    ``"explanation"``: Grad-CAM (a checkpoint; ``layer`` picks the layer) or, with ``explain_method="occlusion"``,
+    the gradient-free occlusion map (exports too; see :mod:`visiontrain.use.explain`).
 
     >>> import visiontrain
     >>> visiontrain.predict("runs/demo", ["shape.png"], top_k=3)
@@ -85,17 +91,21 @@ def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path
                           f"{batch_size}")
     loaded = model if isinstance(model, LoadedModel | ExportedModel) else \
         load_model(model, device=device, trust_code=trust_code, model_spec=model_spec)
+    if explain is not None and not isinstance(loaded, LoadedModel) and explain_method == "gradcam":
+        raise ConfigError("--explain needs the PyTorch model (Grad-CAM follows its gradients): give the run folder "
+                          "or checkpoint, not an export — or use --explain-method occlusion (forward passes only)")
     if isinstance(inputs, str | Path):
         inputs = [inputs]
     paths = expand_inputs(inputs)
+    names = _unique_names(paths) if explain is not None else []
     check_batch_memory(loaded.meta, loaded.prep, min(batch_size, len(paths)), loaded.device, loaded.path)
     transform = loaded.transform()
     results: list[dict[str, Any]] = []
     bar = _progress(len(paths)) if progress else None
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        tensors, slots = [], []
-        for path in chunk:
+        tensors, slots, slot_names = [], [], []
+        for i, path in enumerate(chunk, start):
             result: dict[str, Any] = {"path": str(path)}
             results.append(result)
             try:
@@ -105,9 +115,16 @@ def predict(model: Model | str | Path, inputs: Iterable[str | Path] | str | Path
                 continue
             tensors.append(fit_size(transform(image), loaded.prep.size))
             slots.append(result)
+            slot_names.append(names[i] if names else "")
         if tensors:
-            for result, top in zip(slots, classify(loaded, torch.stack(tensors), top_k, tta), strict=True):
+            batch = torch.stack(tensors)
+            tops = classify(loaded, batch, top_k, tta)
+            for result, top in zip(slots, tops, strict=True):
                 result["predictions"] = top
+            if explain is not None:
+                files = explain_batch(loaded, batch, tops, slot_names, explain, layer, explain_method)
+                for result, file in zip(slots, files, strict=True):
+                    result["explanation"] = str(file)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
@@ -145,6 +162,16 @@ def _labels_over(model: Model, scores: torch.Tensor) -> list[list[dict[str, Any]
     return [[{"label": model.classes[i], "index": i, "probability": round(float(row[i]), 6),
               "threshold": float(cut[i])} for i in row.argsort(descending=True).tolist() if float(row[i]) >= cut[i]]
             for row in scores]
+
+
+def _unique_names(paths: Sequence[Path]) -> list[str]:
+    """A file name per input for its overlay: the stem, numbered when two inputs share one (a/x.png, b/x.png)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        seen[p.stem] = seen.get(p.stem, 0) + 1
+        out.append(p.stem if seen[p.stem] == 1 else f"{p.stem}-{seen[p.stem]}")
+    return out
 
 
 def fit_size(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -25,13 +25,15 @@ from typing import Any
 import torch
 
 from visiontrain.fileio import remove_dead_temps, replace_together
+from visiontrain.use.explain import overlay
 
 N_BINS = 15  # calibration bins over [0, 1], the usual choice (Guo et al. 2017)
 REGRESSION_FILES = {"predictions": "predictions.png", "markdown": "report.md", "json": "report.json"}
 MULTILABEL_FILES = {"pr_curves": "pr_curves.png", "cooccurrence": "cooccurrence.png", "markdown": "report.md",
                     "json": "report.json"}
 FILES = {"confusion": "confusion.png", "confusion_counts": "confusion_counts.png",
-         "reliability": "reliability.png", "mistakes": "mistakes.png", "markdown": "report.md", "json": "report.json"}
+         "reliability": "reliability.png", "mistakes": "mistakes.png", "mistakes_gradcam": "mistakes_gradcam.png",
+         "markdown": "report.md", "json": "report.json"}
 
 
 def classification_metrics(probabilities: torch.Tensor, targets: torch.Tensor, classes: Sequence[str],
@@ -113,12 +115,15 @@ def write_report(result: dict[str, Any], folder: str | Path, mistakes_shown: int
     report["mistakes"], grid = _mistakes(result.get("mistakes"), classes, mistakes_shown, source)
     if grid is not None:
         pictures["mistakes"] = grid
+    explained = _mistakes_explained(result.get("mistakes"), report["mistakes"], source)
+    if explained is not None:
+        pictures["mistakes_gradcam"] = explained
     report["files"] = {k: v for k, v in FILES.items() if k in pictures or k in ("markdown", "json")}
     files = {out / FILES[k]: data for k, data in pictures.items()}
     files[out / FILES["markdown"]] = markdown(report).encode("utf-8")
     files[out / FILES["json"]] = (json.dumps(report, indent=2) + "\n").encode("utf-8")  # last: the mark
     # a stale grid from an earlier report would mislead: it goes with the old report.json
-    replace_together(files, remove=[] if grid is not None else [out / FILES["mistakes"]])
+    replace_together(files, remove=[out / FILES[k] for k in ("mistakes", "mistakes_gradcam") if k not in pictures])
     return report
 
 
@@ -247,6 +252,19 @@ def _mistakes(found: dict[str, Any] | None, classes: list[str], shown: int,
     return rows, plots.png_bytes(plots.image_grid_figure(images, captions, title=f"most confident mistakes ({source})"))
 
 
+def _mistakes_explained(found: dict[str, Any] | None, rows: list[dict[str, Any]], source: str) -> bytes | None:
+    """The mistakes again, each with its Grad-CAM map for the (wrongly) predicted class over it."""
+    if not found or "heat" not in found or not rows:
+        return None
+    from visiontrain.watch import plots  # matplotlib: loaded when a picture is drawn
+
+    images = found["images"][:, 0] if found["images"].dim() == 5 else found["images"]
+    shown = [overlay(image.cpu(), heat) for image, heat in zip(images[:len(rows)], found["heat"], strict=False)]
+    captions = [f"{r['true'][:9]} → {r['pred'][:9]} ({r['confidence']:.2f})" for r in rows]
+    return plots.png_bytes(plots.image_grid_figure(torch.stack(shown), captions,
+                                                   title=f"why: Grad-CAM of the predicted class ({source})"))
+
+
 def reliability_figure(calibration: dict[str, Any]):
     """Accuracy against confidence per bin, the diagonal being perfect calibration; bar width shows the bin.
 
@@ -305,7 +323,10 @@ def markdown(report: dict[str, Any]) -> str:
               f"![counts]({FILES['confusion_counts']})", "", "## Calibration", "",
               f"![reliability diagram]({FILES['reliability']})", "", "## Most confident mistakes", ""]
     if report["mistakes"]:
-        lines += [f"![mistakes]({FILES['mistakes']})", "", "| true | predicted | confidence |", "| --- | --- | --- |"]
+        lines += [f"![mistakes]({FILES['mistakes']})", ""]
+        if "mistakes_gradcam" in report.get("files", {}):
+            lines += [f"![why: Grad-CAM of the predicted class]({FILES['mistakes_gradcam']})", ""]
+        lines += ["| true | predicted | confidence |", "| --- | --- | --- |"]
         lines += [f"| {_cell(m['true'])} | {_cell(m['pred'])} | {pct(m['confidence'])} |" for m in report["mistakes"]]
     else:
         lines.append("No mistakes.")

@@ -30,6 +30,8 @@ from visiontrain.optional import require
 INLINE_LIMIT = 1536 * 2**20  # bytes of weights an .onnx holds itself; more go to its data file
 _DATA = re.compile(r"^(?P<onnx>.+\.onnx)\.(?P<pid>\d+)-[^.]+\.data$")
 _DATA_TEMP_DIR = re.compile(r"^\..+\.onnx\.(?P<pid>\d+)-[^.]+\.data\.[^.]+$")  # onnx_ir writes data in one
+# export's own staging folder of a quantized/OpenVINO/preprocessing export: ".model.int8.onnx.<pid>-<random>"
+_STAGE_DIR = re.compile(r"^\..+\.(onnx|xml)\.(?P<pid>\d+)-[^.]+$")
 
 
 def onnx_opsets() -> tuple[int, int]:
@@ -101,7 +103,8 @@ def clean_leftovers(folder: Path, replaced: Path | None = None) -> list[Path]:
             with contextlib.suppress(OSError):
                 entry.unlink()
                 removed.append(entry)
-        elif temp_dir and entry.is_dir() and not pid_alive(int(temp_dir["pid"])):
+        elif (temp_dir := temp_dir or _STAGE_DIR.match(entry.name)) and entry.is_dir() \
+                and not pid_alive(int(temp_dir["pid"])):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed

@@ -21,6 +21,7 @@ pytorch#153410), the Python source of its guards, and its shape expressions (``s
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from visiontrain.engine.setup import resolve_device
 from visiontrain.errors import CheckpointError
 from visiontrain.limits import parse_json
 from visiontrain.optional import require
+from visiontrain.use.export.graph import from_normalized, has_preprocessing
 from visiontrain.use.loading import LoadedModel, UsableModel, load
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -42,7 +44,8 @@ META_KEY = "visiontrain.json"  # the metadata entry's name in every export forma
 EXPORT_FORMAT = "visiontrain.export"
 # file name ending → export format; the longest ending is tried first ("x.torchscript.pt" before ".pt").
 SUFFIXES: dict[str, str] = {".onnx": "onnx", ".torchscript.pt": "torchscript", ".torchscript": "torchscript",
-                            ".pt2": "pt2"}
+                            ".pt2": "pt2", ".openvino.xml": "openvino"}
+OPENVINO_META = ["visiontrain", "metadata"]  # where an OpenVINO IR keeps the metadata (its rt_info)
 
 
 class UntrustedExport(CheckpointError):
@@ -89,8 +92,8 @@ def load_exported(path: str | Path, device: str = "auto", threads: int | None = 
     p = Path(path)
     fmt = format or export_format(p)
     if fmt is None:
-        raise CheckpointError(f"{p}: not an export file; visiontrain writes .onnx, .torchscript.pt and .pt2 files "
-                              "(`visiontrain export RUN --format onnx`)")
+        raise CheckpointError(f"{p}: not an export file; visiontrain writes .onnx, .torchscript.pt, .pt2 and "
+                              ".openvino.xml files (`visiontrain export RUN --format onnx`)")
     if not p.is_file():
         raise CheckpointError(f"{p} does not exist; export a run first: visiontrain export RUN --format {fmt}")
     if fmt == "pt2" and not trust_code:  # refused before torch reads a byte of it
@@ -105,6 +108,8 @@ def load_exported(path: str | Path, device: str = "auto", threads: int | None = 
         prep = Preprocessing.from_dict(meta["preprocessing"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{p}: the export's preprocessing metadata is damaged ({exc})") from None
+    if has_preprocessing(meta):  # uint8 pixels in, probabilities out: wrapped to the float → logits contract
+        forward = from_normalized(forward, meta, prep)
     return ExportedModel(forward, meta, prep, dev, p, fmt)
 
 
@@ -138,7 +143,8 @@ def _load_onnx(path: Path, device: torch.device,
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         # run() is thread-safe: concurrent requests of the server may share one session.
-        out = session.run(None, {name: x.detach().float().contiguous().cpu().numpy()})[0]
+        x = x.detach() if x.dtype == torch.uint8 else x.detach().float()  # uint8: preprocessing in the graph
+        out = session.run(None, {name: x.contiguous().cpu().numpy()})[0]
         return torch.from_numpy(out).to(x.device)
 
     return forward, session.get_modelmeta().custom_metadata_map.get(META_KEY)
@@ -184,8 +190,33 @@ def _no_grad(module: Forward) -> Forward:
     return forward
 
 
+def _load_openvino(path: Path, device: torch.device, threads: int | None = None) -> _Loaded:
+    ov = require("openvino", "openvino")
+    core = ov.Core()
+    try:
+        model = core.read_model(str(path))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: OpenVINO cannot read it ({str(exc).strip().splitlines()[0][:200]})") from None
+    text = model.get_rt_info(OPENVINO_META).astype(str) if model.has_rt_info(OPENVINO_META) else None
+    config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+    compiled = core.compile_model(model, "CPU", config)
+    dtype = torch.uint8 if compiled.input(0).get_element_type() == ov.Type.u8 else torch.float32
+    # one infer request per thread: a request holds its outputs (the server calls side by side), and making one
+    # per call costs more than a small net's whole inference
+    requests = threading.local()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(requests, "request"):
+            requests.request = compiled.create_infer_request()
+        out = requests.request.infer([x.detach().to(dtype).contiguous().cpu().numpy()])
+        return torch.from_numpy(next(iter(out.values())).copy()).to(x.device)
+
+    return forward, text
+
+
 _LOADERS: dict[str, Callable[[Path, torch.device, int | None], _Loaded]] = {
     "onnx": _load_onnx,
+    "openvino": _load_openvino,
     "torchscript": _load_torchscript,
     "pt2": _load_pt2,
 }

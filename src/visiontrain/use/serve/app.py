@@ -13,6 +13,7 @@ Who may call is checked first (:mod:`~visiontrain.use.serve.guard`). Every error
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -31,7 +32,7 @@ from visiontrain.errors import ConfigError
 from visiontrain.use.export.runtime import ExportedModel
 from visiontrain.use.loading import LoadedModel
 from visiontrain.use.serve.guard import DOCS_STATIC, Access, Guard
-from visiontrain.use.serve.work import Lane, Large, predict_small, predict_upload
+from visiontrain.use.serve.work import Explained, Lane, Large, predict_small, predict_upload
 
 log = logging.getLogger("visiontrain.serve")
 
@@ -154,17 +155,25 @@ def create_app(model: LoadedModel | ExportedModel, limits: Limits | None = None,
 
     @app.post("/predict", summary="classify one image", openapi_extra=_PREDICT_BODY, responses=_ERRORS)
     async def predict_endpoint(request: Request, top_k: int = Query(top_k, ge=1, le=limits.max_top_k,
-                                                                     description="how many classes to return")):
+                                                                     description="how many classes to return"),
+                               explain: bool = Query(False, description="add a Grad-CAM overlay of the top class "
+                                                     "(PNG, base64) as 'explanation'; a served run or checkpoint "
+                                                     "only, with the explain extra")):
+        if explain:
+            _check_explainable(model)
         data, name = await read_upload(request, limits)
         try:
             with anyio.fail_after(limits.timeout_s):
-                predictions = await small.run(predict_small, model, data, name, top_k, tta, limits.max_pixels)
-                if isinstance(predictions, Large):
-                    predictions = await large.run(predict_upload, model, data, name, top_k, tta, limits.max_pixels,
-                                                  predictions.target)
+                answer = await small.run(predict_small, model, data, name, top_k, tta, limits.max_pixels, explain)
+                if isinstance(answer, Large):
+                    answer = await large.run(predict_upload, model, data, name, top_k, tta, limits.max_pixels,
+                                             answer.target, explain)
         except TimeoutError:
             raise HTTPException(504, f"prediction took longer than {limits.timeout_s:g} s") from None
-        return {"predictions": predictions, "top": predictions[0]}
+        if isinstance(answer, Explained):
+            return {"predictions": answer.predictions, "top": answer.predictions[0],
+                    "explanation": answer.explanation}
+        return {"predictions": answer, "top": answer[0]}
 
     return app
 
@@ -195,6 +204,15 @@ def _check_type(media: str, limits: Limits) -> None:
                                  f"{', '.join(limits.content_types)} (or multipart/form-data)")
 
 
+def _check_explainable(model: LoadedModel | ExportedModel) -> None:
+    if not isinstance(model, LoadedModel) or model.meta.get("task", "classification") != "classification":
+        raise HTTPException(400, "explain needs the PyTorch model of a classifier (Grad-CAM follows its "
+                            "gradients): serve the run folder or checkpoint, not an export")
+    if importlib.util.find_spec("pytorch_grad_cam") is None:
+        raise HTTPException(400, "explain needs the grad-cam package on the server: pip install "
+                            "'visiontrain[explain]'")
+
+
 def model_info(model: LoadedModel | ExportedModel, limits: Limits, tta: str) -> dict[str, Any]:
     """What ``GET /model`` says; never the model's path on the server's disk."""
     meta = model.meta
@@ -207,6 +225,9 @@ def model_info(model: LoadedModel | ExportedModel, limits: Limits, tta: str) -> 
         "input": {"channels": model.prep.channels, "size": model.prep.size},
         "metrics": meta.get("metrics") or {},
         "tta": tta,
+        # the page offers its "why?" toggle (Grad-CAM) only where /predict?explain=true can answer
+        "explain": isinstance(model, LoadedModel) and meta.get("task", "classification") == "classification"
+        and importlib.util.find_spec("pytorch_grad_cam") is not None,
         "limits": {k: v for k, v in asdict(limits).items() if k not in ("threads", "queue", "max_connections")},
     }
 

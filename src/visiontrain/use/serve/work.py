@@ -14,6 +14,7 @@ until they time out (504).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import threading
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException
 
 from visiontrain.data.images import image_to_tensor, open_image, probe_image
 from visiontrain.errors import ImageError
+from visiontrain.use.explain import gradcam, overlay_png
 from visiontrain.use.predict import classify, fit_size
 
 LARGE_PIXELS = 2**22  # decoded pixels (2048 x 2048) above which an image takes the large-image lane
@@ -122,17 +124,25 @@ class Large:
 
 
 def predict_small(model: Any, data: bytes, name: str, top_k: int, tta: str,
-                  max_pixels: int) -> list[dict[str, Any]] | Large:
+                  max_pixels: int, explain: bool = False) -> list[dict[str, Any]] | Explained | Large:
     """Read the header; a small image is predicted right here (one thread hop, the common case), a large one
     is handed back to go to its own lane."""
     pixels, target = decode_plan(data, name, model.prep.size, max_pixels)
     if pixels > LARGE_PIXELS:
         return Large(target)
-    return predict_upload(model, data, name, top_k, tta, max_pixels, target)
+    return predict_upload(model, data, name, top_k, tta, max_pixels, target, explain)
+
+
+@dataclass
+class Explained:
+    """Predictions with the Grad-CAM overlay of the top class (``/predict?explain=true``)."""
+
+    predictions: list[dict[str, Any]]
+    explanation: dict[str, Any]
 
 
 def predict_upload(model: Any, data: bytes, name: str, top_k: int, tta: str, max_pixels: int,
-                   target: int) -> list[dict[str, Any]]:
+                   target: int, explain: bool = False) -> list[dict[str, Any]] | Explained:
     """Decode (a JPEG at reduced scale), shrink to about ``target`` px a side, transform and classify."""
     try:
         img = open_image(data, model.prep.channels, max_pixels=JPEG_SCALE**2 * max_pixels, name=name, draft=target)
@@ -142,7 +152,18 @@ def predict_upload(model: Any, data: bytes, name: str, top_k: int, tta: str, max
     if factor >= 2:  # box-filter down in Pillow first: the tensor and resize work no longer scale with the upload
         img = img.reduce(factor)
     x = fit_size(model.transform()(image_to_tensor(img)), model.prep.size)
-    return classify(model, x.unsqueeze(0), top_k, tta)[0]
+    predictions = classify(model, x.unsqueeze(0), top_k, tta)[0]
+    if not explain:
+        return predictions
+    top = predictions[0]
+    with _EXPLAINING:  # Grad-CAM hooks the model's layer for the call: two at once would read each other's maps
+        heat = gradcam(model, x.unsqueeze(0), [top["index"]])[0]
+    png = overlay_png(x.cpu(), heat, f"{top['label']} {100 * top['probability']:.2f}%")
+    return Explained(predictions, {"method": "grad-cam", "class": top["label"],
+                                   "png_base64": base64.b64encode(png).decode("ascii")})
+
+
+_EXPLAINING = threading.Lock()
 
 
 def _image_error(exc: ImageError, max_pixels: int) -> HTTPException:
