@@ -18,6 +18,7 @@ from PIL import Image
 import visiontrain
 from visiontrain.cli import main as cli_main
 from visiontrain.data.synthetic import SHAPES, make_shapes
+from visiontrain.engine.callbacks import Callback, StopTraining
 
 # The test machine's few cores are shared with other jobs; torch's intra-op threads then wait on each other
 # (a 2-thread run measured 10x slower than a 1-thread one under load). One thread is fast and steady.
@@ -115,6 +116,38 @@ def assert_one_line_error(result: CliResult, *fragments: str) -> str:
 @pytest.fixture(scope="session")
 def one_line_error() -> Callable[..., str]:
     return assert_one_line_error
+
+
+def write_shape_pngs(folder: Path, count: int, seed: int) -> tuple[list[Path], list[int]]:
+    """``count`` 32-px RGB shape images as ``folder/<i>.png`` and their labels: real files to predict."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pictures, labels = make_shapes(count, 32, 3, seed=seed)
+    paths = []
+    for i, image in enumerate(pictures):
+        paths.append(folder / f"{i}.png")
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(paths[-1])
+    return paths, labels.tolist()
+
+
+@pytest.fixture(scope="session")
+def shape_pngs() -> Callable[..., tuple[list[Path], list[int]]]:
+    return write_shape_pngs
+
+
+class StopAt(Callback):
+    """Stops a training run (as a user's callback would) once it has taken ``step`` optimizer steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch_end(self, state) -> None:
+        if state.step == self.step:
+            raise StopTraining("enough for now")
+
+
+@pytest.fixture(scope="session")
+def stop_at() -> Callable[[int], StopAt]:
+    return StopAt
 
 
 def write_shape_folder(root: Path, per_class: int, *, size: int = 32, channels: int = 3, seed: int = 0,

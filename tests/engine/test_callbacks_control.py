@@ -22,7 +22,7 @@ import safetensors.torch
 import torch
 
 import visiontrain
-from visiontrain.engine.callbacks import Callback, Callbacks, StopTraining
+from visiontrain.engine.callbacks import Callbacks, StopTraining
 from visiontrain.engine.control import EarlyStopping, GracefulInterrupt
 from visiontrain.engine.distributed import SINGLE
 from visiontrain.engine.resume import read_resume
@@ -139,18 +139,10 @@ def test_callback_state_goes_to_and_comes_from_the_chain_by_class_name() -> None
     assert (fresh.bad_epochs, fresh.best_epoch) == (2, 5)
 
 
-class _StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_batch_end(self, state: Any) -> None:
-        if state.step == self.step:
-            raise StopTraining("enough for now")
-
-
-def test_a_user_stop_keeps_the_progress_and_resuming_ends_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
+def test_a_user_stop_keeps_the_progress_and_resuming_ends_where_an_uninterrupted_run_ends(tmp_path: Path,
+                                                                                         stop_at) -> None:
     whole = visiontrain.train(_config(tmp_path, "whole", epochs=2), quiet=True)
-    stopped = visiontrain.train(_config(tmp_path, "stopped", epochs=2), callbacks=[_StopAt(11)], quiet=True)
+    stopped = visiontrain.train(_config(tmp_path, "stopped", epochs=2), callbacks=[stop_at(11)], quiet=True)
     assert stopped.summary["stop_reason"] == "enough for now" and stopped.summary["steps"] == 11
     meta, _ = read_resume(stopped.dir / "checkpoints" / "resume.safetensors")
     assert (meta["epoch"], meta["batch_in_epoch"], meta["step"]) == (1, 3, 11)  # 8 steps per epoch

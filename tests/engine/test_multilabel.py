@@ -20,7 +20,6 @@ from torch import nn
 
 import visiontrain
 from visiontrain.config import TrainConfig
-from visiontrain.engine.callbacks import Callback, StopTraining
 from visiontrain.engine.losses import AsymmetricLoss, build_loss, label_weights, pos_weights
 from visiontrain.engine.metrics import multilabel_scores, tune_thresholds
 from visiontrain.engine.resume import read_resume
@@ -92,15 +91,6 @@ def test_mixup_and_cutmix_mix_label_vectors_with_the_pixels_weight(mixup: float,
     assert 0 < kept < 1
 
 
-class _StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_batch_end(self, state: Any) -> None:
-        if state.step == self.step:
-            raise StopTraining("enough for now")
-
-
 def _config(out: Path, name: str) -> dict[str, Any]:
     return {"data": {"name": "synthetic_multilabel", "args": {"train": 96, "val": 32, "test": 32, "size": 16}},
             "epochs": 2, "batch_size": 16, "lr": 0.01, "mixup_alpha": 0.4, "cutmix_alpha": 1.0, "ema_decay": 0.9,
@@ -108,10 +98,10 @@ def _config(out: Path, name: str) -> dict[str, Any]:
             "out": str(out), "name": name}
 
 
-def test_a_stopped_multilabel_run_resumes_bit_identical(tmp_path: Path) -> None:
+def test_a_stopped_multilabel_run_resumes_bit_identical(tmp_path: Path, stop_at) -> None:
     """MixUp/CutMix of label vectors, EMA, accumulation and pos_weight: stopped mid-epoch, resumed, equal."""
     whole = visiontrain.train(_config(tmp_path, "whole"), quiet=True)
-    stopped = visiontrain.train(_config(tmp_path, "stopped"), callbacks=[_StopAt(5)], quiet=True)
+    stopped = visiontrain.train(_config(tmp_path, "stopped"), callbacks=[stop_at(5)], quiet=True)
     assert stopped.summary["steps"] == 5 and whole.summary["steps"] == 6  # 6 batches, 3 steps per epoch
     point, _ = read_resume(stopped.dir / "checkpoints" / "resume.safetensors")
     assert len(point["thresholds"]) == 6  # epoch 1's, tuned on val: the resumed run's checkpoints carry them on

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 import visiontrain
-from visiontrain.data.synthetic import make_shapes
 from visiontrain.use.export.runtime import META_KEY, load_exported
 from visiontrain.use.export.write import ExportError, export
 
@@ -26,14 +24,8 @@ def exports(synthetic_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[int]]:
-    folder = tmp_path_factory.mktemp("export-images")
-    pictures, labels = make_shapes(6, 32, 3, seed=321)
-    paths = []
-    for i, image in enumerate(pictures):
-        paths.append(folder / f"{i}.png")
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(paths[-1])
-    return paths, labels.tolist()
+def images(tmp_path_factory: pytest.TempPathFactory, shape_pngs) -> tuple[list[Path], list[int]]:
+    return shape_pngs(tmp_path_factory.mktemp("export-images"), 6, seed=321)
 
 
 def test_onnx_runs_in_onnxruntime_like_pytorch_at_any_batch_size(exports, synthetic_run) -> None:

@@ -19,7 +19,6 @@ import torch
 from PIL import Image
 
 import visiontrain
-from visiontrain.data.synthetic import make_shapes
 from visiontrain.use.export.runtime import META_KEY, load_exported
 from visiontrain.use.export.write import ExportError, export
 
@@ -39,14 +38,8 @@ def run_with_extra_meta(synthetic_run, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[int]]:
-    folder = tmp_path_factory.mktemp("deploy-images")
-    pictures, labels = make_shapes(8, 32, 3, seed=77)
-    paths = []
-    for i, image in enumerate(pictures):
-        paths.append(folder / f"{i}.png")
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(paths[-1])
-    return paths, labels.tolist()
+def images(tmp_path_factory: pytest.TempPathFactory, shape_pngs) -> tuple[list[Path], list[int]]:
+    return shape_pngs(tmp_path_factory.mktemp("deploy-images"), 8, seed=77)
 
 
 @pytest.fixture(scope="module")
