@@ -148,7 +148,12 @@ def test_weights_of_another_run_fail_the_hash(ckpt: Path, synthetic_run: visiont
 
 def test_missing_weights_file(ckpt: Path) -> None:
     (ckpt / "best.safetensors").unlink()
-    _error(ckpt / "best.json", str(ckpt / "best.safetensors"), "cannot read the weights file")
+    _error(ckpt / "best.json", str(ckpt / "best.safetensors"), "cannot read the weights file that best.json names")
+
+
+def test_a_sidecar_naming_another_weights_file_is_named_in_the_error(ckpt: Path) -> None:
+    _edit(ckpt / "best.json", lambda m: m["weights"].update(file=" est.safetensors"))  # (found by the fuzz test)
+    _error(ckpt / "best.json", " est.safetensors", "best.json names")
 
 
 def test_missing_sidecar_of_a_safetensors_without_its_fields(ckpt: Path) -> None:

@@ -102,7 +102,9 @@ def load_weights(sidecar_path: Path, meta: dict[str, Any]) -> dict[str, torch.Te
     try:
         blob = weights.read_bytes()
     except OSError as exc:
-        raise CheckpointError(f"{weights}: cannot read the weights file ({exc.strerror or exc})") from None
+        raise CheckpointError(f"{weights}: cannot read the weights file that {sidecar_path.name} names "
+                              f"({exc.strerror or exc}); keep the pair together, or use the run's other "
+                              "checkpoint (last/best)") from None
     expected = meta["weights"].get("sha256")
     if expected and hashlib.sha256(blob).hexdigest() != expected:
         raise CheckpointError(f"{weights}: weights do not match their sidecar {sidecar_path.name} (SHA-256 "
