@@ -120,20 +120,26 @@ def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
     return result
 
 
-def _evaluate_regression(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                         prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                         reduce: Callable[[torch.Tensor], torch.Tensor] | None) -> dict:
+def _feed(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+          prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+          update: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
+    """The model in eval mode over every non-empty batch; its outputs and the targets go to ``update``."""
     was_training = model.training
     model.eval()
-    meter = RegressionMeter(device)
     try:
         for images, targets in batches:
             if len(targets) == 0:
                 continue
-            outputs = model(prepare(images.to(device, non_blocking=True)))
-            meter.update(outputs, targets.to(device, non_blocking=True))
+            update(model(prepare(images.to(device, non_blocking=True))), targets.to(device, non_blocking=True))
     finally:
         model.train(was_training)
+
+
+def _evaluate_regression(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                         prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                         reduce: Callable[[torch.Tensor], torch.Tensor] | None) -> dict:
+    meter = RegressionMeter(device)
+    _feed(model, batches, prepare, device, meter.update)
     if reduce is not None:
         for t in (meter.sq_sum, meter.abs_sum, meter.count):
             reduce(t)
@@ -262,16 +268,8 @@ def _evaluate_multilabel(model: nn.Module, batches: Iterable[tuple[torch.Tensor,
                          prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device, num_labels: int,
                          gather: Callable[[torch.Tensor], torch.Tensor] | None, thresholds: list[float] | None,
                          tune: str) -> dict:
-    was_training = model.training
-    model.eval()
     meter = MultilabelMeter(num_labels)
-    try:
-        for images, targets in batches:
-            if len(targets) == 0:
-                continue
-            meter.update(model(prepare(images.to(device, non_blocking=True))), targets.to(device))
-    finally:
-        model.train(was_training)
+    _feed(model, batches, prepare, device, meter.update)
     return meter.compute(gather, thresholds, tune)
 
 
