@@ -121,6 +121,12 @@ def test_tune_without_a_space_is_one_line(main_cli, one_line_error) -> None:
     one_line_error(main_cli("tune", "--data", "synthetic"), "--space")
 
 
+@pytest.mark.parametrize("text", ['{"config": ', "[1, 2]", ""])
+def test_a_damaged_tune_json_is_one_line(text: str, tmp_path: Path, main_cli, one_line_error) -> None:
+    (tmp_path / "tune.json").write_text(text)
+    one_line_error(main_cli("tune", "--resume", tmp_path), "tune.json")
+
+
 # -- the slow tier: real processes ------------------------------------------------------------------------------
 
 _ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

@@ -15,7 +15,7 @@ from visiontrain.cli.flags import TRUST_CODE_HELP, add_config_flags
 from visiontrain.cli.output import print_table
 from visiontrain.cli.train import config_from_args
 from visiontrain.errors import ConfigError
-from visiontrain.limits import parse_json
+from visiontrain.limits import MAX_SIDECAR_BYTES, parse_json, read_capped
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -62,7 +62,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         if not path.is_file():
             raise ConfigError(f"{args.resume} is not a study folder of visiontrain tune (no {SETTINGS}); pass "
                               "<out>/<study>")
-        saved = parse_json(path.read_text(encoding="utf-8"))
+        try:
+            saved = parse_json(read_capped(path, MAX_SIDECAR_BYTES, "a study's tune.json"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: not a readable tune.json ({exc}); start a new study with --study") from None
         _refuse_code(saved, path, bool(getattr(args, "trust_code", False)))
         given = {k: getattr(args, k) for k in ("trials", "timeout") if getattr(args, k) is not None}
         return {**saved, "seed": saved.get("seed"), "timeout": None, **given}
