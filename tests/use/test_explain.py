@@ -39,11 +39,12 @@ def shapes() -> tuple[torch.Tensor, list[tuple[int, int, int, int]], float]:
 
 
 def test_most_of_the_heat_lies_inside_the_shapes_box(synthetic_run, shapes) -> None:
-    """At the second stage's 16x16 map, >= 60% of the map's mass is inside the box, which covers ~25% of the
-    image (measured: 61%). The auto layer's 8x8 map is coarser: still twice the box's share (measured: 52%)."""
+    """At the second stage's 16x16 map, >= 50% of the map's mass is inside the box, which covers ~25% of the
+    image (measured: 61%; a uniform map puts ~25% inside and fails). The auto layer's 8x8 map is coarser: still
+    twice the box's share (measured: 52%)."""
     images, boxes, area = shapes
     model = visiontrain.load(synthetic_run.dir, device="cpu")
-    for layer, bound in (("6", 0.60), (None, 2 * area)):
+    for layer, bound in (("6", 0.50), (None, 2 * area)):
         maps = gradcam(model, images, layer=layer)
         inside = statistics.mean(mass_inside(m, box) for m, box in zip(maps, boxes, strict=True))
         assert inside >= bound, (layer, inside, area)

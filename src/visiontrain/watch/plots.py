@@ -116,8 +116,10 @@ def image_grid_figure(images: torch.Tensor, captions: Sequence[str], title: str 
     rows = max(1, -(-n // cols))
     # Laid out in inches, not in fractions of the figure: a one-row grid is short, and fractions that suit
     # three rows put the title over the captions there. Each row is an image with its caption above it.
-    title_band = 0.45 if title else 0.05
-    height = rows * (_GRID_IMAGE + _GRID_CAPTION) + title_band + _GRID_MARGIN
+    title_band = 0.4 if title else 0.05
+    # The caption band holds as many lines as the longest caption: a one-line band under a title is no gap.
+    band = _GRID_CAPTION_PAD + _GRID_CAPTION_LINE * max((c.count("\n") + 1 for c in captions), default=1)
+    height = rows * (_GRID_IMAGE + band) + title_band + _GRID_MARGIN
     fig = Figure(figsize=(_GRID_CELL * cols, height))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
@@ -131,12 +133,13 @@ def image_grid_figure(images: torch.Tensor, captions: Sequence[str], title: str 
         fig.suptitle(title, y=1 - 0.08 / height, va="top")
     # Fixed spacing, not tight_layout: measuring every caption's box costs more than drawing the grid.
     fig.subplots_adjust(left=0.02, right=0.98, bottom=_GRID_MARGIN / height,
-                        top=1 - (title_band + _GRID_CAPTION) / height, wspace=0.1,
-                        hspace=_GRID_CAPTION / _GRID_IMAGE)
+                        top=1 - (title_band + band) / height, wspace=0.1,
+                        hspace=band / _GRID_IMAGE)
     return fig
 
 
-_GRID_CELL, _GRID_IMAGE, _GRID_CAPTION, _GRID_MARGIN = 1.9, 1.7, 0.42, 0.05  # inches: two 8-pt caption lines
+_GRID_CELL, _GRID_IMAGE, _GRID_MARGIN = 1.9, 1.7, 0.05  # inches
+_GRID_CAPTION_PAD, _GRID_CAPTION_LINE = 0.12, 0.15  # inches: an 8-pt caption line and the space around the band
 
 
 def pr_curves_figure(scores: torch.Tensor, targets: torch.Tensor, classes: list[str], thresholds: list[float],
