@@ -227,10 +227,11 @@ def _load() -> float:
 
 
 def run_peer(name: str, root: str, epochs: int, threads: int, env: dict[str, str] | None = None) -> Sample:
-    """``name`` in a fresh interpreter; CPU and faults of its whole process tree from RUSAGE_CHILDREN."""
+    """``name`` in a fresh interpreter; CPU and faults of its whole process tree from RUSAGE_CHILDREN.
+    ``visiontrain@base`` is visiontrain from the source folder in ``env["PYTHONPATH"]`` (an older commit)."""
     child_env = {**os.environ, "OMP_NUM_THREADS": str(threads), **(env or {})}
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--data-dir", root, "--epochs", str(epochs),
-           "--threads", str(threads)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name.split("@")[0], "--data-dir", root,
+           "--epochs", str(epochs), "--threads", str(threads)]
     load = _load()
     ru0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env, check=False)
@@ -322,6 +323,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every peer (the same for all)")
     parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--baseline-src", help="also run visiontrain from this src folder (e.g. `git archive` of an "
+                        "older commit) as peer visiontrain@base, interleaved with the others: before/after a change")
     parser.add_argument("--train-images", type=int, help="train on the first N images only (test: the first N/6)")
     parser.add_argument("--child", choices=list(PEERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -338,8 +341,10 @@ def main() -> None:
           f"{args.train_images or 60000} train images | {args.threads} thread(s) per peer | {args.repeats} rounds "
           f"of fresh processes | load "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} | {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
-    names = args.peers.split(",")
-    all_rounds = rounds(names, args.repeats, lambda name: run_peer(name, root, args.epochs, args.threads))
+    names = args.peers.split(",") + (["visiontrain@base"] if args.baseline_src else [])
+    base_env = {"PYTHONPATH": os.path.abspath(args.baseline_src)} if args.baseline_src else {}
+    all_rounds = rounds(names, args.repeats, lambda name: run_peer(name, root, args.epochs, args.threads,
+                                                                   base_env if name.endswith("@base") else None))
     print_summary(summarize(all_rounds))
 
 

@@ -93,6 +93,12 @@ def wait_before_torch(threads: object) -> None:
         host.wait_passively(host.auto_threads())
 
 
+def _threads_flag(args: argparse.Namespace) -> object:
+    """``--threads`` as given, else the default: reading a run's config (--resume) or checking --data-dir may load
+    torch, so the wait policy is decided from the flags before the config is read."""
+    return flag_overrides(args).get("train.threads", RunConfig().train.threads)
+
+
 def _train(args: argparse.Namespace) -> int:
     if args.resume and args.config:
         raise ConfigError("--resume uses the run's own config.yaml; drop --config (flags still override it)")
@@ -102,10 +108,8 @@ def _train(args: argparse.Namespace) -> int:
         from visiontrain.engine.distributed import launch
 
         return launch(args.gpus, _without_gpus(sys.argv[1:]))
-    if args.resume:  # reading the run's config loads torch: its threads setting is the flag's, else the default
-        wait_before_torch(flag_overrides(args).get("train.threads", RunConfig().train.threads))
+    wait_before_torch(_threads_flag(args))
     cfg = config_from_args(args)
-    wait_before_torch(cfg.train.threads)
     from visiontrain.trainer.training import train
 
     if args.lr_find:
@@ -142,9 +146,8 @@ def _suggested_lr(cfg: RunConfig, steps: int, start: float, end: float) -> float
 
 def _lr_find(args: argparse.Namespace) -> int:
     args.resume = None
-    cfg = config_from_args(args)
-    wait_before_torch(cfg.train.threads)
-    _suggested_lr(cfg, args.steps, args.start_lr, args.end_lr)
+    wait_before_torch(_threads_flag(args))
+    _suggested_lr(config_from_args(args), args.steps, args.start_lr, args.end_lr)
     return 0
 
 
