@@ -179,6 +179,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 # so every block above 128 KB is mmapped and unmapped each time (6x the page faults of the defaults, measured).
 MMAP_THRESHOLDS = (256 * 2**20, 32 * 2**20)
 TRIM_THRESHOLD = 1 * 2**30
+_USER_MALLOC = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 _kept = False
 
 
@@ -192,13 +193,16 @@ def keep_freed_memory() -> bool:
     "Training-loop overhead"): ~5 M minor page faults and 13–17 s of system time in the loop, ~0 with these
     settings. Fixing both thresholds keeps blocks up to 256 MB in the heap and keeps up to 1 GiB of freed heap for
     reuse; the process's memory stays at its peak instead of falling between steps, which a training process
-    reaches again at the next step anyway. Linux with glibc only; once per process; True when applied.
+    reaches again at the next step anyway. Linux with glibc only, and not where the environment sets glibc's
+    malloc itself; once per process; True when applied.
     """
     global _kept
     if _kept:
         return True
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
+    if any(k in os.environ for k in _USER_MALLOC) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False  # the user's own allocator settings win
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         if not any(libc.mallopt(_M_MMAP_THRESHOLD, size) == 1 for size in MMAP_THRESHOLDS):
