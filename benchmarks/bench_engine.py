@@ -292,7 +292,7 @@ def summarize(all_rounds: list[list[Sample]], ours: str = "visiontrain") -> dict
 def print_summary(summary: dict[str, dict]) -> None:
     print("| peer | img/s | loop CPU-s | loop sys-s | loop minor faults | process CPU-s | process sys-s | "
           "process minor faults | wall s | load | test acc | visiontrain ÷ peer: img/s, loop CPU, process CPU |")
-    print("| --- | " + "--- | " * 11)
+    print("|" + " --- |" * 12)
     for name, r in summary.items():
         ratios = (f"{r['speed_ratio']:.2f}x, {r['loop_cpu_ratio']:.2f}x, {r['proc_cpu_ratio']:.2f}x"
                   if "speed_ratio" in r else "")

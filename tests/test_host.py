@@ -56,10 +56,12 @@ def test_no_proc_cgroup_file_means_no_quota(tmp_path: Path) -> None:
     (2, None, 1.0, 1.0, 2, False),  # the load is our own
     (4, 0.5, 0.0, 0.0, 1, True),  # a quota under one CPU still gets one thread
     (16, None, None, 0.0, 16, False),  # no load average (not Linux)
+    (16, None, 0.0, 0.0, 8, False),  # at most torch's own default (cap 8: its physical cores)
 ])
 def test_choose_threads(affinity: int, quota: float | None, load: float | None, own: float, threads: int,
                         shared: bool) -> None:
-    choice = host.choose_threads(affinity=affinity, quota=quota, load=load, own=own)
+    cap = 8 if (affinity, load) == (16, 0.0) else None
+    choice = host.choose_threads(affinity=affinity, quota=quota, load=load, own=own, cap=cap)
     assert (choice.threads, choice.shared) == (threads, shared)
     assert f"{choice.cores} usable core" in choice.reason
 

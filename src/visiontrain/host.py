@@ -136,22 +136,24 @@ def _process_age() -> float | None:
         return None
 
 
-def choose_threads(*, affinity: int, quota: float | None, load: float | None, own: float) -> ThreadChoice:
-    """Threads for torch: the usable cores (affinity, capped by the quota, at least 1) less the cores other
-    processes keep busy, rounded, at least 1. On a 2-core host beside two busy processes that is 1: two threads
-    would each get ~2/3 of a core and wait at every op for the other; one thread gets its fair share alone."""
-    cores = max(1, min(affinity, math.floor(quota) if quota is not None else affinity))
+def choose_threads(*, affinity: int, quota: float | None, load: float | None, own: float,
+                   cap: int | None = None) -> ThreadChoice:
+    """Threads for torch: the usable cores (affinity, capped by the quota and by ``cap``, at least 1) less the
+    cores other processes keep busy, rounded, at least 1. On a 2-core host beside two busy processes that is 1:
+    two threads would each get ~2/3 of a core and wait at every op for the other; one thread gets its fair share
+    alone. ``cap``: torch's own default (its physical cores), so that an idle machine runs as it did before."""
+    cores = max(1, min(affinity, math.floor(quota) if quota is not None else affinity, cap or affinity))
     others = max(0.0, (load or 0.0) - own)
     threads = max(1, min(cores, math.floor(cores - others + 0.5)))
     shared = others >= BUSY or (quota is not None and quota < affinity)
     return ThreadChoice(threads, cores, others, shared)
 
 
-def auto_threads(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP,
-                 loadavg: Path = PROC_LOADAVG) -> ThreadChoice:
+def auto_threads(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP, loadavg: Path = PROC_LOADAVG,
+                 cap: int | None = None) -> ThreadChoice:
     """:func:`choose_threads` for this process on this host, now."""
     return choose_threads(affinity=affinity_cores(), quota=cgroup_cpu_limit(root, proc_cgroup),
-                          load=load_average(loadavg), own=own_load())
+                          load=load_average(loadavg), own=own_load(), cap=cap)
 
 
 def wait_passively(choice: ThreadChoice, environ: os._Environ | dict[str, str] = os.environ) -> str:

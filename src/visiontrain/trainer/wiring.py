@@ -34,6 +34,10 @@ from visiontrain.watch.pictures import Pictures
 from visiontrain.watch.tensorboard import TensorBoardLogger
 from visiontrain.watch.tracking import Tracker, Tracking
 
+# torch's own default (one thread per physical core), read before any run sets it: `auto` never goes above it, so
+# an idle machine trains as it did before (a second thread per hyperthreaded core rarely helps a conv net)
+_TORCH_THREADS = torch.get_num_threads()
+
 
 def build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
     host.keep_freed_memory()  # no page faults from memory handed back and taken again at every step (host.py)
@@ -87,7 +91,7 @@ def set_threads(setting: int | str | None) -> str:
     if given.isdigit() and int(given) > 0:
         torch.set_num_threads(int(given))
         return f"{given} (auto: OMP_NUM_THREADS)"
-    choice = host.auto_threads()
+    choice = host.auto_threads(cap=_TORCH_THREADS)
     torch.set_num_threads(choice.threads)
     waiting = host.wait_passively(choice)  # torch is loaded: this only reports (the CLI set it before)
     if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
