@@ -43,7 +43,7 @@ def test_bench_engine_runs_every_peer_in_its_own_process(tmp_path: Path) -> None
     assert set(rows) == {"seeds", "bare", "lightning", "visiontrain"}
     for name, row in rows.items():
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert float(cells[2]) > 0 and float(cells[5]) > 0  # loop and process CPU-seconds
+        assert float(cells[2]) >= 0 and float(cells[5]) > 0  # loop (3 steps: may round to 0.0) and process CPU-s
         assert cells[4].endswith(" M") and cells[7].endswith(" M")  # minor faults
         assert bool(re.fullmatch(r"[\d.]+x, [\d.]+x, [\d.]+x", cells[11])) == (name != "visiontrain")
     assert out.stderr.count("round 1") == 4  # one fresh process per peer
