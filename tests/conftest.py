@@ -21,8 +21,10 @@ from visiontrain.data.synthetic import SHAPES, make_shapes
 from visiontrain.engine.callbacks import Callback, StopTraining
 
 # The test machine's few cores are shared with other jobs; torch's intra-op threads then wait on each other
-# (a 2-thread run measured 10x slower than a 1-thread one under load). One thread is fast and steady.
+# (a 2-thread run measured 10x slower than a 1-thread one under load). One thread is fast and steady; the
+# environment says so too, or every in-process run's `threads: auto` would pick its own count.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @dataclass

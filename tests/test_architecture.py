@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "visiontrain"
 # package (first name under visiontrain) → its layer; docs/architecture.md draws the same table
 LAYERS: dict[str, int] = {
     "errors": 0, "faults": 0, "versions": 0, "text": 0, "registry": 0, "fileio": 0, "limits": 0, "optional": 0,
-    "fonts": 0,
+    "fonts": 0, "host": 0,
     "config": 1, "checkpoint": 1,
     "data": 2, "models": 2,
     "engine": 3, "watch": 3,

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from visiontrain import host
 from visiontrain.cli.flags import TRUST_CODE_HELP, add_config_flags, flag_overrides
 from visiontrain.cli.output import print_train_result
 from visiontrain.config import RunConfig, load_config, parse_override
@@ -85,9 +86,20 @@ def _refuse_dataset_as_cache(data_dir: str) -> None:
                           f"registered datasets: for mnist cached there, say --data mnist --data-dir {data_dir})")
 
 
-def _train(args: argparse.Namespace) -> int:
-    from visiontrain.trainer.training import train
+def wait_before_torch(threads: object) -> None:
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: with ``threads: auto`` on a shared host, ask for
+    passive waiting before the first ``import torch`` (:func:`visiontrain.host.wait_passively`)."""
+    if threads == "auto" and "OMP_NUM_THREADS" not in os.environ:
+        host.wait_passively(host.auto_threads())
 
+
+def _threads_flag(args: argparse.Namespace) -> object:
+    """``--threads`` as given, else the default: reading a run's config (--resume) or checking --data-dir may load
+    torch, so the wait policy is decided from the flags before the config is read."""
+    return flag_overrides(args).get("train.threads", RunConfig().train.threads)
+
+
+def _train(args: argparse.Namespace) -> int:
     if args.resume and args.config:
         raise ConfigError("--resume uses the run's own config.yaml; drop --config (flags still override it)")
     if args.resume and args.overwrite:
@@ -96,7 +108,10 @@ def _train(args: argparse.Namespace) -> int:
         from visiontrain.engine.distributed import launch
 
         return launch(args.gpus, _without_gpus(sys.argv[1:]))
+    wait_before_torch(_threads_flag(args))
     cfg = config_from_args(args)
+    from visiontrain.trainer.training import train
+
     if args.lr_find:
         cfg = cfg.override({"optim.lr": _suggested_lr(cfg, steps=100, start=1e-6, end=1.0)})
     run = train(cfg, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
@@ -131,6 +146,7 @@ def _suggested_lr(cfg: RunConfig, steps: int, start: float, end: float) -> float
 
 def _lr_find(args: argparse.Namespace) -> int:
     args.resume = None
+    wait_before_torch(_threads_flag(args))
     _suggested_lr(config_from_args(args), args.steps, args.start_lr, args.end_lr)
     return 0
 

@@ -124,7 +124,10 @@ class TrainConfig:
     seed: int = knob(0, "random seed for weights, split and shuffling", low=0, high=limits.MAX_SEED, hparam=True)
     deterministic: bool = knob(False, "use deterministic algorithms (bit-identical reruns on the GPU too)")
     log_every: int = knob(100, "log the training loss every N steps", low=1)
-    threads: int | None = knob(None, "CPU threads for torch [default: torch's choice]", low=1, high=limits.MAX_THREADS)
+    threads: int | Literal["auto", "torch"] | None = knob(
+        "auto", "CPU threads for torch: N, auto (the cores this process may use — affinity, cgroup quota — less "
+        "those other processes keep busy; OpenMP then waits passively on a shared host) or torch (torch's own "
+        "choice, as before; null in older configs)", low=1, high=limits.MAX_THREADS, metavar="N|auto|torch")
     loss: str = knob("auto", "auto (cross_entropy for classes, bce for multi-label, mse for values), cross_entropy, "
                      "bce (multi-label: sigmoid + binary cross-entropy per label), asl (multi-label: asymmetric loss "
                      "for long-tailed tags), mse, l1, smooth_l1, or one you added to "

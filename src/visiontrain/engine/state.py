@@ -110,6 +110,7 @@ class TrainState:
     finite_step: int = 0  # the last step at which the loss and weights were checked finite (engine/loop.py)
     error: BaseException | None = None  # set when fit fails: on_fit_end then closes files but writes nothing
     thresholds: list[float] | None = None  # multi-label: tuned on the last epoch's val split (saved for resume)
+    threads: str = ""  # torch's CPU threads for this run, and why (train.threads; trainer/wiring.py)
     monitor: Monitor = field(kw_only=True)  # resolved once, by whoever builds the state
     # Computed once from the fields above (see __post_init__), not by each callback:
     raw_model: nn.Module = field(init=False, repr=False)  # the plain module under torch.compile/DDP

@@ -60,6 +60,7 @@ def summarize(state: TrainState, data: DataBundle, wall_time: float) -> dict[str
         "train": {k.removeprefix("train/"): v for k, v in m.items() if k.startswith("train/")},
         "wall_time_s": round(wall_time, 3),
         "device": str(state.device),
+        "threads": state.threads,
         "precision": state.precision.mode,  # what ran: `auto` resolved (engine/precision.py)
         "model": {"name": state.config.model.name, "parameters": count_parameters(state.model)},
         "data": {"name": state.config.data.name, "classes": state.classes,

@@ -186,12 +186,18 @@ def _precision_note(state: TrainState) -> str:
     return "" if mode == "32" else f" in {mode} mixed precision"
 
 
+def _threads_note(state: TrainState) -> str:
+    count, _, why = state.threads.partition(" ")
+    return f"{count} CPU thread{'' if count == '1' else 's'}{' ' + why if why else ''}"
+
+
 def _print_header(cfg: RunConfig, data: DataBundle, state: TrainState) -> None:
     counts = ", ".join(f"{len(v):,} {k}" for k, v in data.source.splits.items())
     p = data.prep
     print(f"visiontrain: {cfg.model.name} ({count_parameters(state.model):,} parameters) on {cfg.data.name} "
           f"[{counts}; {len(data.classes)} classes, {p.channels}x{p.size}x{p.size}], "
-          f"{cfg.train.epochs} epochs on {state.device}{_precision_note(state)}", file=sys.stderr, flush=True)
+          f"{cfg.train.epochs} epochs on {state.device}{_precision_note(state)}, {_threads_note(state)}",
+          file=sys.stderr, flush=True)
 
     for note in data.source.notes:
         print(f"note: {printable(note)}", file=sys.stderr, flush=True)

@@ -3,10 +3,12 @@ precision, loss, EMA, mixing) and to the callbacks that watch and steer it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
+from visiontrain import host
 from visiontrain.checkpoint.format import raw_model
 from visiontrain.config import RunConfig
 from visiontrain.data import DataBundle, build_data
@@ -32,10 +34,14 @@ from visiontrain.watch.pictures import Pictures
 from visiontrain.watch.tensorboard import TensorBoardLogger
 from visiontrain.watch.tracking import Tracker, Tracking
 
+# torch's own default (one thread per physical core), read before any run sets it: `auto` never goes above it, so
+# an idle machine trains as it did before (a second thread per hyperthreaded core rarely helps a conv net)
+_TORCH_THREADS = torch.get_num_threads()
+
 
 def build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    host.keep_freed_memory()  # no page faults from memory handed back and taken again at every step (host.py)
+    threads = set_threads(cfg.train.threads)
     d, device = distributed.setup(resolve_device(cfg.train.device), cfg.train.dist_timeout_s)
     cfg = distributed.effective_config(cfg, d)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
@@ -66,7 +72,33 @@ def build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
                        prep, classes, Path(cfg.out), steps, batches, task=task, dist=d,
                        batch_transform=build_mixing(cfg.train, len(classes), task),
                        ema=build_ema(raw_model(model), cfg.train.ema_decay), eval_split=eval_split, monitor=monitor)
+    state.threads = threads
     return state, data, built
+
+
+def set_threads(setting: int | str | None) -> str:
+    """Apply ``train.threads``; returns the count and why, for the run's header line and summary.json.
+
+    ``auto`` keeps an ``OMP_NUM_THREADS`` set in the environment (by the user, or by torchrun for several
+    processes on one machine), else asks :func:`visiontrain.host.auto_threads`. torch's inter-op pool is left
+    alone: its threads wait on a condition variable (they never spin) and serve only ``torch.jit.fork``."""
+    if setting in (None, "torch"):
+        return f"{torch.get_num_threads()} (torch's choice)"
+    if setting != "auto":
+        torch.set_num_threads(int(setting))
+        return str(setting)
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        torch.set_num_threads(int(given))
+        return f"{given} (auto: OMP_NUM_THREADS)"
+    choice = host.auto_threads(cap=_TORCH_THREADS)
+    torch.set_num_threads(choice.threads)
+    waiting = host.wait_passively(choice)  # torch is loaded: this only reports (the CLI set it before)
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        waiting = "OpenMP waits passively"
+    elif waiting == "too late":
+        waiting = "OpenMP spins: set OMP_WAIT_POLICY=PASSIVE before importing torch"
+    return f"{choice.threads} ({choice.reason}{'; ' + waiting if waiting else ''})"
 
 
 def build_callbacks(state: TrainState, data: DataBundle, built: BuiltModel, extra: list[Callback], quiet: bool,
