@@ -206,6 +206,10 @@ def cifar_rows(args: argparse.Namespace, device: torch.device, out: Path) -> lis
     target = "(tiny: no target)" if args.tiny else f">= 0.9x: {'met' if ratio >= 0.9 else 'MISSED'}"
     cost = f"{cpu_seconds() - cpu0:.0f} CPU-s, {time.perf_counter() - wall0:.0f} s wall for both"
     n = 5 * per_file
+    params = sum(p.numel() for p in AirbenchNet(widths).parameters())
+    if params != summary["model"]["parameters"]:  # the same network, or the ratio compares nothing
+        raise RuntimeError(f"the reference has {params:,} parameters, visiontrain's airbench_net "
+                           f"{summary['model']['parameters']:,}")
     return [
         {"what": "CIFAR-shaped img/s: airbench-style loop (reference)", "value": f"{ref:,.0f}",
          "detail": f"{n:,} images, last of {epochs} epoch(s), batch {batch}", "target": ""},
