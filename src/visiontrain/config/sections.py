@@ -51,7 +51,7 @@ class DataConfig:
     download: bool = knob(True, "download a registered dataset whose files are missing in --data-dir")
     cache: Literal["auto", "memory", "off"] = knob(
         "auto", "decode an image folder once into memory (uint8) and train from there: auto (when it fits "
-        "--cache-mb), memory, off")
+        "--cache-mb and pays back in the planned epochs), memory, off")
     cache_mb: int = knob(2048, "the in-memory budget of --cache auto, in MiB", low=0)
     split_file: str | None = knob(None, "reuse the train/val split of an earlier run (its split.json)")
     item_timeout_s: float = knob(300.0, "seconds one file/item may take to read before it counts as bad "

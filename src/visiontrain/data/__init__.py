@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from visiontrain.data import torchvision_sets  # noqa: F401  (registers cifar10,
 from visiontrain.data.loaders import BadImageLog, FileDataset, FileLoader, Loader, Normalizer, TensorLoader
 from visiontrain.data.pipeline import (
     LoaderPlan,
+    cache_pays,
     check_eval,
     check_pipeline,
     estimate_bytes,
@@ -113,7 +115,7 @@ def build_data(cfg: DataConfig, seed: int, *, channels: int | None = None, size:
                prep: Preprocessing | None = None, splits: tuple[str, ...] = ("train", "val", "test"),
                pin_memory: bool = False, device: torch.device | str | None = None,
                model_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-               photo_eval: list[Spec] | None = None) -> DataBundle:
+               photo_eval: list[Spec] | None = None, epochs: int | None = None) -> DataBundle:
     """Load ``cfg``'s source and make loaders.
 
     ``channels``/``size`` are what the model requires (None = the data's own); ``prep`` fixes the whole
@@ -122,6 +124,8 @@ def build_data(cfg: DataConfig, seed: int, *, channels: int | None = None, size:
     GPU when ``pin_memory`` says training runs there). ``model_stats`` are the mean/std a pretrained model
     expects, used by ``normalize: auto``; ``photo_eval`` the evaluation pipeline pretrained weights were made
     with (resize, centre crop, interpolation), used for photos of mixed sizes when no eval transforms are given.
+    ``epochs`` (the planned training epochs) lets ``cache: auto`` skip a cache that would not pay back in
+    them; None caches whatever fits ``cache_mb``.
     """
     source = load_source(cfg, seed, need_val="val" in splits)
     if "train" in splits and len(source.splits["train"]) == 0:
@@ -141,7 +145,7 @@ def build_data(cfg: DataConfig, seed: int, *, channels: int | None = None, size:
         check_eval(train_specs, "checkpoint eval_transforms")
     plans = {name: plan_for(source, name, prep, train_specs if training else None, device, pin_memory)
              for name in splits if name in source.splits}
-    cache = training and _use_cache(cfg, source, plans)
+    cache = training and _use_cache(cfg, source, plans, epochs)
     loaders = {name: make_loader(source.splits[name], plan, cfg, seed, bad_log, cache) for name, plan in plans.items()}
     if stats is None:
         stats = _stats(cfg, source, prep.channels, model_stats, seed)
@@ -177,12 +181,22 @@ def plan_for(source: DataSource, name: str, prep: Preprocessing, train_specs: li
     return plan
 
 
-def _use_cache(cfg: DataConfig, source: DataSource, plans: dict[str, LoaderPlan]) -> bool:
+def _use_cache(cfg: DataConfig, source: DataSource, plans: dict[str, LoaderPlan], epochs: int | None) -> bool:
     if cfg.cache == "off":
         return False
     if cfg.cache == "memory":
         return True
-    return estimate_bytes(source.splits, plans) <= cfg.cache_mb * 2**20
+    size = estimate_bytes(source.splits, plans)
+    if size > cfg.cache_mb * 2**20:
+        return False
+    train = source.splits.get("train")
+    if epochs is None or "train" not in plans or isinstance(train, TensorSplit) or train is None:
+        return True
+    pays, why = cache_pays(train, plans["train"], cfg, epochs)
+    if why:
+        verdict = "caching in memory" if pays else "streaming (caching would not pay back)"
+        print(f"note: cache auto: {verdict}: {size / 2**20:,.0f} MiB, {why}", file=sys.stderr, flush=True)
+    return pays
 
 
 def _stats(cfg: DataConfig, source: DataSource, channels: int, model_stats: tuple | None,

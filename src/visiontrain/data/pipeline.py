@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,8 @@ from visiontrain.errors import ConfigError
 from visiontrain.limits import cap_workers
 
 _CACHE_WORKERS_FROM = 1000  # images: below this, worker start-up costs more than it saves
+_ESTIMATE_FROM = 1000  # training images: below this `cache: auto` caches without measuring (seconds at most)
+_SAMPLE = 16  # files decoded to estimate what caching costs and saves
 
 
 @dataclass
@@ -91,10 +94,64 @@ def _cache(split: FileSplit | ItemSplit, plan: LoaderPlan, cfg: DataConfig,
     head, rest, side = cache_geometry(plan.specs, plan.size, plan.channels)
     workers = max(cfg.workers, min(os.cpu_count() or 1, 8)) if len(split) >= _CACHE_WORKERS_FROM else cfg.workers
     log = (lambda line: print(f"note: {line}", file=sys.stderr, flush=True)) if len(split) >= 5000 else None
+    # Per-image random transforms on a CPU read the cache from DataLoader workers (make_loader): decode into
+    # shared memory at once instead of copying it there afterwards.
+    shared = bool(rest) and plan.device.type == "cpu" and BatchPipeline(rest, _where(plan)).per_image
     cached = decode_to_memory(split, plan.channels, build_transforms(head), workers=workers, bad_log=bad_log,
                               max_pixels=cfg.max_pixels, draft=side if plan.train else None, log=log,
-                              timeout_s=cfg.item_timeout_s)
+                              timeout_s=cfg.item_timeout_s, shared=shared)
     return cached, rest
+
+
+def cache_pays(split: FileSplit | ItemSplit, plan: LoaderPlan, cfg: DataConfig, epochs: int) -> tuple[bool, str]:
+    """Whether caching the training split pays back within ``epochs``, and why ("" when not measured).
+
+    Caching decodes every image once before training starts; streaming decodes in workers while the model
+    trains, so its first epoch's decoding is not a cost of its own (it overlaps the steps) and every later
+    epoch decodes again. The cached epochs still run the random rest of the pipeline per image
+    (RandomResizedCrop…). So caching pays when ``(epochs - 1) * (stream - rest) >= decode`` per image, each
+    term measured in CPU-seconds of one thread on a few files: ``decode`` the cache's decode and fixed-size
+    head, ``stream`` a streamed image (decode + the whole training pipeline), ``rest`` the cached per-image
+    work. Measured against this (2 cores, 500x375 JPEGs at 224 px, RandomResizedCrop): caching lost at 2
+    epochs and won from about 4 (docs/benchmarks.md#cache-memory).
+    """
+    n = len(split)
+    if n < _ESTIMATE_FROM:
+        return True, ""  # a few seconds of decoding at most: not worth measuring, nor a line
+    head, rest, side = cache_geometry(plan.specs, plan.size, plan.channels)
+    pick = torch.linspace(0, n - 1, min(_SAMPLE, n)).long()
+    sample = split.subset(pick)
+    common = {"max_pixels": cfg.max_pixels, "timeout_s": cfg.item_timeout_s}
+    cached_set = FileDataset(sample, plan.channels, build_transforms(head), draft=side, **common)
+    stream_set = FileDataset(sample, plan.channels, build_transforms(plan.specs, _where(plan)),
+                             draft=2 * plan.size, **common)
+    decode, images = _cpu_per_item(cached_set)
+    stream, _ = _cpu_per_item(stream_set)
+    rest_s = 0.0
+    if rest and images:
+        pipeline = BatchPipeline(rest, _where(plan))
+        gen = torch.Generator().manual_seed(0)
+        pipeline(torch.stack(images[:2]), gen)  # warm-up: first calls build kernels and caches
+        batch = torch.stack(images)  # not timed: the loader's batches come stacked
+        start = time.thread_time()
+        pipeline(batch, gen)
+        rest_s = (time.thread_time() - start) / len(images)
+    saved = (epochs - 1) * (stream - rest_s)
+    numbers = (f"decoding {n:,} images once ~{n * decode:.0f} CPU-s; {epochs} epoch(s) would save "
+               f"~{max(0.0, n * saved):.0f} CPU-s of re-decoding")
+    return saved >= decode, numbers
+
+
+def _cpu_per_item(dataset: FileDataset) -> tuple[float, list[torch.Tensor]]:
+    """CPU-seconds of this thread per item of ``dataset`` (the first one read twice: a warm-up) and its images."""
+    dataset[0]
+    images: list[torch.Tensor] = []
+    start = time.thread_time()
+    for i in range(len(dataset)):
+        image, *_, error = dataset[i]
+        if not error:
+            images.append(image)
+    return (time.thread_time() - start) / max(1, len(dataset)), images
 
 
 def cache_geometry(specs: list[Spec], size: int, channels: int) -> tuple[list[Spec], list[Spec], int]:
@@ -200,5 +257,5 @@ def split_shape(split: Split, channels: int) -> tuple[int, int, int] | None:
     return None
 
 
-__all__ = ["LoaderPlan", "cache_geometry", "check_eval", "check_pipeline", "estimate_bytes", "make_loader",
-           "sample_stats", "split_shape"]
+__all__ = ["LoaderPlan", "cache_geometry", "cache_pays", "check_eval", "check_pipeline", "estimate_bytes",
+           "make_loader", "sample_stats", "split_shape"]

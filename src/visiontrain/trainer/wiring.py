@@ -50,7 +50,8 @@ def build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
     weights = describe_weights(cfg.model.name, cfg.model.pretrained, cfg.model.offline)
     data = build_data(cfg.data, cfg.train.seed, channels=cfg.model.in_channels or entry.channels,
                       size=weights.size if weights else entry.default_size, pin_memory=device.type == "cuda",
-                      device=device, photo_eval=weights.eval_transforms() if weights else None)
+                      device=device, photo_eval=weights.eval_transforms() if weights else None,
+                      epochs=cfg.train.epochs)
     if d.enabled:  # each process takes its part of every global batch
         for name, loader in data.loaders.items():
             loader.shard(d.rank, d.world, drop_tail=name == "train")
