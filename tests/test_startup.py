@@ -64,11 +64,13 @@ def test_the_real_command_imports_nothing_heavy() -> None:
     assert not {m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY}
 
 
-# What `predict` has no use for: the training loop and its loggers, the report's and the trackers' libraries, the
-# serve and export extras, and the export writers (quantization, the evaluation they verify with). It needs torch,
-# the checkpoint, the model and the evaluation transforms (torchvision's, for now); anything more is start-up time
-# every prediction pays.
-NOT_FOR_PREDICT = ("matplotlib", "tensorboard", "torchmetrics", "onnx", "onnxruntime", "timm", "fastapi", "uvicorn",
+# What `predict` has no use for: torchvision (its evaluation resize/crop runs on torch alone, data.transforms.
+# TensorEval) and torch._dynamo (which torchvision and torch's meta-device decompositions import: ~2 CPU-s, more
+# than predict costs without them), the training loop and its loggers, the report's and the trackers' libraries,
+# the serve and export extras, and the export writers (quantization, the evaluation they verify with). It needs
+# torch, the checkpoint and the model; anything more is start-up time every prediction pays.
+NOT_FOR_PREDICT = ("torchvision", "torch._dynamo", "matplotlib", "tensorboard", "torchmetrics", "onnx", "onnxruntime",
+                   "timm", "fastapi", "uvicorn",
                    "mlflow", "optuna", "pytorch_grad_cam", "visiontrain.trainer", "visiontrain.watch",
                    "visiontrain.use.export.write", "visiontrain.use.export.quantize", "visiontrain.use.evaluate",
                    "visiontrain.use.report", "visiontrain.use.serve")
