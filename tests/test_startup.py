@@ -62,3 +62,27 @@ def test_the_real_command_imports_nothing_heavy() -> None:
     modules = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "visiontrain.cli" in modules and "usage: visiontrain" in proc.stdout
     assert not {m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY}
+
+
+# What `predict` has no use for: torchvision (its evaluation resize/crop runs on torch alone, data.transforms.
+# TensorEval) and torch._dynamo (which torchvision and torch's meta-device decompositions import: ~2 CPU-s, more
+# than predict costs without them), the training loop and its loggers, the report's and the trackers' libraries,
+# the serve and export extras, and the export writers (quantization, the evaluation they verify with). It needs
+# torch, the checkpoint and the model; anything more is start-up time every prediction pays.
+NOT_FOR_PREDICT = ("torchvision", "torch._dynamo", "matplotlib", "tensorboard", "torchmetrics", "onnx", "onnxruntime",
+                   "timm", "fastapi", "uvicorn",
+                   "mlflow", "optuna", "pytorch_grad_cam", "visiontrain.trainer", "visiontrain.watch",
+                   "visiontrain.use.export.write", "visiontrain.use.export.quantize", "visiontrain.use.evaluate",
+                   "visiontrain.use.report", "visiontrain.use.serve")
+
+
+@pytest.mark.slow
+def test_predict_loads_only_what_it_uses(synthetic_run) -> None:
+    """`visiontrain predict RUN one.png` as its own process, seen by the interpreter's own import log."""
+    image = sorted((synthetic_run.dir / "samples").iterdir())[0]
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "visiontrain", "predict", str(synthetic_run.dir),
+                           str(image)], capture_output=True, text=True, timeout=300, check=True)
+    modules = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "visiontrain.use.predict" in modules and "%" in proc.stdout  # it ran and printed a prediction
+    loaded = sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in NOT_FOR_PREDICT))
+    assert not loaded, f"predict imports {', '.join(loaded)}"

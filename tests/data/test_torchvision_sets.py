@@ -114,7 +114,7 @@ def test_missing_cifar_with_download_off_or_failing(tmp_path: Path, monkeypatch:
     def offline(*args: object, **kwargs: object) -> None:
         raise RuntimeError("Error downloading cifar-10-python.tar.gz:\nno network")
 
-    monkeypatch.setattr("visiontrain.data.torchvision_sets.download_and_extract_archive", offline)
+    monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", offline)  # imported when used
     with pytest.raises(DataError) as info:
         load_source(DataConfig(name="cifar10", dir=str(tmp_path)), 0)
     message = str(info.value)

@@ -8,9 +8,11 @@ import torch
 from visiontrain.data.transforms import (
     ALLOWED,
     PRESETS,
+    TensorEval,
     build_transforms,
     check_specs,
     eval_specs,
+    eval_transform,
     resolve,
     split_normalize,
     train_specs,
@@ -139,3 +141,43 @@ def test_resolve_config_choices() -> None:
         resolve({"train": "cifar11"}, 32, "cifar", False, 32)
     with pytest.raises(ConfigError, match="eval must be a list"):
         resolve({"eval": "cifar"}, 32, "cifar", False, 32)
+
+
+# The evaluation pipeline every run saves (Resize, or Resize + CenterCrop) is computed without torchvision for
+# `predict` (data.transforms.TensorEval): it must equal torchvision's output bit for bit, for every shape it meets —
+# up, down, the same size, the shorter side only, padding crops, gray and RGB, and the channels-last tensors
+# images decode to.
+_EVAL_CASES = [
+    [{"name": "Resize", "size": [32, 32]}],
+    [{"name": "Resize", "size": [28, 28]}],
+    [{"name": "Resize", "size": 37}, {"name": "CenterCrop", "size": [32, 32]}],
+    [{"name": "Resize", "size": [20]}, {"name": "CenterCrop", "size": 24}],
+    [{"name": "Resize", "size": [17, 45], "antialias": True}],
+    [{"name": "CenterCrop", "size": [31, 50]}],
+    [],
+]
+
+
+@pytest.mark.parametrize("specs", _EVAL_CASES, ids=lambda s: "+".join(f"{x['name']}{x['size']}" for x in s) or "none")
+def test_the_torch_only_evaluation_pipeline_equals_torchvisions(specs: list[dict]) -> None:
+    fast, reference = eval_transform(specs), build_transforms(specs)
+    assert isinstance(fast, TensorEval)
+    gen = torch.Generator().manual_seed(0)
+    for channels, height, width in [(3, 28, 28), (1, 28, 28), (3, 40, 25), (1, 19, 64), (3, 200, 150), (3, 9, 9)]:
+        hwc = torch.randint(0, 256, (height, width, channels), dtype=torch.uint8, generator=gen)
+        for image in (hwc.permute(2, 0, 1), hwc.permute(2, 0, 1).contiguous()):  # as decoded, and contiguous
+            assert torch.equal(fast(image), reference(image)), (channels, height, width, image.stride())
+        batch = torch.stack([hwc.permute(2, 0, 1)] * 3)  # the in-memory loaders resize whole batches
+        assert torch.equal(fast(batch), reference(batch)), (channels, height, width, "batch")
+
+
+@pytest.mark.parametrize("spec", [{"name": "Resize", "size": 32, "interpolation": "nearest"},
+                                  {"name": "Resize", "size": 32, "antialias": False},
+                                  {"name": "RandomCrop", "size": 32}])
+def test_anything_else_is_built_by_torchvision(spec: dict) -> None:
+    assert not isinstance(eval_transform([spec]), TensorEval)
+
+
+def test_a_bad_size_is_still_one_config_error() -> None:
+    with pytest.raises(ConfigError, match="transform Resize"):
+        eval_transform([{"name": "Resize", "size": 32.5}])

@@ -80,6 +80,9 @@ def test_every_epoch_records_the_split_in_metrics_tensorboard_and_summary(synthe
     totals = summary["time"]
     assert totals["train_s"] == pytest.approx(sum(r["train/epoch_time_s"] for r in epochs), abs=1e-3)
     assert totals["data_wait_s"] + totals["compute_s"] == pytest.approx(totals["train_s"], abs=1e-3)
+    # CPU-seconds of the same span: what a shared machine's other jobs change least (benchmarks/bench_fast.py)
+    assert totals["train_cpu_s"] == pytest.approx(sum(r["train/epoch_cpu_s"] for r in epochs), abs=1e-3)
+    assert totals["train_cpu_s"] > 0.0
 
 
 def test_a_starving_loader_prints_one_loader_bound_line_with_the_flag_to_try(
@@ -123,9 +126,10 @@ def test_an_in_memory_loader_gets_advice_about_augmentation_not_workers() -> Non
 
 def test_time_totals_survive_a_resume() -> None:
     totals = TimeTotals()
-    metrics = {"train/epoch_time_s": 2.0, "train/data_wait_s": 0.5, "train/compute_s": 1.5}
+    metrics = {"train/epoch_time_s": 2.0, "train/epoch_cpu_s": 1.75, "train/data_wait_s": 0.5, "train/compute_s": 1.5}
     totals.on_epoch_end(SimpleNamespace(epoch_metrics=metrics))
     resumed = TimeTotals()
     resumed.load_state_dict(json.loads(json.dumps(totals.state_dict())))  # as the resume checkpoint stores it
     resumed.on_epoch_end(SimpleNamespace(epoch_metrics=metrics))
-    assert resumed.summary() == {"train_s": 4.0, "data_wait_s": 1.0, "compute_s": 3.0, "data_wait_frac": 0.25}
+    assert resumed.summary() == {"train_s": 4.0, "train_cpu_s": 3.5, "data_wait_s": 1.0, "compute_s": 3.0,
+                                 "data_wait_frac": 0.25}

@@ -41,7 +41,9 @@ _FAST: dict[str, Any] = {
     "model.name": "fast_cnn",
     "model.args": {"widths": [16, 32]},
     "data.batch_size": 128,
-    "data.eval_batch_size": 2000,
+    # Cache-sized: 500 digits through fast_cnn evaluate 2x faster per image than 2000 on one CPU thread (the first
+    # conv's output, 18 MB, stays in a 32 MB L3; 0.55 vs 1.17 CPU-s for MNIST's 10k test images).
+    "data.eval_batch_size": 500,
     "data.transforms.train": "none",
     "optim.name": "adam",
     "optim.lr": 0.015,

@@ -160,8 +160,8 @@ class TrainConfig:
                                            flag="--early-stop", low=1, peers=("patience",))
     keep_last: int = knob(0, "also keep the last N per-epoch checkpoints (epoch-0003.*)", low=0)
     checkpoint_every: int = knob(0, "also checkpoint (for resume) every N optimizer steps; 0 = per epoch only", low=0)
-    plots: bool = knob(True, "draw pictures (a training batch, confusion matrix, mistakes, curves) into TensorBoard "
-                       "and plots/")
+    plots: bool = knob(True, "draw pictures (a training batch, confusion matrix, mistakes, curves, the model graph) "
+                       "into TensorBoard and plots/")
     batch_size_per_device: int | None = knob(None, "with several processes (torchrun): images per process per step; "
                                              "the global batch is this x processes", low=1)
     scale_lr: bool = knob(False, "with several processes: multiply --lr by the process count")

@@ -23,7 +23,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from visiontrain.data.transforms import DETERMINISTIC, PASSTHROUGH, Spec, StackCrops, build_one, build_transforms
+from visiontrain.data.transforms import (
+    DETERMINISTIC,
+    PASSTHROUGH,
+    Spec,
+    StackCrops,
+    build_one,
+    build_transforms,
+    eval_transform,
+)
 
 BatchOp = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -186,6 +194,9 @@ class BatchPipeline:
 def _batched(spec: Spec, where: str, device: torch.device) -> BatchOp:
     if spec["name"] in BATCHED and _batchable(spec, device):
         return BATCHED[spec["name"]](**{k: v for k, v in spec.items() if k != "name"})
+    if spec["name"] in ("Resize", "CenterCrop"):  # torch alone where it can (no torchvision import), else v2's
+        transform = eval_transform([spec], where)
+        return lambda x, gen: transform(x)
     transform = build_one(spec, where)  # deterministic: the same op for every image, batched by torchvision
     if spec["name"] in ("FiveCrop", "TenCrop"):
         return lambda x, gen: torch.stack(list(transform(x)), dim=1)  # [B, N, C, H, W]

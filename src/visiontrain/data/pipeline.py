@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms import v2
 
 from visiontrain.config import DataConfig
 from visiontrain.data.augment import BatchPipeline
@@ -231,6 +230,8 @@ def sample_stats(split: Split, channels: int, limit: int = 500, seed: int = 0, m
     count = min(limit, len(split))
     pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
     subset = split.subset(torch.sort(pick).values)
+    from torchvision.transforms import v2  # torchvision loads torch._dynamo (~2 CPU-s): only when it is used
+
     dataset = FileDataset(subset, channels, v2.Resize(128, antialias=True), max_pixels=max_pixels, draft=128)
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros_like(total)

@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision.datasets as tvd
-from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 from visiontrain.config import DataConfig
 from visiontrain.data.arrays import load_array_pickle
@@ -72,6 +70,8 @@ def load_cifar(cls: type, root: Path, train: bool, download: bool) -> tuple[torc
         if not download:
             raise DataError(f"{cls.__name__}: files not found in {folder} and download is off; copy the "
                             f"{cls.base_folder} folder there or allow downloading (data.download: true)")
+        from torchvision.datasets.utils import download_and_extract_archive
+
         _download(cls.__name__, lambda: download_and_extract_archive(cls.url, str(root), filename=cls.filename,
                                                                       md5=cls.tgz_md5), folder)
     try:
@@ -112,6 +112,8 @@ def _cifar_meta(path: Path, key: str) -> list[str]:
 
 def _official(cls: type, root: Path) -> bool:
     folder = root / cls.base_folder
+    from torchvision.datasets.utils import check_integrity
+
     files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
     return all(check_integrity(str(folder / name), md5) for name, md5 in files)
 
@@ -149,10 +151,15 @@ def _gunzip_missing(raw: Path, names: list[str]) -> None:
                 raise DataError(f"{archive}: not a readable .gz file ({exc}); copy it again") from None
 
 
-def _source(key: str, cls: type, loader: Callable, channels: int, size: int, preset: str) -> Callable:
+def _source(key: str, class_name: str, loader: Callable, channels: int, size: int, preset: str) -> Callable:
     def build(cfg: DataConfig, seed: int) -> DataSource:
         if cfg.args:
             raise DataError(f"dataset {key!r} takes no data args (got {sorted(cfg.args)[0]!r})")
+        # torchvision (~2 CPU-s: it loads torch._dynamo) only once one of its sets is used, so that registering
+        # them costs nothing to the commands that never do (predict, evaluate of another set)
+        import torchvision.datasets
+
+        cls = getattr(torchvision.datasets, class_name)
         root = Path(cfg.dir).expanduser()
         splits: dict[str, Split] = {}
         classes: list[str] = []
@@ -166,13 +173,13 @@ def _source(key: str, cls: type, loader: Callable, channels: int, size: int, pre
 
 
 _SETS = [
-    ("cifar10", tvd.CIFAR10, load_cifar, 3, 32, "cifar",
+    ("cifar10", "CIFAR10", load_cifar, 3, 32, "cifar",
      "CIFAR-10: 32x32 colour photos, 10 classes, 50k train / 10k test (torchvision download)"),
-    ("cifar100", tvd.CIFAR100, load_cifar, 3, 32, "cifar",
+    ("cifar100", "CIFAR100", load_cifar, 3, 32, "cifar",
      "CIFAR-100: 32x32 colour photos, 100 classes, 50k train / 10k test (torchvision download)"),
-    ("fashion_mnist", tvd.FashionMNIST, load_idx_set, 1, 28, "digits",
+    ("fashion_mnist", "FashionMNIST", load_idx_set, 1, 28, "digits",
      "Fashion-MNIST: 28x28 gray clothing, 10 classes, 60k train / 10k test (torchvision download)"),
-    ("kmnist", tvd.KMNIST, load_idx_set, 1, 28, "digits",
+    ("kmnist", "KMNIST", load_idx_set, 1, 28, "digits",
      "Kuzushiji-MNIST: 28x28 gray cursive Japanese, 10 classes, 60k train / 10k test (torchvision download)"),
 ]
 for _key, _cls, _loader, _channels, _size, _preset, _text in _SETS:

@@ -18,39 +18,25 @@ visiontrain.errors.ConfigError: transforms: unknown transform 'os.system'; choos
 from __future__ import annotations
 
 import inspect
+import platform
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torchvision.transforms import v2
+import torch.nn.functional as F
 
 from visiontrain.errors import ConfigError
 
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
 Spec = dict[str, Any]
 
-ALLOWED: dict[str, Any] = {
-    "Resize": v2.Resize,
-    "CenterCrop": v2.CenterCrop,
-    "RandomCrop": v2.RandomCrop,
-    "RandomResizedCrop": v2.RandomResizedCrop,
-    "FiveCrop": v2.FiveCrop,
-    "TenCrop": v2.TenCrop,
-    "Pad": v2.Pad,
-    "RandomHorizontalFlip": v2.RandomHorizontalFlip,
-    "RandomVerticalFlip": v2.RandomVerticalFlip,
-    "RandomRotation": v2.RandomRotation,
-    "RandomAffine": v2.RandomAffine,
-    "RandomPerspective": v2.RandomPerspective,
-    "ColorJitter": v2.ColorJitter,
-    "Grayscale": v2.Grayscale,
-    "RandomGrayscale": v2.RandomGrayscale,
-    "GaussianBlur": v2.GaussianBlur,
-    "RandomErasing": v2.RandomErasing,
-    "AutoAugment": v2.AutoAugment,
-    "RandAugment": v2.RandAugment,
-    "TrivialAugmentWide": v2.TrivialAugmentWide,
-    "AugMix": v2.AugMix,
-}
+ALLOWED: tuple[str, ...] = (  # torchvision.transforms.v2 classes by name, imported when one is built or checked
+    "Resize", "CenterCrop", "RandomCrop", "RandomResizedCrop", "FiveCrop", "TenCrop", "Pad", "RandomHorizontalFlip",
+    "RandomVerticalFlip", "RandomRotation", "RandomAffine", "RandomPerspective", "ColorJitter", "Grayscale",
+    "RandomGrayscale", "GaussianBlur", "RandomErasing", "AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix",
+)
 # Accepted so that pipelines copied from the notes (docs/cookbook.md §2, transforms) work: the loaders already
 # yield tensors, and
 # Normalize becomes the on-device normalization (see split_normalize).
@@ -58,7 +44,15 @@ PASSTHROUGH = frozenset({"ToTensor", "ToImage", "Normalize"})
 # Same output for the same input: these may be cached (applied once) and run on a whole batch at once.
 DETERMINISTIC = frozenset({"Resize", "CenterCrop", "Pad", "Grayscale", "FiveCrop", "TenCrop"})
 MULTI_CROP = {"FiveCrop": 5, "TenCrop": 10}
-_ENUMS = {"interpolation": v2.InterpolationMode, "policy": v2.AutoAugmentPolicy}
+_ENUMS = {"interpolation": "InterpolationMode", "policy": "AutoAugmentPolicy"}  # v2 enums, by name
+
+
+def _v2() -> Any:
+    # torchvision costs ~2 CPU-s to import (its ops load torch._dynamo): only when a v2 transform is built or
+    # checked, never by a `predict` whose evaluation pipeline `eval_transform` computes with torch alone
+    from torchvision.transforms import v2
+
+    return v2
 
 # Training augmentation presets: name -> specs for a square input side.
 PRESETS: dict[str, Callable[[int], list[Spec]]] = {
@@ -89,9 +83,9 @@ def check_specs(specs: Any, where: str) -> list[Spec]:
         name = spec["name"]
         if name not in ALLOWED and name not in PASSTHROUGH:
             raise ConfigError(f"{where}: unknown transform {name!r}; choose one of: "
-                              f"{', '.join(sorted(ALLOWED.keys() | PASSTHROUGH))}")
+                              f"{', '.join(sorted({*ALLOWED, *PASSTHROUGH}))}")
         if name in ALLOWED:
-            params = [p for p in inspect.signature(ALLOWED[name].__init__).parameters if p != "self"]
+            params = [p for p in inspect.signature(getattr(_v2(), name).__init__).parameters if p != "self"]
             bad = [k for k in spec if k != "name" and k not in params]
             if bad:
                 raise ConfigError(f"{where}: transform {name} has no argument {bad[0]!r}; it takes: "
@@ -113,6 +107,7 @@ def build_transforms(specs: list[Spec], where: str = "transforms") -> v2.Compose
         steps.append(build_one(spec, where))
         if name in MULTI_CROP:
             steps.append(StackCrops())
+    v2 = _v2()
     return v2.Compose(steps or [v2.Identity()])
 
 
@@ -122,7 +117,7 @@ def build_one(spec: Spec, where: str = "transforms") -> Callable:
     if name in ("Resize", "RandomResizedCrop"):
         kwargs.setdefault("antialias", True)
     try:
-        return ALLOWED[name](**kwargs)
+        return getattr(_v2(), name)(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: transform {name} with {kwargs}: {exc}") from None
 
@@ -134,10 +129,99 @@ class StackCrops:
         return torch.stack(list(crops))
 
 
+def eval_transform(specs: list[Spec], where: str = "transforms") -> Callable[[torch.Tensor], torch.Tensor]:
+    """The evaluation pipeline for uint8 image tensors ([C,H,W] or batches), as :func:`build_transforms` builds
+    it — but when it is only ``Resize`` (bilinear, antialiased: the default) and ``CenterCrop`` with a size,
+    what every run's evaluation is (:func:`eval_specs`), torch computes it alone (:class:`TensorEval`, equal to
+    torchvision's output bit for bit) and ``predict`` starts without importing torchvision (~2 CPU-s)."""
+    if all(_torch_only(spec) for spec in specs):
+        return TensorEval(specs)
+    return build_transforms(specs, where)
+
+
+def _torch_only(spec: Any) -> bool:
+    if not isinstance(spec, dict) or spec.get("name") not in ("Resize", "CenterCrop"):
+        return False
+    extra = set(spec) - {"name", "size"}
+    if spec["name"] == "Resize" and extra == {"antialias"} and spec["antialias"] is True:
+        extra = set()
+    size = spec.get("size")
+    sizes = [size] if isinstance(size, int) else size if isinstance(size, list | tuple) else None
+    plain = sizes is not None and len(sizes) in (1, 2) and all(type(v) is int and v > 0 for v in sizes)
+    return not extra and plain
+
+
+class TensorEval:
+    """``Resize`` and ``CenterCrop`` specs on uint8 tensors, computed as torchvision.transforms.v2 computes them on
+    tensors (its ``resize_image`` and ``center_crop_image``: the same output sizes, the same antialiased bilinear
+    kernel, on uint8 directly where torchvision uses it), without importing torchvision; the tests compare the two
+    bit for bit."""
+
+    def __init__(self, specs: list[Spec]) -> None:
+        self.steps = [(spec["name"], spec["size"]) for spec in specs]
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        for name, size in self.steps:
+            image = _resize(image, size) if name == "Resize" else _center_crop(image, size)
+        return image
+
+
+def _resize(image: torch.Tensor, size: int | list[int]) -> torch.Tensor:
+    shape = image.shape
+    channels, height, width = shape[-3:]
+    sizes = [size] if isinstance(size, int) else list(size)
+    if len(sizes) == 1:  # the shorter side to this, the longer in proportion (rounded down)
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = sizes[0], int(sizes[0] * long / short)
+        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    else:
+        new_h, new_w = sizes
+    if (new_h, new_w) == (height, width):
+        return image
+    if image.numel() > 0:
+        dtype = image.dtype
+        native = dtype in (torch.float32, torch.float64) or (dtype == torch.uint8 and image.device.type == "cpu" and
+                                                            _native_uint8_resize())
+        x = image.reshape(-1, channels, height, width)
+        strides = x.stride()
+        if x.is_contiguous(memory_format=torch.channels_last) and x.shape[0] == 1 and image.numel() != strides[0]:
+            # as torchvision does, so that the output keeps the input's memory format (the kernel differs)
+            x = x.as_strided((1, channels, height, width), [image.numel(), *strides[1:]])
+        x = x if native else x.to(torch.float32)
+        x = F.interpolate(x, size=[new_h, new_w], mode="bilinear", align_corners=False, antialias=True)
+        if not native:
+            x = (x.round_() if not dtype.is_floating_point else x).to(dtype)
+        image = x
+    return image.reshape((*shape[:-3], channels, new_h, new_w))
+
+
+def _native_uint8_resize() -> bool:
+    # torchvision resizes uint8 on the CPU without a float copy where torch has the vectorized kernel for it
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64",
+                                                                                                   "arm64")
+
+
+def _center_crop(image: torch.Tensor, size: int | list[int]) -> torch.Tensor:
+    sizes = [size] if isinstance(size, int) else list(size)
+    crop_h, crop_w = (sizes[0], sizes[0]) if len(sizes) == 1 else sizes
+    if image.numel() == 0:
+        return image.reshape((*image.shape[:-2], crop_h, crop_w))
+    height, width = image.shape[-2:]
+    if crop_h > height or crop_w > width:  # zero padding around, the odd pixel on the right/bottom
+        left, top = max(crop_w - width, 0) // 2, max(crop_h - height, 0) // 2
+        right, bottom = (max(crop_w - width, 0) + 1) // 2, (max(crop_h - height, 0) + 1) // 2
+        image = F.pad(image, [left, right, top, bottom], value=0.0)
+        height, width = image.shape[-2:]
+        if (crop_h, crop_w) == (height, width):
+            return image
+    top, left = round((height - crop_h) / 2.0), round((width - crop_w) / 2.0)  # Python rounds halves to even, as there
+    return image[..., top:top + crop_h, left:left + crop_w]
+
+
 def _enum(key: str, value: Any, name: str, where: str) -> Any:
     if key not in _ENUMS or not isinstance(value, str):
         return value
-    kind = _ENUMS[key]
+    kind = getattr(_v2(), _ENUMS[key])
     try:
         return kind(value.lower())
     except ValueError:

@@ -80,7 +80,7 @@ def train_one_epoch(state: TrainState, loader: Loader, callbacks: Callbacks) -> 
     loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
     accumulate, total = cfg.accumulate, state.batches_per_epoch
     timer = DataTimer(loader)  # seconds inside the loader's next(): the epoch's data wait (engine/timing.py)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()  # process_time: this process's CPU-seconds
     for index, (images, labels) in enumerate(timer, start=state.batch_in_epoch):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -110,13 +110,13 @@ def train_one_epoch(state: TrainState, loader: Loader, callbacks: Callbacks) -> 
             check_finite(state, weights=save_point)
         callbacks.fire("on_batch_end", state)
     check_finite(state)  # before validation and the epoch's checkpoints
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     sums = {k: state.dist.reducer()(v.clone()) for k, v in state.sums.items()}  # every rank's share
     seen = int(sums["seen"])
     accuracy = {"accuracy": float(sums["correct"]) / max(seen, 1)} if state.task == "classification" else {}
     return {"loss": float(sums["loss_sum"]) / max(seen, 1), **accuracy,
-            "epoch_time_s": elapsed, "img_per_s": seen / elapsed if elapsed > 0 else 0.0, "lr": state.lr,
-            **timer.split(elapsed)}
+            "epoch_time_s": elapsed, "epoch_cpu_s": cpu, "img_per_s": seen / elapsed if elapsed > 0 else 0.0,
+            "lr": state.lr, **timer.split(elapsed)}
 
 
 def check_finite(state: TrainState, weights: bool = True) -> None:

@@ -8,7 +8,6 @@ import random
 import numpy as np
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
 from visiontrain.config import TrainConfig
 from visiontrain.engine.state import BatchTransform
@@ -50,13 +49,15 @@ def build_mixing(cfg: TrainConfig, num_classes: int, task: str = "classification
     multi-label targets (multi-hot rows, which torchvision's take as class indices) :func:`mix_multilabel`."""
     if task == "multilabel" and (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0):
         return lambda images, labels: mix_multilabel(images, labels, cfg.mixup_alpha, cfg.cutmix_alpha)
+    if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0:
+        return None
+    from torchvision.transforms import v2  # torchvision costs ~0.3-2 CPU-s to import: only when mixing
+
     ops: list[nn.Module] = []
     if cfg.mixup_alpha > 0:
         ops.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes))
     if cfg.cutmix_alpha > 0:
         ops.append(v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes))
-    if not ops:
-        return None
     op = ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
     return lambda images, labels: op(images, labels)
 

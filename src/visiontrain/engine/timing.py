@@ -31,7 +31,7 @@ LOADER_BOUND_FRAC = 0.5  # an epoch waiting for data longer than this fraction o
 LOADER_BOUND_MIN_S = 0.5  # ...and for at least this long: a short wait is not worth a line
 # Keys that hold wall-clock measurements (``train/epoch_time_s``, ``img_per_s``, ``data_wait_frac``, summary's
 # ``time`` and ``wall_time_s``): they differ between two runs of the same seed, every other number does not.
-TIMING_SUFFIXES = ("time", "time_s", "per_s", "wait_s", "compute_s", "wait_frac")
+TIMING_SUFFIXES = ("time", "time_s", "cpu_s", "per_s", "wait_s", "compute_s", "wait_frac")
 
 
 def is_timing(key: str) -> bool:
@@ -98,14 +98,16 @@ class LoaderBound(Callback):
 
 
 class TimeTotals(Callback):
-    """Training seconds summed over the run's epochs (``train_s``, ``data_wait_s``, ``compute_s``) for
+    """Training seconds summed over the run's epochs (``train_s``, ``data_wait_s``, ``compute_s``; ``train_cpu_s`` is
+    the CPU-seconds of this process over the same span — user + system, all its threads, so a busy machine's
+    stolen time is not in it) for
     ``summary.json``'s ``time``; kept across a resume. Evaluation, start-up and checkpoint writing between
     epochs are not in ``train_s``."""
 
     order = "observe"
 
-    KEYS: ClassVar[dict[str, str]] = {"train_s": "train/epoch_time_s", "data_wait_s": "train/data_wait_s",
-                                      "compute_s": "train/compute_s"}
+    KEYS: ClassVar[dict[str, str]] = {"train_s": "train/epoch_time_s", "train_cpu_s": "train/epoch_cpu_s",
+                                      "data_wait_s": "train/data_wait_s", "compute_s": "train/compute_s"}
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = dict.fromkeys(self.KEYS, 0.0)

@@ -105,7 +105,7 @@ def _widest(spec_text: str, inp: Any) -> int:
     model = _meta_model(json.loads(spec_text), inp)
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     device = next((p.device for p in model.parameters()), torch.device("meta"))
-    with torch.no_grad():
+    with torch.no_grad(), on_meta():
         model.to(device).eval()(torch.zeros(1, inp.channels, inp.size, inp.size, device=device))
     for h in handles:
         h.remove()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import re
 
-import torchvision
 from torch import nn
 
 from visiontrain.models.entry import ModelEntry, ModelInput
@@ -30,6 +29,8 @@ _NO_AUX = {"inception_v3", "googlenet"}
 @functools.cache
 def classifier_names() -> tuple[str, ...]:
     """Names of torchvision's image classifiers (not detection/segmentation/video models)."""
+    import torchvision  # heavy (it loads torch._dynamo): only when a model is not one of visiontrain's own
+
     return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -56,6 +57,8 @@ def entry(name: str) -> ModelEntry | None:
         return None
 
     def build(inp: ModelInput, **args: object) -> nn.Module:
+        import torchvision
+
         return torchvision.models.get_model(name, weights=None, num_classes=inp.num_classes,
                                             **builder_kwargs(name, inp, args))
 

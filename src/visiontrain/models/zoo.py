@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -29,6 +30,9 @@ _FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torc
 class _MetaFactories(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        shape = _meta_shape(func, args)
+        if shape is not None:
+            return torch.empty(shape, dtype=args[0].dtype, device="meta")
         if func in _FACTORIES and kwargs.get("device") is None:
             kwargs["device"] = "meta"
         else:
@@ -36,6 +40,19 @@ class _MetaFactories(TorchFunctionMode):
             if target is not None:
                 return target  # weight init (uniform_, normal_ …) on a meta tensor changes nothing: skip its cost
         return func(*args, **kwargs)
+
+
+def _meta_shape(func: Any, args: tuple) -> tuple[int, ...] | None:
+    """The output shape of a BatchNorm or Linear on a meta tensor. On meta, torch runs these as Python
+    decompositions whose first call imports torch._dynamo (~1.5 CPU-s); `predict` checks a checkpoint's model on
+    meta (models/checks.py) and must start quickly."""
+    if not (len(args) >= 2 and isinstance(args[0], torch.Tensor) and args[0].is_meta):
+        return None
+    if func is F.batch_norm:
+        return tuple(args[0].shape)
+    if func is F.linear and isinstance(args[1], torch.Tensor):
+        return (*args[0].shape[:-1], args[1].shape[0])
+    return None
 
 
 # In-place ops that only change values (weight init and its arithmetic), never shape or autograd flags.

@@ -13,12 +13,11 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.transforms import v2
 
 from visiontrain.checkpoint.format import load_into, load_weights, read_sidecar, resolve_checkpoint
 from visiontrain.config.trust import check_file_values
 from visiontrain.data import Preprocessing
-from visiontrain.data.transforms import build_transforms
+from visiontrain.data.transforms import build_transforms, eval_transform
 from visiontrain.engine.setup import resolve_device
 from visiontrain.errors import CheckpointError, TrustError, VisiontrainError
 from visiontrain.models import ModelInput
@@ -54,17 +53,19 @@ class UsableModel:
 
     def transform(self):
         """The evaluation transforms, uint8 in and uint8 out (resize, crop): what calling the model expects."""
-        return build_transforms(self.prep.eval_transforms)
+        return eval_transform(self.prep.eval_transforms)
 
-    def preprocess(self) -> v2.Compose:
+    def preprocess(self) -> Any:
         """One callable from an image (PIL, or a uint8 tensor [C,H,W]) to the input the plain ``nn.Module``
         takes: the channels the model reads, the evaluation transforms, [0, 1] floats, Normalize with the
         checkpoint's mean/std — so ``loaded.model(loaded.preprocess()(img)[None])`` predicts as ``predict`` does.
         """
+        from torchvision.transforms import v2  # heavy (torch._dynamo): predict itself never needs it
+
         mode = "L" if self.prep.channels == 1 else "RGB"
         channels = [v2.Grayscale()] if self.prep.channels == 1 else [v2.RGB()]
         normalize = v2.Normalize(list(self.prep.mean), list(self.prep.std))
-        return v2.Compose([ImageMode(mode), v2.ToImage(), *channels, self.transform(),
+        return v2.Compose([ImageMode(mode), v2.ToImage(), *channels, build_transforms(self.prep.eval_transforms),
                            v2.ToDtype(torch.float32, scale=True), normalize])
 
     @torch.no_grad()

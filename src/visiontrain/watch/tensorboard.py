@@ -77,7 +77,7 @@ class TensorBoardLogger(Callback):
         resumed = state.resumed_from is not None
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=state.step + 1 if resumed else None)
         self._shown_batch = resumed or not state.config.train.plots  # --plots off: no pictures at all
-        if not resumed:
+        if not resumed and state.config.train.plots:  # nor the graph: tracing it costs ~0.5 s of a short run
             self._add_graph(state)
 
     def on_batch_end(self, state: TrainState) -> None:
