@@ -197,3 +197,66 @@ def test_pack_cli_writes_shards_and_the_index_last(tmp_path: Path, shape_folder:
     assert done.returncode == 0, done.stderr
     assert "packed 12 images into out" in done.stdout and read_index(tmp_path / "out")["splits"]["train"]["count"] == 12
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def _cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "VISIONTRAIN_FAULT")}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **extra}
+
+
+def _train_argv(packed: Path, out: Path, name: str, *extra: str) -> list[str]:
+    return ["-m", "visiontrain", "train", "--data", f"shards:{packed}", "--cache", "off", "--epochs", "2",
+            "--batch-size", "8", "--lr", "0.01", "--plots", "off", "--device", "cpu", "--quiet", "--out", str(out),
+            "--name", name, "--set", "data.args.shuffle_buffer=6", *extra]
+
+
+@pytest.mark.slow
+def test_a_run_on_shards_killed_mid_epoch_resumes_bit_identical(packed: tuple[Path, Path], tmp_path: Path) -> None:
+    """A real SIGKILL inside epoch 1 of a run streaming shards with 2 workers; resumed with 0 workers: the same
+    stream (fingerprint verified) and the same weights as the uninterrupted run."""
+    base = [sys.executable, *_train_argv(packed[1], tmp_path, "whole", "--deterministic", "--workers", "2",
+                                         "--checkpoint-every", "2", "--threads", "1")]
+    whole = subprocess.run(base, capture_output=True, text=True, timeout=300, env=_cli_env())
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed_argv = [a if a != "whole" else "killed" for a in base]
+    killed = subprocess.run(killed_argv, capture_output=True, text=True, timeout=300,
+                            env=_cli_env(VISIONTRAIN_FAULT="step:3"))
+    assert killed.returncode == -9
+    resumed = subprocess.run([sys.executable, "-m", "visiontrain", "train", "--resume", str(tmp_path / "killed"),
+                              "--workers", "0", "--threads", "1"], capture_output=True, text=True, timeout=300,
+                             env=_cli_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at epoch 1, batch 2 (step 2); sample stream verified" in resumed.stderr
+    a, b = (safetensors.torch.load_file(tmp_path / name / "checkpoints" / "last.safetensors")
+            for name in ("whole", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_processes_on_shards_equal_one_process(packed: tuple[Path, Path], tmp_path: Path) -> None:
+    """torchrun: each process reads its own members of every global batch (disjoint, the epoch once: the unit
+    test above); together they train the weights one process trains."""
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          *_train_argv(packed[1], tmp_path, "two")], capture_output=True, text=True, timeout=300,
+                         env=_cli_env())
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, *_train_argv(packed[1], tmp_path, "one", "--threads", "1")],
+                         capture_output=True, text=True, timeout=300, env=_cli_env())
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (safetensors.torch.load_file(tmp_path / n / "checkpoints" / "last.safetensors") for n in ("one", "two"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bench_shards_reports_a_row_per_loader(tmp_path: Path) -> None:
+    """benchmarks/bench_shards.py end to end on 60 photos, one epoch, 0 workers: every loader gives a row."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_shards.py"
+    out = subprocess.run([sys.executable, str(script), "--images", "60", "--workers", "0", "--epochs", "1",
+                          "--batch", "16", "--work", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         env=_cli_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| vt-") or
+            line.startswith("| imagefolder")]
+    assert [r[0].strip() for r in rows] == ["imagefolder", "vt-folder", "vt-shards", "vt-shards-resized"]
+    assert all(float(r[3].replace(",", "")) > 0 and float(r[5].replace(",", "")) > 100 for r in rows)  # img/s, MiB

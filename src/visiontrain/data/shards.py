@@ -67,7 +67,7 @@ def shard_order(shard_of: np.ndarray, seed: int, epoch: int, buffer: int) -> tor
     shards = np.unique(shard_of)
     rank = np.zeros(int(shards.max()) + 1 if n else 1, dtype=np.int64)
     rank[shards[rng.permutation(len(shards))]] = np.arange(len(shards))
-    sequence = np.lexsort((np.arange(n), rank[shard_of]))  # by shard rank, then member order
+    sequence = np.argsort(rank[shard_of], kind="stable")  # by shard rank, then member order (a radix sort)
     keys = np.arange(n) + rng.random(n) * max(1, buffer)
     return torch.from_numpy(sequence[np.argsort(keys, kind="stable")].astype(np.int64))
 
