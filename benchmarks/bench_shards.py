@@ -4,7 +4,7 @@ streaming the folder (``cache: off``), and visiontrain from ``data pack`` shards
 
 The photos are crops of scikit-learn's two sample photographs (china.jpg, flower.jpg), rescaled to varied sizes
 around 500x375 and re-encoded at quality 85-95 (generated textures when scikit-learn is missing). Every loader
-config runs in its own process (so its peak RSS — the process and its workers together, sampled every 20 ms — is
+config runs in its own process (so its peak memory — the PSS of the process and its workers together, sampled every 50 ms — is
 its own); configs are interleaved and repeated, and each row reports the median img/s of its last epoch, the CPU
 seconds of the whole process tree and the load average.
 
@@ -71,13 +71,21 @@ def make_photos(root: Path, count: int) -> None:
 
 
 def _tree_rss(pid: int) -> int:
+    """PSS of the process and its workers: forked workers share the parent's pages, which RSS would count in
+    every one of them (torch alone is ~400 MiB of them)."""
     import psutil
 
+    total = 0
     try:
         proc = psutil.Process(pid)
-        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                total += p.memory_full_info().pss
+            except psutil.Error:
+                continue
     except psutil.Error:
         return 0
+    return total
 
 
 def measure(kind: str, data: str, workers: int, epochs: int, size: int, batch: int) -> dict:
@@ -94,7 +102,7 @@ def measure(kind: str, data: str, workers: int, epochs: int, size: int, batch: i
     done = threading.Event()
 
     def sample() -> None:
-        while not done.wait(0.02):
+        while not done.wait(0.05):
             peak[0] = max(peak[0], _tree_rss(os.getpid()))
 
     threading.Thread(target=sample, daemon=True).start()
@@ -180,7 +188,7 @@ def report(work: Path, args: argparse.Namespace) -> None:
                 results.setdefault((kind, workers), []).append(run_one(kind, data[kind], args, workers))
     print(f"\n{args.images:,} photos, input {args.size}, batch {args.batch}, {args.epochs} epochs, "
           f"median of {args.repeat}; ratio: last epoch vs ImageFolder at the same workers")
-    print("| loader | workers | img/s epoch 1 | img/s last | ratio | peak RSS MiB | CPU s | load |")
+    print("| loader | workers | img/s epoch 1 | img/s last | ratio | peak PSS MiB | CPU s | load |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for (kind, workers), runs in results.items():
         first = statistics.median(r["rates"][0] for r in runs)

@@ -235,12 +235,14 @@ def test_a_run_on_shards_killed_mid_epoch_resumes_bit_identical(packed: tuple[Pa
 @pytest.mark.slow
 def test_two_processes_on_shards_equal_one_process(packed: tuple[Path, Path], tmp_path: Path) -> None:
     """torchrun: each process reads its own members of every global batch (disjoint, the epoch once: the unit
-    test above); together they train the weights one process trains."""
+    test above); together they train the weights one process trains (a model without batch norm, whose
+    statistics are per process)."""
+    model = ["--model", "lenet5", "--image-size", "32"]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          *_train_argv(packed[1], tmp_path, "two")], capture_output=True, text=True, timeout=300,
-                         env=_cli_env())
+                          *_train_argv(packed[1], tmp_path, "two", *model)], capture_output=True, text=True,
+                         timeout=300, env=_cli_env())
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, *_train_argv(packed[1], tmp_path, "one", "--threads", "1")],
+    one = subprocess.run([sys.executable, *_train_argv(packed[1], tmp_path, "one", *model, "--threads", "1")],
                          capture_output=True, text=True, timeout=300, env=_cli_env())
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = (safetensors.torch.load_file(tmp_path / n / "checkpoints" / "last.safetensors") for n in ("one", "two"))
@@ -259,4 +261,4 @@ def test_bench_shards_reports_a_row_per_loader(tmp_path: Path) -> None:
     rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| vt-") or
             line.startswith("| imagefolder")]
     assert [r[0].strip() for r in rows] == ["imagefolder", "vt-folder", "vt-shards", "vt-shards-resized"]
-    assert all(float(r[3].replace(",", "")) > 0 and float(r[5].replace(",", "")) > 100 for r in rows)  # img/s, MiB
+    assert all(float(r[3].replace(",", "")) > 0 and float(r[5].replace(",", "")) > 10 for r in rows)  # img/s, MiB
