@@ -150,6 +150,24 @@ def test_a_corrupt_member_is_named_by_shard_and_member(packed: tuple[Path, Path]
     assert len(bundle.bad_images.entries) == 1 and bundle.bad_images.entries[0][0].endswith(name)
 
 
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_the_bad_image_policy_applies_once_at_packing(tmp_path: Path, shape_folder: Any, policy: str) -> None:
+    shape_folder(tmp_path / "photos", 2, size=16)
+    cut = tmp_path / "photos" / "square" / "001.png"
+    cut.write_bytes(cut.read_bytes()[:-30])  # cut short in its pixel data: only a full decode finds it
+    cfg = DataConfig(name=str(tmp_path / "photos"), bad_images=policy)
+    if policy == "error":
+        with pytest.raises(DataError, match=r"square/001\.png: truncated image; .* \(found while packing"):
+            pack(cfg, 0, tmp_path / "packed")
+        assert not (tmp_path / "packed" / "index.json").exists()
+        return
+    index = pack(cfg, 0, tmp_path / "packed")
+    assert index["splits"]["train"]["count"] == 7 and len(index["bad_images"]) == 1
+    assert index["bad_images"][0][0] == str(cut) and index["bad_images"][0][1].startswith("truncated image")
+    bundle = build_data(DataConfig(name=f"shards:{tmp_path / 'packed'}", val_split=0), 0)
+    assert bundle.bad_images.entries == [tuple(index["bad_images"][0])]  # listed in every run's bad_images.txt
+
+
 def test_a_member_that_is_not_an_image_is_refused_never_read(packed: tuple[Path, Path], tmp_path: Path) -> None:
     folder = tmp_path / "evil"
     folder.mkdir()

@@ -83,7 +83,12 @@ class _Encoder(Dataset):
         if isinstance(self.split, TensorSplit):
             return self._store(_pil(self.split.images[i]), "png")
         if isinstance(self.split, ItemSplit):
-            item = self.split.dataset[int(self.split.indices[i])]
+            try:
+                item = self.split.dataset[int(self.split.indices[i])]
+            except VisiontrainError:
+                raise
+            except Exception as exc:  # the user's __getitem__ failed on this item: a bad image, by the policy
+                raise DataError(f"{name}: your Dataset raised {type(exc).__name__}: {exc}") from None
             image = item[0] if isinstance(item, tuple | list) else item
             return self._store(_pil(item_to_tensor(image, self.channels, name)), "png")
         raw = _read_file(self.split.paths[i], name)

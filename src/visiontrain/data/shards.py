@@ -216,6 +216,9 @@ def shards_source(cfg: DataConfig, seed: int) -> DataSource:
                         "pack the data again")
     notes = [f"shards: {sum(len(s) for s in splits.values()):,} images in "
              f"{sum(len(e['shards']) for e in index['splits'].values())} shards from {folder}"]
+    if bad:
+        notes.append(f"{len(bad):,} bad image(s) were left out when packing (first: {bad[0][0]}: {bad[0][1]}); all "
+                     "are listed in bad_images.txt")
     return DataSource(str(index.get("source") or folder.name), classes, channels,
                       int(size) if size is not None else None, splits,  # type: ignore[arg-type]
                       tuple(mean) if mean else None, tuple(std) if std else None, notes, task=task,
