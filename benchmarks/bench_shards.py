@@ -5,8 +5,8 @@ streaming the folder (``cache: off``), and visiontrain from ``data pack`` shards
 The photos are crops of scikit-learn's two sample photographs (china.jpg, flower.jpg), rescaled to varied sizes
 around 500x375 and re-encoded at quality 85-95 (generated textures when scikit-learn is missing). Every loader
 config runs in its own process (so its peak memory — the PSS of the process and its workers together, sampled
-every 50 ms — is its own); configs are interleaved and repeated, and each row reports the median img/s of its last epoch, the CPU
-seconds of the whole process tree and the load average.
+every 50 ms — is its own); configs are interleaved and repeated, and each row reports the median img/s of its last
+epoch, the CPU seconds of the whole process tree and the load average.
 
     python benchmarks/bench_shards.py                      # 5,000 photos, 0 and 2 workers, 2 epochs
     python benchmarks/bench_shards.py --images 50000       # the scaling row (long on 2 cores)
