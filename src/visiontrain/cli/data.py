@@ -1,4 +1,4 @@
-"""CLI commands of the data package: ``visiontrain data list|info|show|stats``.
+"""CLI commands of the data package: ``visiontrain data list|info|show|stats|pack``.
 
 ``register(subparsers)`` adds them; each handler takes the parsed args and returns the exit code.
 SOURCE is whatever ``--data`` takes: a registered name, a folder, a manifest or ``module:Class``.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,10 @@ _KINDS = [
     ("FILE.csv|.jsonl", "a manifest of path,label (classification), path,labels (multi-label: cat|dog) or "
                         "path,value (regression) rows"),
     ("module:Class", "your own torch Dataset by import path; constructor arguments via --data-arg KEY=VALUE"),
+    ("shards:OUT/", "WebDataset .tar shards written by `visiontrain data pack` (streamed, resumable mid-epoch)"),
 ]
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30, "TIB": 2**40}
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -38,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     data = sub.add_parser("data", help="list, inspect, show and measure datasets",
                           description="Datasets: list what exists, audit one (counts, sizes, duplicates, "
                           "leakage), show a grid of (augmented) samples, compute per-channel statistics.")
-    dsub = data.add_subparsers(dest="data_command", metavar="{list,info,show,stats}", required=True)
+    dsub = data.add_subparsers(dest="data_command", metavar="{list,info,show,stats,pack}", required=True)
     lst = dsub.add_parser("list", help="registered datasets and the other kinds of source")
     lst.add_argument("--data-dir", default=None, help="dataset cache folder to check [default: data]")
     lst.add_argument("--json", action="store_true", help="print as JSON")
@@ -61,6 +65,14 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     stats.add_argument("--limit", type=int, default=5000, help="at most this many images from a folder "
                        "[default: 5000]; in-memory datasets use all")
     stats.add_argument("--json", action="store_true", help="print as JSON")
+    pack = dsub.add_parser("pack", help="write a source into WebDataset .tar shards + index.json (train from them "
+                           "with --data shards:OUT/)")
+    _source_args(pack)
+    pack.add_argument("out", metavar="OUT", help="folder for the shards and index.json (new, or a killed pack's)")
+    pack.add_argument("--shard-size", default="1GB", help="bytes per shard, e.g. 256MB, 1GB [default: 1GB]")
+    pack.add_argument("--resize-to", type=int, help="resize each image's shorter side to this many pixels "
+                      "(JPEGs stay JPEG at --quality, the rest PNG) [default: store each JPEG/PNG as it is]")
+    pack.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded JPEGs [default: 90]")
     return {"data": _data, "datasets": _datasets}
 
 
@@ -85,7 +97,36 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 
 
 def _data(args: argparse.Namespace) -> int:
-    return {"list": _list, "info": _info, "show": _show, "stats": _stats}[args.data_command](args)
+    return {"list": _list, "info": _info, "show": _show, "stats": _stats, "pack": _pack}[args.data_command](args)
+
+
+def _pack(args: argparse.Namespace) -> int:
+    import time
+
+    from visiontrain.data.pack import pack
+
+    cfg = config_from(args)
+    started = time.perf_counter()
+    index = pack(cfg.data, cfg.train.seed, Path(args.out), shard_bytes=parse_size(args.shard_size),
+                 resize_to=args.resize_to, quality=args.quality, log=lambda line: print(line, flush=True))
+    images = sum(split["count"] for split in index["splits"].values())
+    bad = f"; {len(index['bad_images'])} bad images left out (listed in the index)" if index["bad_images"] else ""
+    print(f"packed {images:,} images into {args.out} in {time.perf_counter() - started:.1f}s{bad}; "
+          f"train with --data shards:{args.out}")
+    return 0
+
+
+def parse_size(text: str) -> int:
+    """``1GB`` → 10**9, ``256MiB`` → 2**28, ``5000000`` → 5000000.
+
+    >>> parse_size("1GB"), parse_size("256MiB"), parse_size("1.5 MB")
+    (1000000000, 268435456, 1500000)
+    """
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ConfigError(f"--shard-size {text!r} is not a size; write e.g. 256MB or 1GB")
+    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def config_from(args: argparse.Namespace) -> RunConfig:

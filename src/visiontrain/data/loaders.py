@@ -11,6 +11,7 @@ without it, and the main process applies the ``bad_images`` policy (:class:`BadI
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from visiontrain.data.augment import BatchPipeline, one_thread
 from visiontrain.data.guard import DEFAULT_ITEM_TIMEOUT_S, item_deadline, loader_errors
 from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, item_to_tensor, open_image
+from visiontrain.data.shards import ShardSplit
 from visiontrain.data.transforms import adapt_channels
 from visiontrain.data.types import FileSplit, ItemSplit, TensorSplit
 from visiontrain.errors import DataError, VisiontrainError
@@ -29,6 +31,7 @@ from visiontrain.limits import cap_workers
 from visiontrain.text import utf8_safe
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+EpochOrder = Callable[[int], torch.Tensor]  # epoch → the sample order of that epoch (all processes together)
 
 
 def mix_seed(*parts: int) -> int:
@@ -168,7 +171,7 @@ class FileDataset(Dataset):
     instead of raising, so the worker survives and the main process decides (see :class:`BadImageLog`).
     """
 
-    def __init__(self, split: FileSplit | ItemSplit, channels: int, transform: Callable | None, *,
+    def __init__(self, split: FileSplit | ItemSplit | ShardSplit, channels: int, transform: Callable | None, *,
                  seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None,
                  timeout_s: float = DEFAULT_ITEM_TIMEOUT_S) -> None:
         self.split, self.labels = split, split.labels
@@ -197,6 +200,8 @@ class FileDataset(Dataset):
     def _read(self, i: int) -> torch.Tensor:
         if isinstance(self.split, ItemSplit):
             return _read_item(self.split, i, self.channels)
+        if isinstance(self.split, ShardSplit):  # one positioned read from its shard, then the same guarded decode
+            return image_to_tensor(self.split.open(i, self.channels, self.max_pixels, self.draft), contiguous=False)
         # A CHW view of Pillow's HWC pixels, not a copy: the resize that follows is faster on this layout.
         return image_to_tensor(open_image(self.paths[i], self.channels, max_pixels=self.max_pixels,
                                           draft=self.draft), contiguous=False)
@@ -204,6 +209,8 @@ class FileDataset(Dataset):
     def name(self, i: int) -> str:
         if isinstance(self.split, ItemSplit):
             return f"{self.split.name}[{int(self.split.indices[i])}]"
+        if isinstance(self.split, ShardSplit):
+            return self.split.name(i)
         return str(self.paths[i])
 
 
@@ -245,14 +252,15 @@ class InMemory:
 class _EpochSampler(Sampler):
     """Yields (index, epoch) in the epoch's order from ``start`` on; set by the loader in the main process."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int) -> None:
+    def __init__(self, n: int, shuffle: bool, seed: int, order: EpochOrder | None = None) -> None:
         self.n, self.shuffle, self.seed, self.epoch, self.start = n, shuffle, seed, 0, 0
+        self.epoch_order = order or functools.partial(epoch_order, n, shuffle, seed)
         self.rank, self.world, self.global_batch = 0, 1, 1  # sharded: this rank's part of each global batch
         self.drop_tail = False
 
     def _indices(self) -> torch.Tensor:
         usable = usable_samples(self.n, self.global_batch, self.world if self.drop_tail else 1)
-        order = epoch_order(self.n, self.shuffle, self.seed, self.epoch)[self.start:usable]
+        order = self.epoch_order(self.epoch)[self.start:usable]
         if self.world == 1:
             return order
         parts = [b[shard_part(len(b), self.rank, self.world)] for b in order.split(self.global_batch)]
@@ -266,15 +274,16 @@ class _EpochSampler(Sampler):
 
 
 class FileLoader:
-    """A DataLoader over a :class:`FileDataset`: workers, pinned memory, persistent workers, seeded order."""
+    """A DataLoader over a :class:`FileDataset`: workers, pinned memory, persistent workers, seeded order
+    (``order``: another order of each epoch than a permutation, e.g. data/shards.py's shard order)."""
 
     def __init__(self, dataset: FileDataset, batch_size: int, *, shuffle: bool, seed: int, workers: int,
-                 pin_memory: bool = False, bad_log: BadImageLog | None = None) -> None:
+                 pin_memory: bool = False, bad_log: BadImageLog | None = None, order: EpochOrder | None = None) -> None:
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
         self.epoch = 0
         self.bad_log = bad_log or BadImageLog()
         self.workers, self.pin_memory = cap_workers(workers), pin_memory
-        self._sampler = _EpochSampler(len(dataset), shuffle, seed)
+        self._sampler = _EpochSampler(len(dataset), shuffle, seed, order)
         self.loader = self._data_loader(batch_size)
 
     def _data_loader(self, batch_size: int) -> DataLoader:
@@ -297,7 +306,7 @@ class FileLoader:
         self._sampler.epoch, self._sampler.start = epoch, start_batch * self.batch_size
 
     def order(self, epoch: int) -> torch.Tensor:
-        return epoch_order(len(self.dataset), self.shuffle, self.seed, epoch)
+        return self._sampler.epoch_order(epoch)
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)

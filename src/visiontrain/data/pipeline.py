@@ -32,6 +32,7 @@ from visiontrain.data.loaders import (
     collate_marked,
     decode_to_memory,
 )
+from visiontrain.data.shards import ShardSplit
 from visiontrain.data.transforms import (
     DETERMINISTIC,
     Spec,
@@ -79,8 +80,9 @@ def make_loader(split: Split, plan: LoaderPlan, cfg: DataConfig, seed: int, bad_
     draft = 2 * plan.size if plan.train else None  # eval decodes in full: identical to `predict` on a file
     dataset = FileDataset(split, plan.channels, build_transforms(specs, _where(plan)), seed=seed,
                           max_pixels=cfg.max_pixels, draft=draft, timeout_s=cfg.item_timeout_s)
+    order = split.epoch_order(plan.train, seed) if isinstance(split, ShardSplit) else None  # shard order, windowed
     return FileLoader(dataset, batch_size, shuffle=plan.train, seed=seed, workers=cfg.workers,
-                      pin_memory=plan.pin_memory, bad_log=bad_log)
+                      pin_memory=plan.pin_memory, bad_log=bad_log, order=order)
 
 
 def _where(plan: LoaderPlan) -> str:

@@ -18,6 +18,7 @@ from visiontrain.data.custom import custom_source
 from visiontrain.data.folders import folder_source
 from visiontrain.data.manifest import manifest_source
 from visiontrain.data.mnist import load_mnist, prepare_mnist
+from visiontrain.data.shards import is_shards, shards_source
 from visiontrain.data.splits import complement, held_from_record, read_split_file, split_record, stratified_split
 from visiontrain.data.synthetic import MULTI_SHAPES, SHAPES, make_multi_shapes, make_shapes
 from visiontrain.data.types import (
@@ -84,6 +85,8 @@ def _find_source(cfg: DataConfig, seed: int) -> DataSource:
     path = Path(cfg.name).expanduser()
     if names_code(cfg.name):  # the user's own Dataset: callers refuse one a run's files name (visiontrain.config.trust)
         return custom_source(cfg.name, cfg, seed)
+    if is_shards(cfg.name):  # shards:OUT/ or a folder holding index.json: `visiontrain data pack`'s output
+        return shards_source(cfg, seed)
     if path.is_dir():
         return folder_source(path, cfg, seed)
     if path.suffix.lower() in (".csv", ".jsonl", ".json", ".txt", ".tsv"):
