@@ -17,8 +17,8 @@ visiontrain's pickle checks): ``--pretrained``/``--init-from`` load weights, wit
 A new way for a value to name code is one more :data:`CODE_KEYS` entry: a dataset (``data.name``) or a model
 (``model.name``, ``--model my_model.py:Tudui``) as ``module:Class``, imported by :func:`import_spec`.
 
->>> names_code("subprocess:run"), names_code("mnist")
-(True, False)
+>>> names_code("subprocess:run"), names_code("mnist"), names_code("hf:cifar10")
+(True, False, False)
 """
 
 from __future__ import annotations
@@ -37,13 +37,16 @@ from visiontrain.config import RunConfig, canonical_key, load_config, read_yaml
 from visiontrain.errors import TrustError, VisiontrainError
 
 IMPORT_SPEC = re.compile(r"^[\w./\\-]+:[A-Za-z_]\w*$")  # "mypkg.data:MyData" or "my_data.py:Mydata"
+# Data names with these prefixes name data read by a library, never a module: "hf:ylecun/mnist" (data/hf.py).
+DATA_PREFIXES = ("hf:",)
 TRUST_HINT = "pass --trust-code if you trust this run (API: trust_code=True)"
 
 
 def names_code(name: Any) -> bool:
     """Whether a data/model name is an import spec that would be imported: it looks like ``module:Name`` and is
     not an existing path (a folder may have a colon in its name)."""
-    return isinstance(name, str) and bool(IMPORT_SPEC.match(name)) and not Path(name).expanduser().exists()
+    return isinstance(name, str) and bool(IMPORT_SPEC.match(name)) and not name.startswith(DATA_PREFIXES) \
+        and not Path(name).expanduser().exists()
 
 
 @dataclass(frozen=True)

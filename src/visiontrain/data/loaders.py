@@ -211,6 +211,8 @@ def _read_item(split: ItemSplit, i: int, channels: int) -> torch.Tensor:
     name = f"{split.name}[{int(split.indices[i])}]"
     try:
         item = split.dataset[int(split.indices[i])]
+    except VisiontrainError:  # a source's own reader (data/hf.py) says what is wrong with the item itself
+        raise
     except Exception as exc:  # the user's __getitem__ failed on this item: report it like a bad file
         raise DataError(f"{name}: your Dataset raised {type(exc).__name__}: {exc}") from None
     image = item[0] if isinstance(item, tuple | list) else item
