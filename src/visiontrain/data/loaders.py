@@ -20,11 +20,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from visiontrain.data.augment import BatchPipeline, one_thread
+from visiontrain.data.decode import decode_batch
 from visiontrain.data.guard import DEFAULT_ITEM_TIMEOUT_S, item_deadline, loader_errors
 from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, item_to_tensor, open_image
 from visiontrain.data.transforms import adapt_channels
 from visiontrain.data.types import FileSplit, ItemSplit, TensorSplit
-from visiontrain.errors import DataError, VisiontrainError
+from visiontrain.errors import DataError, ImageError, VisiontrainError
 from visiontrain.limits import cap_workers
 from visiontrain.text import utf8_safe
 
@@ -166,15 +167,20 @@ class FileDataset(Dataset):
 
     Items are ``(image, label, index, error)``: a file that fails gives an empty image and the error text
     instead of raising, so the worker survives and the main process decides (see :class:`BadImageLog`).
+    With ``batch_device`` set, an item is the file's bytes (uint8 [N]): :class:`FileLoader` decodes each batch on
+    that device (:func:`visiontrain.data.decode.decode_batch`, nvJPEG on a GPU) and augments it there.
     """
 
     def __init__(self, split: FileSplit | ItemSplit, channels: int, transform: Callable | None, *,
                  seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None,
-                 timeout_s: float = DEFAULT_ITEM_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_ITEM_TIMEOUT_S, batch_device: torch.device | str | None = None) -> None:
         self.split, self.labels = split, split.labels
         self.paths: list[Path] = split.paths if isinstance(split, FileSplit) else []
         self.channels, self.transform, self.seed = channels, transform, seed
         self.max_pixels, self.draft, self.timeout_s = max_pixels, draft, timeout_s
+        self.batch_device = torch.device(batch_device) if batch_device is not None else None
+        if self.batch_device is not None and not isinstance(split, FileSplit):
+            raise ValueError("batch_device decodes files; this split holds Dataset items")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -183,16 +189,31 @@ class FileDataset(Dataset):
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         try:
             with item_deadline(self.timeout_s, self.name(i)):  # a hung read becomes a bad file, named
-                image = self._read(i)
+                image = self._read_bytes(i) if self.batch_device is not None else self._read(i)
         except VisiontrainError as exc:
             return torch.empty(0, dtype=torch.uint8), self.labels[i], i, str(exc)
-        if self.transform is not None:
-            # Augmentation is a function of (seed, epoch, i). Only the CPU generator: torch.manual_seed also
-            # queues lazy CUDA/XPU seeding with a stack trace each call (measured ~1 ms per image).
-            torch.default_generator.manual_seed(mix_seed(self.seed, epoch, i))
-            with one_thread(image.device):  # workers have one thread already; the main process may not
-                image = self.transform(image)
-        return image.contiguous(), self.labels[i], i, ""
+        if self.batch_device is not None:
+            return image, self.labels[i], i, ""  # decoded and augmented per batch, on the device
+        return self.augment(image, i, epoch).contiguous(), self.labels[i], i, ""
+
+    def augment(self, image: torch.Tensor, i: int, epoch: int) -> torch.Tensor:
+        """The transforms, as a function of (seed, epoch, i): the same pixels in a worker or on the device."""
+        if self.transform is None:
+            return image
+        # Only the CPU generator: torch.manual_seed also queues lazy CUDA/XPU seeding with a stack trace each
+        # call (measured ~1 ms per image). Random parameters are drawn on the CPU even for a GPU tensor.
+        torch.default_generator.manual_seed(mix_seed(self.seed, epoch, i))
+        with one_thread(image.device):  # workers have one thread already; the main process may not
+            return self.transform(image)
+
+    def _read_bytes(self, i: int) -> torch.Tensor:
+        path = self.paths[i]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageError(str(path), f"cannot read file ({exc.strerror or exc})", "check the disk/file") from None
+        # An empty file gives an empty tensor: the header probe of decode_batch names it.
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
 
     def _read(self, i: int) -> torch.Tensor:
         if isinstance(self.split, ItemSplit):
@@ -229,6 +250,15 @@ def collate_marked(items: list[tuple[torch.Tensor, Any, int, str]]) -> tuple[tor
     images = torch.stack([item[0] for item in good])
     labels = torch.stack([torch.as_tensor(item[1]) for item in good])
     return images, labels, torch.tensor([item[2] for item in good], dtype=torch.int64), bad
+
+
+def collate_bytes(items: list[tuple[torch.Tensor, Any, int, str]]) -> tuple[list[torch.Tensor], torch.Tensor,
+                                                                               torch.Tensor, list]:
+    """Like :func:`collate_marked` for encoded files (lengths differ): a list of byte tensors, not a stack."""
+    good = [item for item in items if not item[3]]
+    bad = [(item[2], item[3]) for item in items if item[3]]
+    labels = torch.stack([torch.as_tensor(item[1]) for item in good]) if good else torch.empty(0)
+    return [item[0] for item in good], labels, torch.tensor([item[2] for item in good], dtype=torch.int64), bad
 
 
 class InMemory:
@@ -280,10 +310,10 @@ class FileLoader:
         self.loader = self._data_loader(batch_size)
 
     def _data_loader(self, batch_size: int) -> DataLoader:
-        workers = self.workers
+        workers, raw = self.workers, self.dataset.batch_device is not None
         return DataLoader(self.dataset, batch_size=batch_size, sampler=self._sampler, num_workers=workers,
-                          collate_fn=collate_marked, pin_memory=self.pin_memory, persistent_workers=workers > 0,
-                          prefetch_factor=4 if workers > 0 else None)
+                          collate_fn=collate_bytes if raw else collate_marked, pin_memory=self.pin_memory and not raw,
+                          persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
 
     def shard(self, rank: int, world: int, drop_tail: bool = True) -> None:
         """Decode only this rank's part of every global batch; the DataLoader batches by the per-rank size."""
@@ -318,13 +348,31 @@ class FileLoader:
     def __iter__(self) -> Iterator[Batch]:
         try:
             with loader_errors():  # a worker killed (out of memory?) or stuck: one line, not a traceback
-                for images, labels, _index, bad in self.loader:
+                for images, labels, index, bad in self.loader:
                     for i, message in bad:
                         self.bad_log.add(self.dataset.name(i), message)
+                    if self.dataset.batch_device is not None:
+                        images, labels = self._decode(images, labels, index)
                     if len(images):
                         yield images, labels
         finally:
             self._sampler.start = 0
+
+    def _decode(self, payloads: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> Batch:
+        """A batch of file bytes → decoded on the dataset's device, augmented there per image, stacked."""
+        data, rows = self.dataset, index.tolist()
+        decoded = decode_batch(payloads, data.channels, data.batch_device or "cpu", max_pixels=data.max_pixels,
+                               names=[data.name(i) for i in rows])
+        images, keep = [], []
+        for j, (image, i) in enumerate(zip(decoded, rows, strict=True)):
+            if isinstance(image, ImageError):
+                self.bad_log.add(data.name(i), str(image))
+                continue
+            images.append(data.augment(image, i, self.epoch).contiguous())
+            keep.append(j)
+        if not images:
+            return torch.empty(0, dtype=torch.uint8), labels[:0]
+        return torch.stack(images), labels[keep]
 
 
 Loader = TensorLoader | FileLoader

@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 
 from visiontrain.config import DataConfig
 from visiontrain.data.augment import BatchPipeline
+from visiontrain.data.decode import batch_decoder_works
 from visiontrain.data.guard import loader_errors
 from visiontrain.data.loaders import (
     BadImageLog,
@@ -76,9 +77,24 @@ def make_loader(split: Split, plan: LoaderPlan, cfg: DataConfig, seed: int, bad_
         split = ItemSplit(InMemory(split), torch.arange(len(split)), split.labels, "memory")
     draft = 2 * plan.size if plan.train else None  # eval decodes in full: identical to `predict` on a file
     dataset = FileDataset(split, plan.channels, build_transforms(specs, _where(plan)), seed=seed,
-                          max_pixels=cfg.max_pixels, draft=draft, timeout_s=cfg.item_timeout_s)
+                          max_pixels=cfg.max_pixels, draft=draft, timeout_s=cfg.item_timeout_s,
+                          batch_device=decode_device(cfg, plan, split))
     return FileLoader(dataset, batch_size, shuffle=plan.train, seed=seed, workers=cfg.workers,
                       pin_memory=plan.pin_memory, bad_log=bad_log)
+
+
+def decode_device(cfg: DataConfig, plan: LoaderPlan, split: Split) -> torch.device | None:
+    """Where the streamed training files are decoded per batch (``decode``), or None: per image in the workers.
+
+    Only training files: evaluation decodes each file as ``predict`` does, so their numbers agree. ``gpu`` decodes
+    on the training device whatever it is (on a CPU run, the batch path on the CPU); ``auto`` only on CUDA, and
+    only where torchvision's ``decode_jpeg`` works there.
+    """
+    if not plan.train or not isinstance(split, FileSplit) or cfg.decode == "cpu":
+        return None
+    if cfg.decode == "gpu" or (plan.device.type == "cuda" and batch_decoder_works(plan.device)):
+        return plan.device
+    return None
 
 
 def _where(plan: LoaderPlan) -> str:
@@ -200,5 +216,5 @@ def split_shape(split: Split, channels: int) -> tuple[int, int, int] | None:
     return None
 
 
-__all__ = ["LoaderPlan", "cache_geometry", "check_eval", "check_pipeline", "estimate_bytes", "make_loader",
-           "sample_stats", "split_shape"]
+__all__ = ["LoaderPlan", "cache_geometry", "check_eval", "check_pipeline", "decode_device", "estimate_bytes",
+           "make_loader", "sample_stats", "split_shape"]
