@@ -29,6 +29,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, open_image, probe_image
+from visiontrain.data.transforms import adapt_channels
 from visiontrain.errors import ImageError
 
 Payload = bytes | bytearray | memoryview | torch.Tensor
@@ -49,6 +50,7 @@ def decode_batch(payloads: Sequence[Payload], channels: int, device: torch.devic
     labels = list(names) if names is not None else [f"<bytes {i}>" for i in range(len(raws))]
     out: list[torch.Tensor | ImageError | None] = [None] * len(raws)
     batch: list[int] = []
+    gray: set[int] = set()
     for i, raw in enumerate(raws):
         try:
             info = probe_image(raw, max_pixels, name=labels[i])  # header only: the limits hold before decoding
@@ -57,10 +59,17 @@ def decode_batch(payloads: Sequence[Payload], channels: int, device: torch.devic
             continue
         if info.format == "JPEG" and info.mode in ("L", "RGB") and _upright(raw):
             batch.append(i)
+            if info.mode == "L":
+                gray.add(i)
         else:
             out[i] = _guarded(raw, channels, max_pixels, labels[i], device)
-    for i, image in zip(batch, _jpegs([raws[i] for i in batch], channels, device), strict=True):
-        out[i] = image if image is not None else _guarded(raws[i], channels, max_pixels, labels[i], device)
+    for i, image in zip(batch, _jpegs([raws[i] for i in batch], device), strict=True):
+        if image is None:
+            out[i] = _guarded(raws[i], channels, max_pixels, labels[i], device)
+        elif channels == 1:  # colour → gray as Pillow does (ITU-R 601 luma), not libjpeg's Y plane (off by up to ~9)
+            out[i] = image[:1].contiguous() if i in gray else adapt_channels(image, 1)
+        else:
+            out[i] = image
     return out  # type: ignore[return-value]  (every slot is filled above)
 
 
@@ -74,16 +83,16 @@ def batch_decoder_works(device: torch.device | str) -> bool:
         return False
     tiny = io.BytesIO()
     Image.new("RGB", (8, 8)).save(tiny, "JPEG")
-    return _jpegs([tiny.getvalue()], 3, device)[0] is not None
+    return _jpegs([tiny.getvalue()], device)[0] is not None
 
 
-def _jpegs(raws: list[bytes], channels: int, device: torch.device) -> list[torch.Tensor | None]:
+def _jpegs(raws: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
     """One ``decode_jpeg`` call for the batch; if it fails (it returns nothing partial), one call per member, and
     None for a member it still refuses (the caller decodes that one the guarded way)."""
     if not raws:
         return []
     tensors = [torch.frombuffer(bytearray(raw), dtype=torch.uint8) for raw in raws]
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    mode = ImageReadMode.RGB  # gray JPEGs come out repeated: one mode for the whole batch call
     try:
         return list(_decode_jpeg(tensors, mode, device))
     except RuntimeError:
