@@ -26,7 +26,7 @@ from PIL import Image
 from visiontrain.config import DataConfig
 from visiontrain.data.images import ImageInfo, open_image, probe_image
 from visiontrain.data.scan import SKIP_HINT, natural_shape, reason_of, skipped_note
-from visiontrain.data.types import DataSource, FileSplit, ItemSplit, Split
+from visiontrain.data.types import DataSource, FileSplit, ItemSplit, Split, StreamSplit
 from visiontrain.errors import DataError, ImageError
 from visiontrain.limits import MAX_CLASSES
 from visiontrain.optional import require
@@ -38,7 +38,8 @@ SPLIT_NAMES: dict[str, tuple[str, ...]] = {
     "val": ("validation", "valid", "val", "dev"),
     "test": ("test", "testing"),
 }
-ARGS = ("image", "label", "train", "val", "test")
+ARGS = ("image", "label", "train", "val", "test", "streaming", "buffer")
+DEFAULT_BUFFER = 10_000  # images held by the streaming shuffle buffer (encoded: ~100 KB each for photos)
 _FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
 _PROBE_ALL_UP_TO = 100_000  # images per split whose headers are all read up front (~20 µs each)
 _PROBE_SAMPLE = 1000
@@ -54,14 +55,21 @@ def hf_source(cfg: DataConfig, seed: int) -> DataSource:
     datasets = require("datasets", "hf")
     args = _check_args(cfg)
     where = f"data {cfg.name}"
-    raw = _open(datasets, cfg.name.removeprefix(PREFIX), where)
+    streaming = _flag(args.get("streaming", "false"), "streaming", where)
+    raw, lengths = _open(datasets, cfg.name.removeprefix(PREFIX), where, streaming)
     names = _pick_splits(list(raw), args, where)
     features = raw[names["train"]].features
+    if features is None:
+        raise DataError(f"{where}: its features (column types) are unknown in streaming mode; save it with "
+                        "save_to_disk or as parquet, or read it without streaming")
     image_col, label_col = _columns(datasets, features, args, where)
     notes = [f"{where}: splits {', '.join(f'{theirs} → {ours}' for ours, theirs in names.items())}; image column "
              f"{image_col!r}, label column {label_col!r}"]
     tables = {ours: raw[theirs].select_columns([image_col, label_col])
               .cast_column(image_col, datasets.Image(decode=False)) for ours, theirs in names.items()}
+    if streaming:
+        return _stream_source(cfg, args, datasets, tables, names, lengths, features[label_col], (image_col, label_col),
+                              notes)
     task, classes, encode = _label_kind(datasets, features[label_col], tables["train"], label_col, where)
     bad: list[tuple[str, str]] = []
     splits: dict[str, Split] = {}
@@ -135,28 +143,117 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return head, tail
 
 
-def _open(datasets: Any, spec: str, where: str) -> dict[str, Any]:
-    """The dataset's splits by their own names (a ``Dataset`` each); refuses what cannot be read, in one line."""
+def _open(datasets: Any, spec: str, where: str, streaming: bool = False) -> tuple[dict[str, Any], dict[str, int]]:
+    """(the dataset's splits by their own names — a ``Dataset`` each, an ``IterableDataset`` when ``streaming`` —,
+    their lengths where known); refuses what cannot be read, in one line."""
     name, config = split_spec(spec)
     path = Path(name).expanduser()
     try:
         if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-            found = datasets.load_from_disk(str(path))
-        elif path.is_file():
+            found = datasets.load_from_disk(str(path))  # memory-mapped: streaming only changes how it is read
+            splits = {"train": found} if isinstance(found, datasets.Dataset) else dict(found)
+            lengths = {k: len(v) for k, v in splits.items()}
+            if streaming:
+                splits = {k: v.to_iterable_dataset(num_shards=_shards(len(v))) for k, v in splits.items()}
+            return splits, lengths
+        if path.is_file():
             builder = _FILE_BUILDERS.get(path.suffix.lower())
             if builder is None:
                 raise DataError(f"{where}: {path} is neither a .parquet nor an .arrow file; pass one of those, a "
                                 "save_to_disk folder or a Hub dataset name")
-            found = datasets.load_dataset(builder, data_files={"train": str(path)})
-        else:
-            found = datasets.load_dataset(name, config)  # a folder of files, the HF cache or the Hub; never a script
+            found = datasets.load_dataset(builder, data_files={"train": str(path)}, streaming=streaming)
+        else:  # a folder of files, the HF cache or the Hub; never a loading script (datasets 4+ has none)
+            found = datasets.load_dataset(name, config, streaming=streaming)
     except DataError:
         raise
     except Exception as exc:  # DatasetNotFoundError, FileNotFoundError, ConnectionError, ValueError: one line
         text = " ".join(str(exc).split())
         raise DataError(f"{where}: cannot load it: {type(exc).__name__}: {text[:300]}; pass a save_to_disk folder, "
                         "a .parquet/.arrow file, or a Hub name (offline: it must be in the HF cache)") from None
-    return {"train": found} if isinstance(found, datasets.Dataset) else dict(found)
+    splits = dict(found)
+    if not streaming:
+        return splits, {k: len(v) for k, v in splits.items()}
+    known = next(iter(splits.values())).info.splits or {}
+    return splits, {k: known[k].num_examples for k in splits if k in known and known[k].num_examples}
+
+
+def _shards(n: int) -> int:
+    """Shards of a saved dataset read as a stream: enough for several DataLoader workers, ~1000+ rows each."""
+    return max(1, min(64, n // 1000))
+
+
+def _flag(value: str, key: str, where: str) -> bool:
+    text = value.strip().lower()
+    if text in ("true", "1", "yes", "false", "0", "no"):
+        return text in ("true", "1", "yes")
+    raise DataError(f"{where}: --data-arg {key} must be true or false, not {value!r}")
+
+
+def _stream_source(cfg: DataConfig, args: dict[str, str], datasets: Any, tables: dict[str, Any],
+                   names: dict[str, str], lengths: dict[str, int], feature: Any, columns: tuple[str, str],
+                   notes: list[str]) -> DataSource:
+    """The splits as :class:`StreamSplit`: read in order through a seeded shuffle buffer, never all at once."""
+    where = f"data {cfg.name}"
+    if isinstance(feature, datasets.ClassLabel):
+        task, classes = "classification", list(feature.names)
+    elif isinstance(feature, datasets.Value) and getattr(feature, "dtype", "").startswith("float"):
+        task, classes = "regression", ["value"]
+    else:
+        raise DataError(f"{where}: streaming needs a ClassLabel (or a float) label column, and {columns[1]!r} holds "
+                        f"{feature!r}; read it without streaming, or cast the column to ClassLabel")
+    if "val" not in names and cfg.val_split > 0 and not cfg.split_file:
+        raise DataError(f"{where}: streaming reads no held-out split of train, and it has no validation split; pass "
+                        "--val-split 0 (no validation), or read it without streaming")
+    buffer = _whole(args.get("buffer", str(DEFAULT_BUFFER)), where)
+    splits: dict[str, Split] = {}
+    for ours, table in tables.items():
+        if names[ours] not in lengths:
+            raise DataError(f"{where}: the size of its {names[ours]} split is unknown in streaming mode (no "
+                            "metadata); save it with save_to_disk or as parquet, or read it without streaming")
+        reader = HFStream(table, columns, buffer, task)
+        first = next(iter(reader.items(0, 0, False, keep_unlabelled=True)), None)
+        if ours != "train" and task == "classification" and first is not None and first[1] < 0:
+            notes.append(f"{where}: its {names[ours]} split has no labels (-1); left out")
+            continue
+        splits[ours] = StreamSplit(reader, lengths[names[ours]], f"{cfg.name}/{names[ours]}")
+    train = splits["train"]
+    assert isinstance(train, StreamSplit)
+    seen = [probe_image(payload, cfg.max_pixels, name=f"{train.name}[item {k}]")
+            for k, (payload, _) in zip(range(32), train.reader.items(0, 0, False), strict=False)]
+    channels, _ = natural_shape([FileSplit([], train.labels, seen)])
+    notes.append(f"{where}: streamed (shuffle buffer {buffer:,} images); items with label -1 are skipped")
+    return DataSource(cfg.name, classes, channels, None, splits, None, None, notes, task=task, preset="photos")
+
+
+def _whole(value: str, where: str) -> int:
+    if value.strip().isdigit() and int(value) >= 1:
+        return int(value)
+    raise DataError(f"{where}: --data-arg buffer must be a whole number of images (>= 1), not {value!r}")
+
+
+class HFStream:
+    """Reads one split of a Hugging Face ``IterableDataset``: ``(payload, label)`` in a seeded shuffle-buffer order
+    (shards shuffled too; the epoch moves the seed); DataLoader workers each read their own shards."""
+
+    def __init__(self, table: Any, columns: tuple[str, str], buffer: int, task: str) -> None:
+        self.table, self.columns, self.buffer, self.task = table, columns, buffer, task
+
+    @property
+    def shards(self) -> int:
+        """How many DataLoader workers can read it at once (one shard each at least)."""
+        return int(self.table.num_shards)
+
+    def items(self, seed: int, epoch: int, shuffle: bool, *, keep_unlabelled: bool = False) -> Any:
+        table = self.table.shuffle(seed=seed, buffer_size=self.buffer) if shuffle else self.table
+        table.set_epoch(epoch)
+        image, label = self.columns
+        for row in table:
+            value = row[label]
+            if self.task == "classification" and value < 0 and not keep_unlabelled:
+                continue  # no label (the Hub's hidden test answers): nothing to learn or score
+            cell = row[image]
+            payload = (cell.get("bytes") or cell.get("path") or b"") if isinstance(cell, dict) else b""
+            yield payload, torch.tensor(value, dtype=torch.int64 if self.task == "classification" else torch.float32)
 
 
 def _pick_splits(available: list[str], args: dict[str, str], where: str) -> dict[str, str]:
