@@ -177,3 +177,49 @@ def test_a_run_file_naming_hf_is_data_not_code() -> None:
     from visiontrain.config.trust import check_file_values
 
     check_file_values({"data": {"name": "hf:ylecun/mnist", "args": {"label": "label"}}}, "sidecar.json")
+
+
+def _epoch_labels(loader, epoch: int) -> list[int]:
+    loader.set_epoch(epoch)
+    return [int(v) for _, labels in loader for v in labels]
+
+
+def test_streaming_reads_every_item_once_per_epoch_in_a_seeded_order(tmp_path: Path) -> None:
+    """``streaming=true``: a stream, not a table in memory — each epoch reads every training item once, through a
+    shuffle buffer seeded by (seed, epoch): the same seed gives the same stream, another epoch another order."""
+    images = make_shapes(64, 16, 3, seed=1)[0]
+    table = datasets.Dataset.from_dict(
+        {"image": [{"bytes": png(im.permute(1, 2, 0).numpy()), "path": None} for im in images],
+         "label": list(range(64))},  # the label is the row: the stream's order is visible in the labels
+        features=datasets.Features({"image": datasets.Image(),
+                                    "label": datasets.ClassLabel(names=[str(i) for i in range(64)])}))
+    datasets.DatasetDict({"train": table, "validation": shapes_table(8, 2).cast_column(
+        "label", datasets.ClassLabel(names=[str(i) for i in range(64)]))}).save_to_disk(str(tmp_path / "s"))
+    cfg = DataConfig(name=f"hf:{tmp_path / 's'}", args={"streaming": "true", "buffer": "16"}, batch_size=10)
+    bundle = build_data(cfg, seed=0)
+    loader = bundle.loaders["train"]
+    assert type(loader).__name__ == "StreamLoader" and len(loader) == 7 and loader.num_samples == 64
+    first, again, second = _epoch_labels(loader, 0), _epoch_labels(loader, 0), _epoch_labels(loader, 1)
+    assert sorted(first) == sorted(second) == list(range(64))  # every item once per epoch
+    assert first == again and first != second and first != list(range(64))  # seeded, moves with the epoch
+    assert first == _epoch_labels(build_data(cfg, seed=0).loaders["train"], 0)  # a rerun reads the same stream
+    batch, _ = next(iter(loader))
+    assert batch.dtype == torch.uint8 and tuple(batch.shape[1:]) == (3, 64, 64)
+
+
+def test_streaming_trains_and_evaluates(saved: Path, tmp_path: Path, main_cli) -> None:
+    trained = main_cli("train", "--data", f"hf:{saved}", "--data-arg", "streaming=true", "--epochs", "1",
+                       "--batch-size", "16", "--image-size", "16", "--no-plots", "--out", tmp_path / "runs")
+    assert trained.code == 0, trained.err
+    assert "streamed (shuffle buffer 10,000 images)" in trained.err
+    run = next((tmp_path / "runs").iterdir())
+    evaluated = main_cli("evaluate", run, "--split", "test")
+    assert evaluated.code == 0, evaluated.err
+    assert "circle" in evaluated.out
+
+
+def test_streaming_without_a_validation_split_is_one_line(tmp_path: Path, main_cli, one_line_error) -> None:
+    shapes_table(8, 1).to_parquet(str(tmp_path / "train.parquet"))
+    result = main_cli("train", "--data", f"hf:{tmp_path / 'train.parquet'}", "--data-arg", "streaming=true",
+                      "--out", tmp_path)
+    one_line_error(result, "has no validation split", "--val-split 0")
