@@ -21,6 +21,7 @@ if "datasets" not in sys.modules:  # read once, when datasets is imported: no Hu
 datasets = pytest.importorskip("datasets")
 
 from visiontrain.config import DataConfig  # noqa: E402
+from visiontrain.config.trust import check_file_values, names_code  # noqa: E402
 from visiontrain.data import build_data  # noqa: E402
 from visiontrain.data.sources import ItemSplit, load_source  # noqa: E402
 from visiontrain.data.synthetic import SHAPES, make_shapes  # noqa: E402
@@ -173,10 +174,11 @@ def test_missing_extra_is_one_line(saved: Path, monkeypatch: pytest.MonkeyPatch)
         load_source(DataConfig(name=f"hf:{saved}"), seed=0)
 
 
-def test_a_run_file_naming_hf_is_data_not_code() -> None:
-    from visiontrain.config.trust import check_file_values
-
-    check_file_values({"data": {"name": "hf:ylecun/mnist", "args": {"label": "label"}}}, "sidecar.json")
+@pytest.mark.parametrize("name", ["hf:cifar10", "hf:beans"])
+def test_a_run_file_naming_hf_is_data_not_code(name: str) -> None:
+    """``hf:cifar10`` looks like ``module:Name``, but names data: a run's sidecar may name it (no --trust-code)."""
+    assert not names_code(name)
+    check_file_values({"data": {"name": name, "args": {"label": "label", "streaming": "true"}}}, "sidecar.json")
 
 
 def _epoch_labels(loader, epoch: int) -> list[int]:
