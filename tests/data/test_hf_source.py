@@ -141,6 +141,14 @@ def test_no_hub_and_not_a_dataset_are_one_line(tmp_path: Path, main_cli, one_lin
                    "neither a .parquet nor an .arrow file")
 
 
+def test_no_download_reads_the_cache_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``--no-download`` is offline for Hub names even where HF_HUB_OFFLINE is not set (simulated here)."""
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    with pytest.raises(DataError, match=r"cannot load it: .*OfflineModeIsEnabled"):
+        load_source(DataConfig(name="hf:visiontrain-test/not-cached", download=False), seed=0)
+    assert datasets.config.HF_HUB_OFFLINE is False  # put back
+
+
 def test_images_go_through_the_guarded_decoder(tmp_path: Path) -> None:
     """A bomb and a broken image in the table: refused from the header (the row named), or skipped and listed."""
     cells = [{"bytes": png(np.zeros((16, 16, 3), np.uint8)), "path": None} for _ in range(6)]

@@ -2,11 +2,12 @@
 
 ``NAME_OR_PATH`` is a folder written by ``save_to_disk``, a ``.parquet``/``.arrow`` file, a folder of them (split
 names in the file names, as on the Hub), or a Hub name found in the Hugging Face cache (offline with
-``HF_HUB_OFFLINE=1``) or downloaded. The image column (an ``Image`` feature) and the label column (a ``ClassLabel``
-feature; a float column makes a regression set) are found from the features, or named with ``--data-arg
-image=COLUMN label=COLUMN``; class names come from the ``ClassLabel``. The dataset's own splits are used: ``train``,
-``validation``/``valid``/``val``/``dev`` and ``test``/``testing`` (any case), or named with ``--data-arg
-train=SPLIT val=SPLIT test=SPLIT``.
+``HF_HUB_OFFLINE=1`` or ``--no-download``) or downloaded. The image column (an ``Image`` feature) and the label
+column (a ``ClassLabel`` feature; a float column makes a regression set) are found from the features, or named with
+``--data-arg image=COLUMN label=COLUMN``; class names come from the ``ClassLabel``. The dataset's own splits are
+used: ``train``, ``validation``/``valid``/``val``/``dev`` and ``test``/``testing`` (any case), or named with
+``--data-arg train=SPLIT val=SPLIT test=SPLIT``. ``--data-arg streaming=true`` reads them as streams (a seeded
+shuffle buffer of ``--data-arg buffer=N`` images), never all at once.
 
 Safety: the image column is read with ``decode=False`` — the stored bytes go through visiontrain's guarded decoder
 (:func:`visiontrain.data.images.open_image`: allowed formats, pixel limit, bombs), never through ``datasets``' own
@@ -16,6 +17,8 @@ a run's files naming an ``hf:`` source name data, not code.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +59,8 @@ def hf_source(cfg: DataConfig, seed: int) -> DataSource:
     args = _check_args(cfg)
     where = f"data {cfg.name}"
     streaming = _flag(args.get("streaming", "false"), "streaming", where)
-    raw, lengths = _open(datasets, cfg.name.removeprefix(PREFIX), where, streaming)
+    with _offline(datasets, not cfg.download):
+        raw, lengths = _open(datasets, cfg.name.removeprefix(PREFIX), where, streaming)
     names = _pick_splits(list(raw), args, where)
     features = raw[names["train"]].features
     if features is None:
@@ -175,6 +179,18 @@ def _open(datasets: Any, spec: str, where: str, streaming: bool = False) -> tupl
         return splits, {k: len(v) for k, v in splits.items()}
     known = next(iter(splits.values())).info.splits or {}
     return splits, {k: known[k].num_examples for k in splits if k in known and known[k].num_examples}
+
+
+@contextlib.contextmanager
+def _offline(datasets: Any, offline: bool) -> Iterator[None]:
+    """``--no-download``: ``datasets`` reads the HF cache only, as with ``HF_HUB_OFFLINE=1`` (its flag is read when
+    it is imported, so it is set on its config for the load, then put back)."""
+    before = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE = before
 
 
 def _shards(n: int) -> int:
