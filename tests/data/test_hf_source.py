@@ -233,3 +233,12 @@ def test_streaming_without_a_validation_split_is_one_line(tmp_path: Path, main_c
     result = main_cli("train", "--data", f"hf:{tmp_path / 'train.parquet'}", "--data-arg", "streaming=true",
                       "--out", tmp_path)
     one_line_error(result, "has no validation split", "--val-split 0")
+
+
+@pytest.mark.parametrize("streaming", ["false", "true"])
+def test_data_info(saved: Path, streaming: str, main_cli) -> None:
+    result = main_cli("data", "info", f"hf:{saved}", "--data-arg", f"streaming={streaming}")
+    assert result.code == 0, result.err
+    assert "classes (4): circle, square, triangle, cross" in result.out
+    assert ("train       48  circle" in result.out) == (streaming == "false")  # a stream's labels are not read
+    assert "validation → val" in result.out
