@@ -215,6 +215,8 @@ def test_streaming_reads_every_item_once_per_epoch_in_a_seeded_order(tmp_path: P
     assert first == _epoch_labels(build_data(cfg, seed=0).loaders["train"], 0)  # a rerun reads the same stream
     batch, _ = next(iter(loader))
     assert batch.dtype == torch.uint8 and tuple(batch.shape[1:]) == (3, 64, 64)
+    loader.set_epoch(1, start_batch=4)  # resuming mid-epoch: the same stream, the batches done dropped
+    assert [int(v) for _, labels in loader for v in labels] == second[40:]
 
 
 def test_streaming_trains_and_evaluates(saved: Path, tmp_path: Path, main_cli) -> None:
