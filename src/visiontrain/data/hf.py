@@ -355,7 +355,9 @@ def _probe(table: Any, column: str, label: str, cfg: DataConfig,
     follows ``bad_images`` (error: one line naming the row; skip: dropped and listed)."""
     n = len(table)
     rows = range(n) if n <= _PROBE_ALL_UP_TO else range(0, n, n // _PROBE_SAMPLE)
-    cells = table.select(rows)[column] if n > _PROBE_ALL_UP_TO else table[column][:]
+    part = table.select_columns([column]) if n <= _PROBE_ALL_UP_TO else table.select(rows).select_columns([column])
+    # In chunks: the whole column of encoded images at once could be gigabytes.
+    cells = (cell for chunk in part.iter(batch_size=1024) for cell in chunk[column])
     infos: list[ImageInfo] = []
     dropped: list[int] = []
     for i, cell in zip(rows, cells, strict=True):
