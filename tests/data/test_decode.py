@@ -4,6 +4,7 @@ the same loader path a GPU run takes (there: nvJPEG); the GPU branch differs onl
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -143,3 +144,17 @@ def test_training_run_with_decode_forced(tmp_path: Path, main_cli) -> None:
                       "32", "--batch-size", "8", "--no-plots", "--out", tmp_path / "runs")
     assert result.code == 0, result.err
     assert "decoded per batch on cpu (decode: gpu" in result.err + result.out
+
+
+def test_decode_benchmark_reports_both_ways(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/bench_decode.py, CPU-sized: one row per way, CPU and wall milliseconds per image."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        import bench_decode
+    finally:
+        sys.path.pop(0)
+    bench_decode.main(["--images", "4", "--batch", "2", "--size", "64x48", "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows] == ["guarded per image (Pillow), CPU",
+                                                          "decode_batch (probe + decode_jpeg) on cpu"]
+    assert all(float(row.split("|")[2]) >= 0 and float(row.split("|")[3]) > 0 for row in rows)
