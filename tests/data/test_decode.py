@@ -158,3 +158,21 @@ def test_decode_benchmark_reports_both_ways(capsys: pytest.CaptureFixture[str]) 
     assert [row.split("|")[1].strip() for row in rows] == ["guarded per image (Pillow), CPU",
                                                           "decode_batch (probe + decode_jpeg) on cpu"]
     assert all(float(row.split("|")[2]) >= 0 and float(row.split("|")[3]) > 0 for row in rows)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvJPEG)")
+def test_on_the_gpu_batches_land_there_close_to_the_cpu_pixels(tmp_path: Path) -> None:
+    """The GPU branch: nvJPEG's pixels within a few levels of libjpeg's (its IDCT differs), the fallbacks moved to
+    the GPU too, and `decode: auto` picks it for a CUDA training split."""
+    raws = [make() for make in MEMBERS.values()]
+    on_gpu, on_cpu = decode_batch(raws, 3, "cuda"), decode_batch(raws, 3, "cpu")
+    for name, a, b in zip(MEMBERS, on_gpu, on_cpu, strict=True):
+        assert isinstance(a, torch.Tensor) and a.device.type == "cuda" and a.shape == b.shape, name
+        assert float((a.cpu().float() - b.float()).abs().mean()) < 2.0, name
+    root = _jpeg_folder(tmp_path)
+    bundle = build_data(DataConfig(name=str(root), cache="off", batch_size=8, image_size=32, val_split=0), seed=0,
+                        pin_memory=True)
+    loader = bundle.loaders["train"]
+    assert isinstance(loader, FileLoader) and loader.dataset.batch_device == torch.device("cuda")
+    images, _labels = next(iter(loader))
+    assert images.device.type == "cuda" and images.dtype == torch.uint8 and tuple(images.shape[1:]) == (3, 32, 32)
