@@ -219,6 +219,12 @@ def test_streaming_reads_every_item_once_per_epoch_in_a_seeded_order(tmp_path: P
     assert [int(v) for _, labels in loader for v in labels] == second[40:]
 
 
+def test_streaming_refuses_several_processes(saved: Path) -> None:
+    bundle = build_data(DataConfig(name=f"hf:{saved}", args={"streaming": "true"}), seed=0)
+    with pytest.raises(DataError, match="streaming reads one process's stream"):
+        bundle.loaders["train"].shard(0, 2)
+
+
 def test_streaming_trains_and_evaluates(saved: Path, tmp_path: Path, main_cli) -> None:
     trained = main_cli("train", "--data", f"hf:{saved}", "--data-arg", "streaming=true", "--epochs", "1",
                        "--batch-size", "16", "--image-size", "16", "--no-plots", "--out", tmp_path / "runs")
