@@ -8,7 +8,8 @@ Two workloads, each timed as images/s over whole epochs, ending in normalized fl
   ``DataLoader`` with RandomCrop(32, padding=4) + flip vs visiontrain's in-memory uint8 tensor loader.
 * An image folder of JPEG photos (default 1,000 at 500x375, two classes): ``ImageFolder`` + ``DataLoader`` with
   RandomResizedCrop(224) + flip vs visiontrain streaming (``cache: off``) and cached in memory (``cache: auto``;
-  its first epoch includes decoding everything once).
+  its first epoch includes decoding everything once), and streaming with each batch's JPEGs decoded in the main
+  process on the device (``decode: gpu``: nvJPEG on CUDA; ``decode_jpeg`` on the CPU otherwise).
 
     python benchmarks/bench_loader.py                 # CPU, both workloads (~3 min on 2 cores)
     python benchmarks/bench_loader.py --device cuda   # batches end on the GPU; in-memory data lives there
@@ -122,10 +123,13 @@ def bench_folder(root: Path, args: argparse.Namespace, device: torch.device) -> 
     rows.append((f"torchvision ImageFolder + DataLoader, PIL per image, {args.workers} workers",
                  timed(loader, lambda x: x, device, args.epochs)))
     norm = Normalizer(MEAN, STD)
-    for cache, label in (("off", f"visiontrain streaming, {args.workers} workers"),
-                         ("memory", "visiontrain cached in memory (1st epoch includes decoding)")):
+    for cache, decode, label in (
+            ("off", "cpu", f"visiontrain streaming, {args.workers} workers"),
+            ("off", "gpu", f"visiontrain streaming, {args.workers} workers read, batches decoded on {device.type} "
+                           "(decode: gpu)"),
+            ("memory", "cpu", "visiontrain cached in memory (1st epoch includes decoding)")):
         cfg = DataConfig(name=str(root), batch_size=args.batch, val_split=0.0, workers=args.workers, cache=cache,
-                         normalize="imagenet", transforms={"train": "photos"})
+                         normalize="imagenet", transforms={"train": "photos"}, decode=decode)
         start = time.perf_counter()
         bundle = build_data(cfg, 0, size=size, device=device, pin_memory=device.type == "cuda")
         load = time.perf_counter() - start

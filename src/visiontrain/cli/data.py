@@ -29,6 +29,8 @@ _KINDS = [
     ("PATH/", "a folder with one sub-folder per class (ImageFolder layout), optionally train/ val/ test/"),
     ("FILE.csv|.jsonl", "a manifest of path,label (classification), path,labels (multi-label: cat|dog) or "
                         "path,value (regression) rows"),
+    ("hf:NAME_OR_PATH[:config]", "a Hugging Face dataset: a save_to_disk folder, .parquet/.arrow files or a Hub "
+                                 "name (the hf extra); --data-arg image=… label=… streaming=true"),
     ("module:Class", "your own torch Dataset by import path; constructor arguments via --data-arg KEY=VALUE"),
     ("shards:OUT/", "WebDataset .tar shards written by `visiontrain data pack` (streamed, resumable mid-epoch)"),
 ]

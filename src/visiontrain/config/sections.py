@@ -19,7 +19,8 @@ from visiontrain.config.knobs import knob
 @dataclass(frozen=True)
 class DataConfig:
     name: str = knob("mnist", "dataset name (mnist, cifar10, …; see `visiontrain datasets`), a folder with one "
-                     "sub-folder per class, a .csv/.jsonl manifest, or module:Class for your own Dataset",
+                     "sub-folder per class, a .csv/.jsonl manifest, hf:NAME_OR_PATH[:config] for a Hugging Face "
+                     "dataset, or module:Class for your own Dataset",
                      flag="--data", hparam=True, metavar="SOURCE", peers=("dataset",))
     dir: str = knob("data", "where registered datasets (mnist, cifar10, …) are cached / downloaded; your own "
                     "folder of class folders goes to --data", flag="--data-dir")
@@ -52,6 +53,10 @@ class DataConfig:
     cache: Literal["auto", "memory", "off"] = knob(
         "auto", "decode an image folder once into memory (uint8) and train from there: auto (when it fits "
         "--cache-mb and pays back in the planned epochs), memory, off")
+    decode: Literal["auto", "cpu", "gpu"] = knob(
+        "auto", "where streamed training JPEGs are decoded: cpu (per image, in the workers), gpu (per batch, on the "
+        "training device with torchvision's decode_jpeg: nvJPEG on CUDA; workers only read the files), auto (gpu "
+        "when training on CUDA and torchvision can decode there)")
     cache_mb: int = knob(2048, "the in-memory budget of --cache auto, in MiB", low=0)
     split_file: str | None = knob(None, "reuse the train/val split of an earlier run (its split.json)")
     item_timeout_s: float = knob(300.0, "seconds one file/item may take to read before it counts as bad "

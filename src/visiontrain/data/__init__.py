@@ -151,6 +151,11 @@ def build_data(cfg: DataConfig, seed: int, *, channels: int | None = None, size:
         stats = _stats(cfg, source, prep.channels, model_stats, seed)
     mean, std = _fit_channels(stats, prep.channels)
     prep = Preprocessing(prep.channels, prep.size, mean, std, prep.eval_transforms)
+    train_loader = loaders.get("train")
+    if isinstance(train_loader, FileLoader) and train_loader.dataset.batch_device is not None:
+        device = train_loader.dataset.batch_device
+        source.notes.append(f"training images are decoded per batch on {device} (decode: {cfg.decode}; JPEGs with "
+                            "torchvision's decode_jpeg), the workers only read files")
     return DataBundle(source, prep, loaders, bad_log, train_specs if training else [])
 
 

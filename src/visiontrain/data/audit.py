@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from visiontrain.data.loaders import FileDataset
-from visiontrain.data.types import DataSource, FileSplit, Split, TensorSplit
+from visiontrain.data.types import DataSource, FileSplit, Split, StreamSplit, TensorSplit
 from visiontrain.text import printable, utf8_safe
 
 IMBALANCE_RATIO = 3.0  # warn when the largest class has this many times the images of the smallest
@@ -59,6 +59,8 @@ def label_text(label: torch.Tensor, task: str, classes: list[str]) -> str:
 
 def _split_counts(split: Split, source: DataSource) -> dict[str, Any]:
     out: dict[str, Any] = {"count": len(split)}
+    if isinstance(split, StreamSplit):  # labels are known only as the stream is read
+        return {**out, "streamed": True}
     if source.task == "multilabel":  # per label: images that have it; which labels come together; the unlabelled
         y = split.labels.double()
         out["per_class"] = dict(zip(source.classes, [int(v) for v in y.sum(dim=0)], strict=True))
@@ -154,6 +156,8 @@ def _digests(source: DataSource, items: bool, max_bytes: int | None) -> tuple[li
     for name, split in source.splits.items():
         if isinstance(split, FileSplit):
             files += [(name, path) for path in split.paths]
+        elif isinstance(split, StreamSplit):
+            continue  # a stream is not read whole for a report
         elif isinstance(split, TensorSplit) or items:
             entries += [(name, label, digest) for label, digest in _memory_digests(split, name)]
     found, counts = _file_digests(files, max_bytes)

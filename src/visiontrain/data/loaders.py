@@ -18,15 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from visiontrain.data.augment import BatchPipeline, one_thread
+from visiontrain.data.decode import decode_batch
 from visiontrain.data.guard import DEFAULT_ITEM_TIMEOUT_S, item_deadline, loader_errors
 from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, item_to_tensor, open_image
 from visiontrain.data.shards import ShardSplit
 from visiontrain.data.transforms import adapt_channels
-from visiontrain.data.types import FileSplit, ItemSplit, TensorSplit
-from visiontrain.errors import DataError, VisiontrainError
+from visiontrain.data.types import FileSplit, ItemSplit, StreamSplit, TensorSplit
+from visiontrain.errors import DataError, ImageError, VisiontrainError
 from visiontrain.limits import cap_workers
 from visiontrain.text import utf8_safe
 
@@ -169,15 +170,20 @@ class FileDataset(Dataset):
 
     Items are ``(image, label, index, error)``: a file that fails gives an empty image and the error text
     instead of raising, so the worker survives and the main process decides (see :class:`BadImageLog`).
+    With ``batch_device`` set, an item is the file's bytes (uint8 [N]): :class:`FileLoader` decodes each batch on
+    that device (:func:`visiontrain.data.decode.decode_batch`, nvJPEG on a GPU) and augments it there.
     """
 
     def __init__(self, split: FileSplit | ItemSplit | ShardSplit, channels: int, transform: Callable | None, *,
                  seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None,
-                 timeout_s: float = DEFAULT_ITEM_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_ITEM_TIMEOUT_S, batch_device: torch.device | str | None = None) -> None:
         self.split, self.labels = split, split.labels
         self.paths: list[Path] = split.paths if isinstance(split, FileSplit) else []
         self.channels, self.transform, self.seed = channels, transform, seed
         self.max_pixels, self.draft, self.timeout_s = max_pixels, draft, timeout_s
+        self.batch_device = torch.device(batch_device) if batch_device is not None else None
+        if self.batch_device is not None and not isinstance(split, FileSplit):
+            raise ValueError("batch_device decodes files; this split holds Dataset items")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -186,16 +192,31 @@ class FileDataset(Dataset):
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         try:
             with item_deadline(self.timeout_s, self.name(i)):  # a hung read becomes a bad file, named
-                image = self._read(i)
+                image = self._read_bytes(i) if self.batch_device is not None else self._read(i)
         except VisiontrainError as exc:
             return torch.empty(0, dtype=torch.uint8), self.labels[i], i, str(exc)
-        if self.transform is not None:
-            # Augmentation is a function of (seed, epoch, i). Only the CPU generator: torch.manual_seed also
-            # queues lazy CUDA/XPU seeding with a stack trace each call (measured ~1 ms per image).
-            torch.default_generator.manual_seed(mix_seed(self.seed, epoch, i))
-            with one_thread(image.device):  # workers have one thread already; the main process may not
-                image = self.transform(image)
-        return image.contiguous(), self.labels[i], i, ""
+        if self.batch_device is not None:
+            return image, self.labels[i], i, ""  # decoded and augmented per batch, on the device
+        return self.augment(image, i, epoch).contiguous(), self.labels[i], i, ""
+
+    def augment(self, image: torch.Tensor, i: int, epoch: int) -> torch.Tensor:
+        """The transforms, as a function of (seed, epoch, i): the same pixels in a worker or on the device."""
+        if self.transform is None:
+            return image
+        # Only the CPU generator: torch.manual_seed also queues lazy CUDA/XPU seeding with a stack trace each
+        # call (measured ~1 ms per image). Random parameters are drawn on the CPU even for a GPU tensor.
+        torch.default_generator.manual_seed(mix_seed(self.seed, epoch, i))
+        with one_thread(image.device):  # workers have one thread already; the main process may not
+            return self.transform(image)
+
+    def _read_bytes(self, i: int) -> torch.Tensor:
+        path = self.paths[i]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageError(str(path), f"cannot read file ({exc.strerror or exc})", "check the disk/file") from None
+        # An empty file gives an empty tensor: the header probe of decode_batch names it.
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
 
     def _read(self, i: int) -> torch.Tensor:
         if isinstance(self.split, ItemSplit):
@@ -218,6 +239,8 @@ def _read_item(split: ItemSplit, i: int, channels: int) -> torch.Tensor:
     name = f"{split.name}[{int(split.indices[i])}]"
     try:
         item = split.dataset[int(split.indices[i])]
+    except VisiontrainError:  # a source's own reader (data/hf.py) says what is wrong with the item itself
+        raise
     except Exception as exc:  # the user's __getitem__ failed on this item: report it like a bad file
         raise DataError(f"{name}: your Dataset raised {type(exc).__name__}: {exc}") from None
     image = item[0] if isinstance(item, tuple | list) else item
@@ -234,6 +257,15 @@ def collate_marked(items: list[tuple[torch.Tensor, Any, int, str]]) -> tuple[tor
     images = torch.stack([item[0] for item in good])
     labels = torch.stack([torch.as_tensor(item[1]) for item in good])
     return images, labels, torch.tensor([item[2] for item in good], dtype=torch.int64), bad
+
+
+def collate_bytes(items: list[tuple[torch.Tensor, Any, int, str]]) -> tuple[list[torch.Tensor], torch.Tensor,
+                                                                               torch.Tensor, list]:
+    """Like :func:`collate_marked` for encoded files (lengths differ): a list of byte tensors, not a stack."""
+    good = [item for item in items if not item[3]]
+    bad = [(item[2], item[3]) for item in items if item[3]]
+    labels = torch.stack([torch.as_tensor(item[1]) for item in good]) if good else torch.empty(0)
+    return [item[0] for item in good], labels, torch.tensor([item[2] for item in good], dtype=torch.int64), bad
 
 
 class InMemory:
@@ -287,10 +319,10 @@ class FileLoader:
         self.loader = self._data_loader(batch_size)
 
     def _data_loader(self, batch_size: int) -> DataLoader:
-        workers = self.workers
+        workers, raw = self.workers, self.dataset.batch_device is not None
         return DataLoader(self.dataset, batch_size=batch_size, sampler=self._sampler, num_workers=workers,
-                          collate_fn=collate_marked, pin_memory=self.pin_memory, persistent_workers=workers > 0,
-                          prefetch_factor=4 if workers > 0 else None)
+                          collate_fn=collate_bytes if raw else collate_marked, pin_memory=self.pin_memory and not raw,
+                          persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
 
     def shard(self, rank: int, world: int, drop_tail: bool = True) -> None:
         """Decode only this rank's part of every global batch; the DataLoader batches by the per-rank size."""
@@ -325,16 +357,113 @@ class FileLoader:
     def __iter__(self) -> Iterator[Batch]:
         try:
             with loader_errors():  # a worker killed (out of memory?) or stuck: one line, not a traceback
-                for images, labels, _index, bad in self.loader:
+                for images, labels, index, bad in self.loader:
                     for i, message in bad:
                         self.bad_log.add(self.dataset.name(i), message)
+                    if self.dataset.batch_device is not None:
+                        images, labels = self._decode(images, labels, index)
                     if len(images):
                         yield images, labels
         finally:
             self._sampler.start = 0
 
+    def _decode(self, payloads: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> Batch:
+        """A batch of file bytes → decoded on the dataset's device, augmented there per image, stacked."""
+        data, rows = self.dataset, index.tolist()
+        decoded = decode_batch(payloads, data.channels, data.batch_device or "cpu", max_pixels=data.max_pixels,
+                               names=[data.name(i) for i in rows])
+        images, keep = [], []
+        for j, (image, i) in enumerate(zip(decoded, rows, strict=True)):
+            if isinstance(image, ImageError):
+                self.bad_log.add(data.name(i), str(image))
+                continue
+            images.append(data.augment(image, i, self.epoch).contiguous())
+            keep.append(j)
+        if not images:
+            return torch.empty(0, dtype=torch.uint8), labels[:0]
+        return torch.stack(images), labels[keep]
 
-Loader = TensorLoader | FileLoader
+
+class StreamItems(IterableDataset):
+    """A :class:`StreamSplit` decoded item by item (in DataLoader workers): ``(image, label, k, error)`` as
+    :class:`FileDataset` gives them, ``k`` counting this worker's items. The reader splits the stream between
+    workers (a Hugging Face dataset: by its shards); augmentation is seeded by (seed, epoch, worker, k)."""
+
+    def __init__(self, split: StreamSplit, channels: int, transform: Callable | None, *, seed: int, shuffle: bool,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.split, self.channels, self.transform = split, channels, transform
+        self.seed, self.shuffle, self.max_pixels, self.epoch = seed, shuffle, max_pixels, 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any, int, str]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        for k, (payload, label) in enumerate(self.split.reader.items(self.seed, self.epoch, self.shuffle)):
+            name = self.name(worker, k)
+            try:
+                image = image_to_tensor(open_image(payload, self.channels, max_pixels=self.max_pixels, name=name),
+                                        contiguous=False)
+            except VisiontrainError as exc:
+                yield torch.empty(0, dtype=torch.uint8), label, worker << 40 | k, str(exc)
+                continue
+            if self.transform is not None:
+                torch.default_generator.manual_seed(mix_seed(self.seed, self.epoch, worker, k))
+                with one_thread(image.device):
+                    image = self.transform(image)
+            yield image.contiguous(), label, worker << 40 | k, ""
+
+    def name(self, worker: int, k: int) -> str:
+        return f"{self.split.name}[item {k} of worker {worker}]" if worker else f"{self.split.name}[item {k}]"
+
+
+class StreamLoader:
+    """Batches of a :class:`StreamSplit` through a DataLoader over :class:`StreamItems`: the order depends only
+    on (seed, epoch, worker count) — the reader's seeded shuffle buffer —, memory on the buffer, not the dataset.
+    Resuming mid-epoch reads the stream again and drops the batches already trained on."""
+
+    def __init__(self, items: StreamItems, batch_size: int, *, workers: int, pin_memory: bool = False,
+                 bad_log: BadImageLog | None = None) -> None:
+        self.dataset, self.batch_size = items, batch_size
+        self.shuffle, self.seed, self.epoch, self.start_batch = items.shuffle, items.seed, 0, 0
+        self.workers, self.pin_memory = cap_workers(workers), pin_memory
+        self.bad_log = bad_log or BadImageLog()
+        self.images = None  # nothing in memory
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+        self.dataset.epoch = epoch
+
+    def shard(self, rank: int, world: int, drop_tail: bool = True) -> None:
+        if world > 1:
+            raise DataError(f"{self.dataset.split.name}: streaming reads one process's stream; train it in one "
+                            "process, or without --data-arg streaming=true")
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """What the resume fingerprint hashes: the stream is a function of (seed, epoch), not a permutation."""
+        return torch.full((self.num_samples,), mix_seed(self.seed, epoch, int(self.shuffle)) % 2**62)
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset.split)
+
+    def __iter__(self) -> Iterator[Batch]:
+        workers = min(self.workers, getattr(self.dataset.split.reader, "shards", self.workers))  # idle ones: none
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=workers, collate_fn=collate_marked,
+                            pin_memory=self.pin_memory, prefetch_factor=4 if workers > 0 else None)
+        first, self.start_batch = self.start_batch, 0
+        with loader_errors():
+            for batch, (images, labels, _index, bad) in enumerate(loader):
+                if batch < first:
+                    continue
+                for k, message in bad:
+                    self.bad_log.add(self.dataset.name(k >> 40, k & (2**40 - 1)), message)
+                if len(images):
+                    yield images, labels
+
+
+Loader = TensorLoader | FileLoader | StreamLoader
 
 
 def decode_to_memory(split: FileSplit | ItemSplit, channels: int, transform: Callable, *, workers: int,

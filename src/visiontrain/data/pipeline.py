@@ -21,6 +21,7 @@ import torch
 
 from visiontrain.config import DataConfig
 from visiontrain.data.augment import BatchPipeline
+from visiontrain.data.decode import batch_decoder_works
 from visiontrain.data.guard import loader_errors
 from visiontrain.data.loaders import (
     BadImageLog,
@@ -28,6 +29,8 @@ from visiontrain.data.loaders import (
     FileLoader,
     InMemory,
     Loader,
+    StreamItems,
+    StreamLoader,
     TensorLoader,
     collate_marked,
     decode_to_memory,
@@ -41,7 +44,7 @@ from visiontrain.data.transforms import (
     is_deterministic,
     margin_size,
 )
-from visiontrain.data.types import FileSplit, ItemSplit, Split, TensorSplit, channel_stats
+from visiontrain.data.types import FileSplit, ItemSplit, Split, StreamSplit, TensorSplit, channel_stats
 from visiontrain.errors import ConfigError
 from visiontrain.limits import cap_workers
 
@@ -67,6 +70,10 @@ def make_loader(split: Split, plan: LoaderPlan, cfg: DataConfig, seed: int, bad_
     """A loader for ``split``: in memory (tensor ops) when it is a tensor or ``cache`` is set, else streamed."""
     batch_size = cfg.batch_size if plan.train else cfg.eval_batch_size
     specs = plan.specs
+    if isinstance(split, StreamSplit):  # read in order, never cached: memory bounded by the shuffle buffer
+        items = StreamItems(split, plan.channels, build_transforms(specs, _where(plan)), seed=seed, shuffle=plan.train,
+                            max_pixels=cfg.max_pixels)
+        return StreamLoader(items, batch_size, workers=cfg.workers, pin_memory=plan.pin_memory, bad_log=bad_log)
     if not isinstance(split, TensorSplit) and cache:
         split, specs = _cache(split, plan, cfg, bad_log)
     if isinstance(split, TensorSplit):
@@ -79,10 +86,25 @@ def make_loader(split: Split, plan: LoaderPlan, cfg: DataConfig, seed: int, bad_
         split = ItemSplit(InMemory(split), torch.arange(len(split)), split.labels, "memory")
     draft = 2 * plan.size if plan.train else None  # eval decodes in full: identical to `predict` on a file
     dataset = FileDataset(split, plan.channels, build_transforms(specs, _where(plan)), seed=seed,
-                          max_pixels=cfg.max_pixels, draft=draft, timeout_s=cfg.item_timeout_s)
+                          max_pixels=cfg.max_pixels, draft=draft, timeout_s=cfg.item_timeout_s,
+                          batch_device=decode_device(cfg, plan, split))
     order = split.epoch_order(plan.train, seed) if isinstance(split, ShardSplit) else None  # shard order, windowed
     return FileLoader(dataset, batch_size, shuffle=plan.train, seed=seed, workers=cfg.workers,
                       pin_memory=plan.pin_memory, bad_log=bad_log, order=order)
+
+
+def decode_device(cfg: DataConfig, plan: LoaderPlan, split: Split) -> torch.device | None:
+    """Where the streamed training files are decoded per batch (``decode``), or None: per image in the workers.
+
+    Only training files: evaluation decodes each file as ``predict`` does, so their numbers agree. ``gpu`` decodes
+    on the training device whatever it is (on a CPU run, the batch path on the CPU); ``auto`` only on CUDA, and
+    only where torchvision's ``decode_jpeg`` works there.
+    """
+    if not plan.train or not isinstance(split, FileSplit) or cfg.decode == "cpu":
+        return None
+    if cfg.decode == "gpu" or (plan.device.type == "cuda" and batch_decoder_works(plan.device)):
+        return plan.device
+    return None
 
 
 def _where(plan: LoaderPlan) -> str:
@@ -207,7 +229,7 @@ def estimate_bytes(splits: dict[str, Split], plans: dict[str, LoaderPlan]) -> in
     """Memory the file splits would take in the cache, in bytes."""
     total = 0
     for name, split in splits.items():
-        if isinstance(split, TensorSplit) or name not in plans:
+        if isinstance(split, TensorSplit | StreamSplit) or name not in plans:
             continue
         plan = plans[name]
         side = cache_geometry(plan.specs, plan.size, plan.channels)[2] if plan.train else plan.size
@@ -229,17 +251,24 @@ def sample_stats(split: Split, channels: int, limit: int = 500, seed: int = 0, m
     if isinstance(split, TensorSplit):
         images = adapt_channels(split.images, channels) if split.images.shape[1] != channels else split.images
         return (*channel_stats(images), len(split))
-    count = min(limit, len(split))
-    pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
-    subset = split.subset(torch.sort(pick).values)
     from torchvision.transforms import v2  # torchvision loads torch._dynamo (~2 CPU-s): only when it is used
 
-    dataset = FileDataset(subset, channels, v2.Resize(128, antialias=True), max_pixels=max_pixels, draft=128)
+    resize = v2.Resize(128, antialias=True)
+    if isinstance(split, StreamSplit):  # no random access: the first images of the stream (the reader's order)
+        dataset: FileDataset | StreamItems | list = StreamItems(split, channels, resize, seed=seed, shuffle=False,
+                                                                 max_pixels=max_pixels)
+        dataset = [item for _, item in zip(range(limit), dataset, strict=False)]
+    else:
+        count = min(limit, len(split))
+        pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
+        dataset = FileDataset(split.subset(torch.sort(pick).values), channels, resize, max_pixels=max_pixels,
+                              draft=128)
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros_like(total)
     pixels, used = 0, 0
     with loader_errors():  # a worker killed (out of memory?): one line pointing at --workers 0
-        for images, _labels, _index, _bad in DataLoader(dataset, batch_size=1, num_workers=cap_workers(workers),
+        procs = 0 if isinstance(dataset, list) else cap_workers(workers)  # a list: read already
+        for images, _labels, _index, _bad in DataLoader(dataset, batch_size=1, num_workers=procs,  # type: ignore[arg-type]
                                                        collate_fn=collate_marked):
             if len(images):
                 x = images[0].double() / 255
@@ -260,5 +289,5 @@ def split_shape(split: Split, channels: int) -> tuple[int, int, int] | None:
     return None
 
 
-__all__ = ["LoaderPlan", "cache_geometry", "cache_pays", "check_eval", "check_pipeline", "estimate_bytes",
-           "make_loader", "sample_stats", "split_shape"]
+__all__ = ["LoaderPlan", "cache_geometry", "cache_pays", "check_eval", "check_pipeline", "decode_device",
+           "estimate_bytes", "make_loader", "sample_stats", "split_shape"]

@@ -16,6 +16,7 @@ from visiontrain.config import DataConfig
 from visiontrain.config.trust import names_code
 from visiontrain.data.custom import custom_source
 from visiontrain.data.folders import folder_source
+from visiontrain.data.hf import hf_source, is_hf
 from visiontrain.data.manifest import manifest_source
 from visiontrain.data.mnist import load_mnist, prepare_mnist
 from visiontrain.data.shards import is_shards, shards_source
@@ -42,7 +43,8 @@ __all__ = ["DATASETS", "DESCRIPTIONS", "DataSource", "FileSplit", "ItemSplit", "
 def load_source(cfg: DataConfig, seed: int, *, need_val: bool = True) -> DataSource:
     """The dataset named by ``cfg.name``, with a val split.
 
-    ``cfg.name`` is a registered name, a folder, a ``.csv``/``.jsonl`` manifest, or ``module:Class``.
+    ``cfg.name`` is a registered name, a folder, a ``.csv``/``.jsonl`` manifest, ``hf:NAME_OR_PATH`` (a Hugging
+    Face dataset) or ``module:Class``.
     A source without its own val split gets one from ``cfg.split_file`` or, else, a seeded, stratified
     ``cfg.val_split`` of train held out. Data too small to hold one out is an error when ``need_val``, else
     (evaluating another split) it keeps all of train and no val.
@@ -82,6 +84,8 @@ def _find_source(cfg: DataConfig, seed: int) -> DataSource:
     name = registered_name(cfg.name)
     if name is not None:
         return DATASETS.get(name)(cfg, seed)
+    if is_hf(cfg.name):  # hf:NAME_OR_PATH[:config], read through the datasets library (data/hf.py)
+        return hf_source(cfg, seed)
     path = Path(cfg.name).expanduser()
     if names_code(cfg.name):  # the user's own Dataset: callers refuse one a run's files name (visiontrain.config.trust)
         return custom_source(cfg.name, cfg, seed)

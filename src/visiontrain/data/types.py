@@ -69,7 +69,33 @@ class ItemSplit:
         return [Path(f"{self.name}[{i}]") for i in self.indices.tolist()]
 
 
-Split = TensorSplit | FileSplit | ItemSplit
+@dataclass
+class StreamSplit:
+    """Items read in order from a stream (a Hugging Face streaming dataset, data/hf.py): no random access, so no
+    in-memory cache, no held-out split cut from it, and labels unknown until read (``labels`` is empty).
+
+    ``reader.items(seed, epoch, shuffle)`` yields ``(payload, label)`` — encoded image bytes (or a file path) and
+    the label — in an order that depends only on its arguments (and on the DataLoader worker reading it).
+    """
+
+    reader: Any
+    length: int  # items in the split, from the dataset's metadata
+    name: str  # how messages name an item: "hf:ylecun/mnist/train"
+    labels: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def subset(self, index: torch.Tensor) -> StreamSplit:
+        raise DataError(f"{self.name}: a streamed split cannot be split further; use the dataset's own validation "
+                        "split, or --val-split 0")
+
+    @property
+    def paths(self) -> list[Path]:
+        return []
+
+
+Split = TensorSplit | FileSplit | ItemSplit | StreamSplit
 
 
 @dataclass
