@@ -26,7 +26,6 @@ from collections.abc import Sequence
 
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, open_image, probe_image
 from visiontrain.data.transforms import adapt_channels
@@ -92,24 +91,26 @@ def _jpegs(raws: list[bytes], device: torch.device) -> list[torch.Tensor | None]
     if not raws:
         return []
     tensors = [torch.frombuffer(bytearray(raw), dtype=torch.uint8) for raw in raws]
-    mode = ImageReadMode.RGB  # gray JPEGs come out repeated: one mode for the whole batch call
     try:
-        return list(_decode_jpeg(tensors, mode, device))
+        return list(_decode_jpeg(tensors, device))
     except RuntimeError:
         pass
     out: list[torch.Tensor | None] = []
     for tensor in tensors:
         try:
-            out.append(_decode_jpeg([tensor], mode, device)[0])
+            out.append(_decode_jpeg([tensor], device)[0])
         except RuntimeError:
             out.append(None)
     return out
 
 
-def _decode_jpeg(tensors: list[torch.Tensor], mode: ImageReadMode, device: torch.device) -> list[torch.Tensor]:
+def _decode_jpeg(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Gray JPEGs come out repeated (RGB): one mode for the whole batch call."""
+    from torchvision.io import ImageReadMode, decode_jpeg  # torchvision loads torch._dynamo: only when decoding
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points at TorchCodec; it still works
-        return decode_jpeg(tensors, mode=mode, device=device)
+        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
 
 
 def _guarded(raw: bytes, channels: int, max_pixels: int, name: str, device: torch.device) -> torch.Tensor | ImageError:
