@@ -29,8 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from bench_loader import make_folder  # the same generated photos as the loader benchmark
 
 _CHILD = r"""
 import json, os, resource, sys, time
@@ -71,19 +70,6 @@ print(json.dumps({"cache": images.numel(), "shape": list(images.shape), "before"
                   "cpu_s": cpu, "workers_cpu_s": children.ru_utime + children.ru_stime, "wall_s": wall,
                   "exact_peak": exact}))
 """
-
-
-def make_folder(root: Path, count: int, width: int = 500, height: int = 375, seed: int = 0) -> None:
-    """``count`` JPEG photos (smooth gradients plus noise, quality 90) in two class folders."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    for i in range(count):
-        cls = root / ("a" if i % 2 else "b")
-        cls.mkdir(parents=True, exist_ok=True)
-        phase = rng.uniform(0, 6.28, 3)
-        base = np.stack([127 + 100 * np.sin(xx / (40 + 20 * k) + phase[k] + yy / 90) for k in range(3)], -1)
-        noise = rng.normal(0, 12, base.shape)
-        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(cls / f"{i:05d}.jpg", quality=90)
 
 
 def measure(root: Path, aug: str, side: int, workers: int, src: str | None = None) -> dict:

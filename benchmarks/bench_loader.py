@@ -57,10 +57,10 @@ class LocalCIFAR10(datasets.CIFAR10):
         return True
 
 
-def make_folder(root: Path, count: int, seed: int = 0) -> None:
-    """``count`` JPEG photos (500x375, smooth gradients plus noise, quality 90) in two class folders."""
+def make_folder(root: Path, count: int, width: int = 500, height: int = 375, seed: int = 0) -> None:
+    """``count`` JPEG photos (smooth gradients plus noise, quality 90) in two class folders."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:375, 0:500]
+    yy, xx = np.mgrid[0:height, 0:width]
     for i in range(count):
         cls = root / ("a" if i % 2 else "b")
         cls.mkdir(parents=True, exist_ok=True)
