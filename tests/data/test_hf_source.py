@@ -14,11 +14,23 @@ import pytest
 import torch
 from PIL import Image
 
-if "datasets" not in sys.modules:  # read once, when datasets is imported: no Hub, and no writes into ~/.cache
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="visiontrain-hf-cache-"))
-datasets = pytest.importorskip("datasets")
+# datasets reads its switches once, when it is imported: no Hub, and no writes into ~/.cache. They are set for that
+# import only and put back: left in the environment, they would turn off the Hub (served on 127.0.0.1) for every
+# later test in the session, and huggingface_hub, imported first here, freezes them too.
+pytest.importorskip("huggingface_hub.constants")  # the package loads lazily: its constants module reads them
+_SWITCHES = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+             "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="visiontrain-hf-cache-")}
+_SAVED = {key: os.environ.get(key) for key in _SWITCHES}
+if "datasets" not in sys.modules:
+    os.environ.update({key: os.environ.get(key) or value for key, value in _SWITCHES.items()})
+try:
+    datasets = pytest.importorskip("datasets")
+finally:
+    for _key, _value in _SAVED.items():
+        if _value is None:
+            os.environ.pop(_key, None)
+        else:
+            os.environ[_key] = _value
 
 from visiontrain.config import DataConfig  # noqa: E402
 from visiontrain.config.trust import check_file_values, names_code  # noqa: E402

@@ -123,7 +123,7 @@ def test_finetuned_checkpoint_loads_back_without_the_cache(torch_home: Path, tmp
                        "batch_size": 32},
               "model": {"name": "mobilenet_v3_small", "pretrained": "DEFAULT", "in_channels": 1, "head": [16],
                         "freeze": ["features.0.*"], "pretrained_check_hash": False},
-              "train": {"epochs": 1, "plots": False},  # the pictures cost seconds and are not checked here
+              "train": {"epochs": 1},  # plots on: --plots off also skips the TensorBoard graph checked below
               "out": str(tmp_path / "runs"), "name": "ft"}
     run = visiontrain.train(config, callbacks=[keep], quiet=True)
     shutil.rmtree(torch_home.parent.parent.parent)  # the cache is gone: loading needs no pretrained file
