@@ -66,6 +66,16 @@ def test_choose_threads(affinity: int, quota: float | None, load: float | None, 
     assert f"{choice.cores} usable core" in choice.reason
 
 
+@pytest.mark.parametrize("load", [0.2, 1.5, 4.6, 40.0])
+def test_deterministic_runs_take_every_usable_core_whatever_the_load(load: float) -> None:
+    """The count splits CPU reductions: a resumed --deterministic run on a busier host must use the same one."""
+    choice = host.choose_threads(affinity=4, quota=3.0, load=load, own=0.0, deterministic=True)
+    assert choice.threads == 3 and "--deterministic" in choice.reason
+    assert choice.shared  # the quota (3 of 4 cores) still makes OpenMP wait passively: no effect on the numbers
+    following = host.choose_threads(affinity=4, quota=3.0, load=load, own=0.0).threads
+    assert following == (3 if load < 1 else 2 if load < 2 else 1)  # without --deterministic the load decides
+
+
 def test_auto_threads_reads_this_host(tmp_path: Path) -> None:
     _write(tmp_path / "loadavg", "0.00 0.00 0.00 1/100 1\n")
     _write(tmp_path / "cgroup/cpu.max", "100000 100000\n")

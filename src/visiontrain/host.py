@@ -43,10 +43,13 @@ class ThreadChoice:
     cores: int  # the cores this process may use: affinity, capped by a cgroup quota
     others: float  # cores other processes keep busy (load average less our own part)
     shared: bool  # others are busy, or a quota caps us below the cores we may run on: wait passively
+    deterministic: bool = False  # the count ignored the load (--deterministic)
 
     @property
     def reason(self) -> str:
         busy = f"others keep {self.others:.1f} busy" if self.others >= BUSY else "idle"
+        if self.deterministic:
+            busy += "; --deterministic: every usable core, whatever the load"
         return f"auto: {self.cores} usable core{'s' if self.cores != 1 else ''}, {busy}"
 
 
@@ -137,23 +140,31 @@ def _process_age() -> float | None:
 
 
 def choose_threads(*, affinity: int, quota: float | None, load: float | None, own: float,
-                   cap: int | None = None) -> ThreadChoice:
+                   cap: int | None = None, deterministic: bool = False) -> ThreadChoice:
     """Threads for torch: the usable cores (affinity, capped by the quota and by ``cap``, at least 1) less the
     cores other processes keep busy, rounded, at least 1. On a 2-core host beside two busy processes that is 1:
     two threads would each get ~2/3 of a core and wait at every op for the other; one thread gets its fair share
-    alone. ``cap``: torch's own default (its physical cores), so that an idle machine runs as it did before."""
+    alone. ``cap``: torch's own default (its physical cores), so that an idle machine runs as it did before.
+
+    ``deterministic`` (``--deterministic``): all the usable cores whatever the load. The thread count splits CPU
+    reductions, so a count that followed the load would make a run resumed on a busier machine compute otherwise
+    than the uninterrupted one; the cores a process may use do not change between the two.
+
+    >>> choose_threads(affinity=2, quota=None, load=3.0, own=0.0, deterministic=True).threads
+    2
+    """
     cores = max(1, min(affinity, math.floor(quota) if quota is not None else affinity, cap or affinity))
     others = max(0.0, (load or 0.0) - own)
-    threads = max(1, min(cores, math.floor(cores - others + 0.5)))
+    threads = cores if deterministic else max(1, min(cores, math.floor(cores - others + 0.5)))
     shared = others >= BUSY or (quota is not None and quota < affinity)
-    return ThreadChoice(threads, cores, others, shared)
+    return ThreadChoice(threads, cores, others, shared, deterministic)
 
 
 def auto_threads(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP, loadavg: Path = PROC_LOADAVG,
-                 cap: int | None = None) -> ThreadChoice:
+                 cap: int | None = None, deterministic: bool = False) -> ThreadChoice:
     """:func:`choose_threads` for this process on this host, now."""
     return choose_threads(affinity=affinity_cores(), quota=cgroup_cpu_limit(root, proc_cgroup),
-                          load=load_average(loadavg), own=own_load(), cap=cap)
+                          load=load_average(loadavg), own=own_load(), cap=cap, deterministic=deterministic)
 
 
 def wait_passively(choice: ThreadChoice, environ: os._Environ | dict[str, str] = os.environ) -> str:

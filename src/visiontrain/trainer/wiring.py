@@ -41,7 +41,7 @@ _TORCH_THREADS = torch.get_num_threads()
 
 def build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
     host.keep_freed_memory()  # no page faults from memory handed back and taken again at every step (host.py)
-    threads = set_threads(cfg.train.threads)
+    threads = set_threads(cfg.train.threads, cfg.train.deterministic)
     d, device = distributed.setup(resolve_device(cfg.train.device), cfg.train.dist_timeout_s)
     cfg = distributed.effective_config(cfg, d)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
@@ -77,11 +77,12 @@ def build_state(cfg: RunConfig) -> tuple[TrainState, DataBundle, BuiltModel]:
     return state, data, built
 
 
-def set_threads(setting: int | str | None) -> str:
+def set_threads(setting: int | str | None, deterministic: bool = False) -> str:
     """Apply ``train.threads``; returns the count and why, for the run's header line and summary.json.
 
     ``auto`` keeps an ``OMP_NUM_THREADS`` set in the environment (by the user, or by torchrun for several
-    processes on one machine), else asks :func:`visiontrain.host.auto_threads`. torch's inter-op pool is left
+    processes on one machine), else asks :func:`visiontrain.host.auto_threads` (under ``deterministic``: every
+    usable core, whatever the load, so that a resumed run computes as the first did). torch's inter-op pool is left
     alone: its threads wait on a condition variable (they never spin) and serve only ``torch.jit.fork``."""
     if setting in (None, "torch"):
         return f"{torch.get_num_threads()} (torch's choice)"
@@ -92,7 +93,7 @@ def set_threads(setting: int | str | None) -> str:
     if given.isdigit() and int(given) > 0:
         torch.set_num_threads(int(given))
         return f"{given} (auto: OMP_NUM_THREADS)"
-    choice = host.auto_threads(cap=_TORCH_THREADS)
+    choice = host.auto_threads(cap=_TORCH_THREADS, deterministic=deterministic)
     torch.set_num_threads(choice.threads)
     waiting = host.wait_passively(choice)  # torch is loaded: this only reports (the CLI set it before)
     if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
