@@ -21,6 +21,7 @@ import torch
 
 from visiontrain.config import DataConfig
 from visiontrain.data.augment import BatchPipeline
+from visiontrain.data.cache import decode_to_memory
 from visiontrain.data.decode import batch_decoder_works
 from visiontrain.data.guard import loader_errors
 from visiontrain.data.loaders import (
@@ -33,7 +34,6 @@ from visiontrain.data.loaders import (
     StreamLoader,
     TensorLoader,
     collate_marked,
-    decode_to_memory,
 )
 from visiontrain.data.shards import ShardSplit
 from visiontrain.data.transforms import (
