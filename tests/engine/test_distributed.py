@@ -122,3 +122,30 @@ def test_uneven_batch_for_processes_is_a_clear_error(tmp_path: Path) -> None:
     assert bad.returncode != 0
     assert "not divisible by 2 processes" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+# Each rank trains through the Python API and then lists its own OS threads. gloo's threads (pt_gloo_runloop) must
+# be gone once train() returns: while they live, one that drops a tensor during interpreter shutdown aborts the
+# process (SIGABRT, "terminate called without an active exception"), now and then, on a busy host.
+_THREADS_AFTER_TRAIN = """
+import os, sys
+import visiontrain
+visiontrain.train({"data": "synthetic", "data_args": {"train": 64, "val": 16, "size": 16}, "batch_size": 16,
+                   "epochs": 1, "plots": False, "out": sys.argv[1], "name": "t"}, quiet=True)
+names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+print("rank", os.environ["RANK"], "threads", ",".join(names), flush=True)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the thread list from /proc (Linux)")
+def test_the_process_group_and_its_threads_end_when_train_returns(tmp_path: Path) -> None:
+    script = tmp_path / "after.py"
+    script.write_text(_THREADS_AFTER_TRAIN)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path / "runs")], capture_output=True, text=True, timeout=240,
+                          env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert [line.split()[1] for line in lines] == ["0", "1"], done.stdout
+    for line in lines:
+        assert "gloo" not in line, line  # e.g. "rank 1 threads pt_gloo_runloop,pt_gloo_runloop,…"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -69,6 +70,11 @@ def setup(device: torch.device, timeout_s: float = 600.0) -> tuple[Dist, torch.d
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
+    # DDP imports torch._dynamo; imported after the process group exists, it keeps references to the group that
+    # destroy_process_group() cannot drop (torch 2.14), so gloo's worker threads outlive teardown and one that
+    # releases a tensor while the interpreter shuts down aborts the process ("terminate called without an active
+    # exception", exit -6, ~1 run in 10 on a busy host). Imported first, teardown ends the group and its threads.
+    importlib.import_module("torch._dynamo")
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return Dist(rank, world, local), device
