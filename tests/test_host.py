@@ -162,6 +162,48 @@ def test_keep_freed_memory_stops_the_faults_of_every_step() -> None:
     assert user.stdout.split()[0] == "False"  # the user's own setting is kept
 
 
+# In a real DataLoader worker forked from a process that called keep_freed_memory (as training does): how much
+# of 24 MB blocks, allocated, touched and freed four times, the worker still holds afterwards.
+WORKER_HEAP = textwrap.dedent("""
+    import sys, torch
+    from torch.utils.data import DataLoader, Dataset
+    from visiontrain import host
+
+    def rss_kb():
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+
+    class Blocks(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            start = rss_kb()
+            for _ in range(4):
+                block = torch.ones(6 * 2**20)  # 24 MB of float32, every page written
+                del block
+            return rss_kb() - start
+
+    host.keep_freed_memory()
+    init = host.bound_worker_heap if sys.argv[1] == "bound" else None
+    print(int(next(iter(DataLoader(Blocks(), batch_size=None, num_workers=1, worker_init_fn=init)))))
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_a_loader_worker_hands_freed_blocks_back() -> None:
+    """Workers decode photo after photo: kept freed blocks fragment their heaps (~25 → ~260 MB each over 20,000
+    photos, docs/benchmarks.md "Sharded streaming"); bound_worker_heap gives multi-MB blocks back."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    held = {}
+    for mode in ("inherited", "bound"):
+        out = subprocess.run([sys.executable, "-c", WORKER_HEAP, mode], capture_output=True, text=True, env=env,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        held[mode] = int(out.stdout.split()[-1])
+    assert held["inherited"] > 24 * 1024  # KiB: with the training process's thresholds (measured: ~100 MiB)
+    assert held["bound"] < 8 * 1024  # (~3 MiB: the first calls of the worker itself)
+
+
 def test_threads_key_default_auto_and_its_values() -> None:
     assert load_config({}, where="t").train.threads == "auto"
     for value in (3, "auto", "torch", None):

@@ -12,6 +12,7 @@ from visiontrain.data.guard import DEFAULT_ITEM_TIMEOUT_S, loader_errors
 from visiontrain.data.loaders import BadImageLog, FileDataset, collate_marked
 from visiontrain.data.types import FileSplit, ItemSplit, TensorSplit
 from visiontrain.errors import DataError
+from visiontrain.host import bound_worker_heap
 from visiontrain.limits import cap_workers
 
 
@@ -30,7 +31,8 @@ def decode_to_memory(split: FileSplit | ItemSplit, channels: int, transform: Cal
     workers = cap_workers(workers)
     # The batch in hand is the only memory beyond the cache (64 images at 256 px: 12 MiB). Batches of 16 cut
     # that to 3 MiB but cost the main process 1.6x the CPU time (one hand-over from the workers per batch).
-    loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=collate_marked)
+    loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=collate_marked,
+                        worker_init_fn=bound_worker_heap)
     if log is not None:
         log(f"decoding {len(dataset):,} images once into memory ({workers or 'no'} worker processes)")
     out: torch.Tensor | None = None

@@ -28,6 +28,7 @@ from visiontrain.data.shards import ShardSplit
 from visiontrain.data.transforms import adapt_channels
 from visiontrain.data.types import FileSplit, ItemSplit, StreamSplit, TensorSplit
 from visiontrain.errors import DataError, ImageError, VisiontrainError
+from visiontrain.host import bound_worker_heap
 from visiontrain.limits import cap_workers
 from visiontrain.text import utf8_safe
 
@@ -322,7 +323,8 @@ class FileLoader:
         workers, raw = self.workers, self.dataset.batch_device is not None
         return DataLoader(self.dataset, batch_size=batch_size, sampler=self._sampler, num_workers=workers,
                           collate_fn=collate_bytes if raw else collate_marked, pin_memory=self.pin_memory and not raw,
-                          persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+                          persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                          worker_init_fn=bound_worker_heap)
 
     def shard(self, rank: int, world: int, drop_tail: bool = True) -> None:
         """Decode only this rank's part of every global batch; the DataLoader batches by the per-rank size."""
@@ -451,7 +453,8 @@ class StreamLoader:
     def __iter__(self) -> Iterator[Batch]:
         workers = min(self.workers, getattr(self.dataset.split.reader, "shards", self.workers))  # idle ones: none
         loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=workers, collate_fn=collate_marked,
-                            pin_memory=self.pin_memory, prefetch_factor=4 if workers > 0 else None)
+                            pin_memory=self.pin_memory, prefetch_factor=4 if workers > 0 else None,
+                            worker_init_fn=bound_worker_heap)
         first, self.start_batch = self.start_batch, 0
         with loader_errors():
             for batch, (images, labels, _index, bad) in enumerate(loader):

@@ -37,6 +37,7 @@ from visiontrain.data.sources import load_source
 from visiontrain.data.types import DataSource, FileSplit, ItemSplit, Split, TensorSplit
 from visiontrain.errors import DataError, ImageError, VisiontrainError
 from visiontrain.fileio import atomic_write_text, commit, remove_stale_temps, temp_beside
+from visiontrain.host import bound_worker_heap
 from visiontrain.limits import cap_workers, size_text
 
 DEFAULT_SHARD_BYTES = 2**30
@@ -243,7 +244,8 @@ def _pack_split(source: DataSource, name: str, split: Split, cfg: DataConfig, ou
                 resize_to: int | None, quality: int, bad: list[tuple[str, str]],
                 log: Callable[[str], None]) -> dict[str, Any]:
     encoder = _Encoder(split, source.channels, cfg.max_pixels, resize_to, quality)
-    loader = DataLoader(encoder, batch_size=16, num_workers=cap_workers(cfg.workers), collate_fn=_samples)
+    loader = DataLoader(encoder, batch_size=16, num_workers=cap_workers(cfg.workers), collate_fn=_samples,
+                        worker_init_fn=bound_worker_heap)
     writer = _ShardWriter(out, name, shard_bytes)
     counts: Counter[str] = Counter()
     number = 0
