@@ -146,10 +146,15 @@ CHURN = textwrap.dedent("""
 """)
 
 
+def _without_malloc_settings() -> dict[str, str]:
+    """This environment less glibc's malloc settings (which keep visiontrain's own away)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
 def test_keep_freed_memory_stops_the_faults_of_every_step() -> None:
     faults, kept = {}, {}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env = _without_malloc_settings()
     for mode in ("default", "keep"):
         out = subprocess.run([sys.executable, "-c", CHURN, mode], capture_output=True, text=True, env=env, timeout=60)
         assert out.returncode == 0, out.stderr
@@ -193,7 +198,7 @@ WORKER_HEAP = textwrap.dedent("""
 def test_a_loader_worker_hands_freed_blocks_back() -> None:
     """Workers decode photo after photo: kept freed blocks fragment their heaps (~25 → ~260 MB each over 20,000
     photos, docs/benchmarks.md "Sharded streaming"); bound_worker_heap gives multi-MB blocks back."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env = _without_malloc_settings()
     held = {}
     for mode in ("inherited", "bound"):
         out = subprocess.run([sys.executable, "-c", WORKER_HEAP, mode], capture_output=True, text=True, env=env,

@@ -70,12 +70,12 @@ def setup(device: torch.device, timeout_s: float = 600.0) -> tuple[Dist, torch.d
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    # DDP imports torch._dynamo; imported after the process group exists, it keeps references to the group that
-    # destroy_process_group() cannot drop (torch 2.14), so gloo's worker threads outlive teardown and one that
-    # releases a tensor while the interpreter shuts down aborts the process ("terminate called without an active
-    # exception", exit -6, ~1 run in 10 on a busy host). Imported first, teardown ends the group and its threads.
-    importlib.import_module("torch._dynamo")
     if not dist.is_initialized():
+        # DDP imports torch._dynamo; imported after the process group exists, it keeps references to the group that
+        # destroy_process_group() cannot drop (torch 2.14), so gloo's worker threads outlive teardown and one that
+        # releases a tensor while the interpreter shuts down aborts the process ("terminate called without an
+        # active exception", exit -6, ~1 run in 10 on a busy host). Imported first, teardown ends the group.
+        importlib.import_module("torch._dynamo")
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return Dist(rank, world, local), device
 
