@@ -39,15 +39,46 @@ def _runs_command(args: argparse.Namespace) -> int:
 
 
 class _Stopped(Exception):
-    """SIGTERM/SIGHUP reached the wrapper: raised out of the wait so that the child is stopped too."""
+    """A stop signal reached the wrapper: raised out of the wait so that the child is stopped too."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 
 
-def _raise_stopped(signum: int, _frame: Any) -> None:
-    raise _Stopped(signum)
+class _StopSignals:
+    """Catches SIGINT/SIGTERM/SIGHUP from the moment before the child is started until it has been stopped.
+
+    A signal that arrives while ``subprocess.Popen`` is still starting the child (the child exists, but the wrapper
+    does not hold it yet) is only recorded, and raised once the child is held: raising inside ``Popen`` would leave
+    the child running, orphaned, with its port open. Once armed, a signal raises at once and ends the wait."""
+
+    def __init__(self) -> None:
+        self.pending: list[int] = []
+        self.armed = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if s is not None:
+                self._previous[s] = signal.signal(s, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.pending.append(signum)
+        if self.armed:
+            raise _Stopped(signum)
+
+    def arm(self) -> None:
+        """From now on a signal raises; one that came before raises here."""
+        self.armed = True
+        if self.pending:
+            raise _Stopped(self.pending[0])
+
+    def __exit__(self, *_exc: object) -> None:
+        self.armed = False
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def _tensorboard_command(args: argparse.Namespace) -> int:
@@ -56,21 +87,20 @@ def _tensorboard_command(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(args.root), "--host", args.host,
                "--port", str(args.port)]
     print(f"TensorBoard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
-    # A signal to the wrapper alone (a service manager's SIGTERM, `kill`, a closed terminal) must not leave
+    # A signal to the wrapper alone (a service manager's SIGTERM, `kill`, a closed terminal, Ctrl-C) must not leave
     # TensorBoard running with its port open: it ends the wait, and the child is stopped on the way out.
-    stops = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
-    previous = {s: signal.signal(s, _raise_stopped) for s in stops}
-    child = subprocess.Popen(command)
-    try:
-        return child.wait()
-    except KeyboardInterrupt:
-        return 0
-    except _Stopped as stopped:
-        return 128 + stopped.signum
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        _stop(child)
+    child: subprocess.Popen | None = None
+    with _StopSignals() as signals:
+        try:
+            child = subprocess.Popen(command)
+            signals.arm()
+            return child.wait()
+        except _Stopped as stopped:
+            return 0 if stopped.signum == signal.SIGINT else 128 + stopped.signum
+        finally:
+            signals.armed = False
+            if child is not None:
+                _stop(child)
 
 
 def _stop(child: subprocess.Popen) -> None:
