@@ -44,6 +44,27 @@ def test_synthetic_source_splits_are_disjoint() -> None:
     assert len(source.mean) == 3 and all(0 < s < 1 for s in source.std)
 
 
+def test_a_split_made_in_one_go_is_make_shapes_itself() -> None:
+    """Splits under the chunk size (every test and demo) keep the exact data of earlier releases."""
+    source = load_source(DataConfig(name="synthetic", args={"train": 60, "val": 8, "test": 8, "size": 16}), 0)
+    images, labels = make_shapes(60, 16, 3, seed=17)
+    assert torch.equal(source.splits["train"].images, images) and torch.equal(source.splits["train"].labels, labels)
+
+
+@pytest.mark.slow  # ~40 M pixels made: 3-10 s on a busy 2-core machine
+def test_a_split_larger_than_one_chunk_is_made_chunk_by_chunk() -> None:
+    """ResNet-50's 6,144 images of 224 px (benchmarks/gpu.py) were refused; now a split is made in chunks of 2**25
+    pixels (here 128 + 2 images of 512 px), every chunk its own, labels balanced within each."""
+    source = load_source(DataConfig(name="synthetic", args={"train": 130, "val": 1, "test": 1, "size": 512}), 0)
+    train = source.splits["train"]
+    assert train.images.shape == (130, 3, 512, 512) and train.images.dtype == torch.uint8
+    assert Counter(train.labels[:128].tolist()) == dict.fromkeys(range(4), 32)
+    first, _ = make_shapes(128, 512, 3, seed=17)
+    assert torch.equal(train.images[:128], first)
+    assert not any(torch.equal(train.images[128], img) for img in first[:8])  # the second chunk is not a repeat
+    assert int(train.images[128:].float().std()) > 10  # made, not left empty
+
+
 @pytest.mark.parametrize(("args", "fragment"), [
     ({"colours": 3}, "has no argument 'colours'"),
     ({"channels": 2}, "channels 1 or 3"),

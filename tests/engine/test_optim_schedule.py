@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from visiontrain.config import OptimConfig
-from visiontrain.engine.optim import Schedule, build_optimizer, no_decay_names
+from visiontrain.engine.optim import OPTIMIZERS, Schedule, build_optimizer, no_decay_names
 from visiontrain.errors import ConfigError
 
 LR = 0.1
@@ -265,3 +265,15 @@ def test_optimizer_flags_reach_the_optimizer_and_schedule() -> None:
     assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 0.01]
     schedule = Schedule(optimizer, cfg, SPE, EPOCHS)
     assert (schedule.kind, schedule.warm) == ("cosine", SPE)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_the_step_is_fused_on_a_gpu_and_torchs_default_elsewhere(name: str, device: str) -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).to(device)
+    optimizer = build_optimizer(model, OptimConfig(name=name, lr=0.1, momentum=0.9, weight_decay=1e-4))
+    fused = {g.get("fused") for g in optimizer.param_groups}
+    assert fused == ({True} if device == "cuda" and name in ("sgd", "adam", "adamw") else {None}), fused
+    model(torch.randn(8, 4, device=device)).sum().backward()
+    optimizer.step()  # the fused kernel accepts these groups (decayed and not)

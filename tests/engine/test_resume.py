@@ -36,6 +36,7 @@ import torch
 
 import visiontrain
 from visiontrain.checkpoint.format import load_weights, read_sidecar
+from visiontrain.engine.callbacks import Callback
 from visiontrain.engine.resume import read_resume
 from visiontrain.engine.timing import is_timing
 from visiontrain.errors import CheckpointError
@@ -404,3 +405,32 @@ def test_a_refused_resume_leaves_the_run_folder_untouched(folder_run: tuple[Path
         visiontrain.train(resume=run.dir, quiet=True)
     after = {p: p.read_bytes() for p in sorted(run.dir.rglob("*")) if p.is_file()}
     assert after == before
+
+
+class _StepFlags(Callback):
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def on_fit_start(self, state: Any) -> None:
+        self.seen = [{k: g.get(k) for k in ("fused", "foreach")} for g in state.optimizer.param_groups]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_resume_point_saved_with_a_fused_step_continues_unfused_on_the_cpu(tmp_path: Path, optimizer: str) -> None:
+    """On a GPU the optimizer step is fused (engine/optim.fused_step), and the resume point's param groups say so.
+    Continued on a CPU, the step is this device's (torch's default), not the flag the file holds; the run ends."""
+    config = {"data": {"name": "synthetic", "args": {"train": 64, "val": 16, "test": 16, "size": 16},
+                       "batch_size": 16}, "model": {"name": "mlp"}, "optim": {"name": optimizer},
+              "train": {"epochs": 1, "device": "cpu", "plots": False}, "out": str(tmp_path), "name": "r"}
+    run = visiontrain.train(config, quiet=True)
+    path = run.dir / "checkpoints" / "resume.safetensors"
+    meta, tensors = read_resume(path)
+    assert all(group["fused"] is None for group in meta["optimizer"]["param_groups"])  # a CPU run: not fused
+    for group in meta["optimizer"]["param_groups"]:
+        group["fused"] = True  # what the same run writes on a CUDA device
+    path.write_bytes(safetensors.torch.save(tensors, metadata={"visiontrain": json.dumps(meta)}))
+    flags = _StepFlags()
+    resumed = visiontrain.train({**config, "train": {**config["train"], "epochs": 2}}, resume=run.dir,
+                                callbacks=[flags], quiet=True)
+    assert flags.seen and all(seen["fused"] is None for seen in flags.seen), flags.seen
+    assert resumed.summary["epochs_completed"] == 2

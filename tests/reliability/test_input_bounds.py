@@ -46,7 +46,7 @@ TRAIN: dict[str, tuple[list[str], str]] = {
     "name with a slash": (["--name", "a/b"], "name must be one folder name under --out"),
     "name ..": (["--name", ".."], "name must be one folder name under --out"),
     "empty name": (["--name", ""], "name must be one folder name under --out"),
-    "synthetic 10**12 images": (["--data-arg", "train=1000000000000"], "at most 33,554,432 pixels per split"),
+    "synthetic 10**12 images": (["--data-arg", "train=1000000000000"], "at most 1,073,741,824 pixels per split"),
     "synthetic size abc": (["--data-arg", "size=abc"], "size must be a whole number"),
     "synthetic size 10**5": (["--data-arg", "size=100000"], "size 8 to 1024"),
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visiontrain.config import DataConfig
 from visiontrain.config.trust import names_code
@@ -35,6 +35,9 @@ from visiontrain.data.types import (
     registered_name,
 )
 from visiontrain.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DATASETS", "DESCRIPTIONS", "DataSource", "FileSplit", "ItemSplit", "Split", "TensorSplit",
            "channel_stats", "load_source", "register_dataset", "registered_name"]
@@ -116,7 +119,29 @@ def _mnist(cfg: DataConfig, seed: int) -> DataSource:
     return DataSource("mnist", [str(i) for i in range(10)], 1, 28, splits, (0.1307,), (0.3081,), preset="digits")
 
 
-_SYNTHETIC_PIXELS = 2**25
+_SYNTHETIC_CHUNK = 2**25  # pixels made in one go: ~60 bytes a pixel while making, 2 GB at most
+_SYNTHETIC_PIXELS = 2**30  # per split: what is kept is uint8, 1 GiB a channel
+
+
+def _make_split(make: Any, n: int, size: int, channels: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make``'s ``n`` images in chunks of at most :data:`_SYNTHETIC_CHUNK` pixels, written into one tensor.
+
+    A split that fits in one chunk is ``make(n, ...)`` itself (the data of every earlier release); a larger one
+    (ResNet-50's 6,144 images of 224 px in benchmarks/gpu.py) is chunk after chunk, the first from ``seed``, each
+    next from its own, each with balanced labels."""
+    per = max(1, _SYNTHETIC_CHUNK // (size * size))
+    if n <= per:
+        return make(n, size, channels, seed=seed)
+    images = labels = None
+    for k, start in enumerate(range(0, n, per)):
+        part_images, part_labels = make(min(per, n - start), size, channels, seed=seed + 100_000 * k)
+        if images is None or labels is None:
+            images = part_images.new_empty((n, *part_images.shape[1:]))
+            labels = part_labels.new_empty((n, *part_labels.shape[1:]))
+        images[start:start + len(part_images)] = part_images
+        labels[start:start + len(part_labels)] = part_labels
+    assert images is not None and labels is not None
+    return images, labels
 
 
 def _whole(args: dict[str, Any], key: str, default: int) -> int:
@@ -152,12 +177,12 @@ def _shapes_source(cfg: DataConfig, name: str, make: Any, classes: list[str],
     counts = {k: _whole(args, k, d) for k, d in (("train", 2000), ("val", 400), ("test", 400))}
     if channels not in (1, 3) or not 8 <= size <= 1024 or min(counts.values()) < 1:
         raise DataError(f"dataset {name!r} needs channels 1 or 3, size 8 to 1024 and at least 1 image per split")
-    if max(counts.values()) * size * size > _SYNTHETIC_PIXELS:  # made in one go: ~60 bytes a pixel while making
+    if max(counts.values()) * size * size > _SYNTHETIC_PIXELS:
         raise DataError(f"dataset {name!r}: at most {_SYNTHETIC_PIXELS:,} pixels per split (images x size x "
                         f"size; {_SYNTHETIC_PIXELS // (size * size):,} images of size {size}); use fewer or smaller")
     # Splits come from disjoint seeds so that no image is shared between them.
     splits: dict[str, Split] = {
-        split: TensorSplit(*make(n, size, channels, seed=1000 * i + 17))
+        split: TensorSplit(*_make_split(make, n, size, channels, seed=1000 * i + 17))
         for i, (split, n) in enumerate(counts.items())
     }
     mean, std = channel_stats(splits["train"].images)  # type: ignore[union-attr]

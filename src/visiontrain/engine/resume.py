@@ -27,6 +27,7 @@ import torch
 from visiontrain.checkpoint.validate import check_safetensors
 from visiontrain.data.loaders import Loader
 from visiontrain.engine.metrics import scalar_metrics
+from visiontrain.engine.optim import STEP_FLAGS
 from visiontrain.engine.state import TrainState
 from visiontrain.errors import CheckpointError
 from visiontrain.fileio import atomic_write_bytes
@@ -100,7 +101,10 @@ def restore(state: TrainState, meta: dict[str, Any], tensors: dict[str, torch.Te
     state.raw_model.load_state_dict(_unpack(meta["model"], tensors))
     if state.ema is not None and meta.get("ema") is not None:
         state.ema.load_state_dict(_unpack(meta["ema"], tensors))
+    flags = [{k: g[k] for k in STEP_FLAGS if k in g} for g in state.optimizer.param_groups]
     state.optimizer.load_state_dict(_unpack(meta["optimizer"], tensors))
+    for group, own in zip(state.optimizer.param_groups, flags, strict=False):  # this device's way of stepping
+        group.update(own)
     state.schedule.load_state_dict(meta["schedule"])
     state.precision.scaler.load_state_dict(meta["scaler"])
     state.sums = {k: v.to(state.device) for k, v in _unpack(meta["sums"], tensors).items()}
