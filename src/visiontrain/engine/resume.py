@@ -101,10 +101,13 @@ def restore(state: TrainState, meta: dict[str, Any], tensors: dict[str, torch.Te
     state.raw_model.load_state_dict(_unpack(meta["model"], tensors))
     if state.ema is not None and meta.get("ema") is not None:
         state.ema.load_state_dict(_unpack(meta["ema"], tensors))
-    flags = [{k: g[k] for k in STEP_FLAGS if k in g} for g in state.optimizer.param_groups]
-    state.optimizer.load_state_dict(_unpack(meta["optimizer"], tensors))
-    for group, own in zip(state.optimizer.param_groups, flags, strict=False):  # this device's way of stepping
-        group.update(own)
+    saved = _unpack(meta["optimizer"], tensors)
+    # This device's way of stepping, put into the saved groups before loading: torch places each state tensor by
+    # the saved groups' flags (a fused step keeps Adam's `step` on the parameter's device, an unfused one on the
+    # CPU), so a run saved on a GPU continues unfused on a CPU and one saved on a CPU continues fused on a GPU.
+    for group, own in zip(saved.get("param_groups", []), state.optimizer.param_groups, strict=False):
+        group.update({k: own[k] for k in STEP_FLAGS if k in own})
+    state.optimizer.load_state_dict(saved)
     state.schedule.load_state_dict(meta["schedule"])
     state.precision.scaler.load_state_dict(meta["scaler"])
     state.sums = {k: v.to(state.device) for k, v in _unpack(meta["sums"], tensors).items()}
