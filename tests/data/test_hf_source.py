@@ -4,6 +4,7 @@ Hub: the offline switches are set before ``datasets`` is imported)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from visiontrain.config import DataConfig  # noqa: E402
 from visiontrain.config.trust import check_file_values, names_code  # noqa: E402
 from visiontrain.data import build_data  # noqa: E402
 from visiontrain.data.sources import ItemSplit, load_source  # noqa: E402
-from visiontrain.data.synthetic import SHAPES, make_shapes  # noqa: E402
+from visiontrain.data.synthetic import MULTI_SHAPES, SHAPES, make_multi_shapes, make_shapes  # noqa: E402
 from visiontrain.errors import DataError, VisiontrainError  # noqa: E402
 
 
@@ -262,3 +263,68 @@ def test_data_info(saved: Path, streaming: str, main_cli) -> None:
     assert "classes (4): circle, square, triangle, cross" in result.out
     assert ("train       48  circle" in result.out) == (streaming == "false")  # a stream's labels are not read
     assert "validation → val" in result.out
+
+
+def multilabel_table(count: int, seed: int) -> datasets.Dataset:
+    """``count`` 32-px images with 2-4 of six shapes each and a ``Sequence(ClassLabel)`` column listing them."""
+    images, hot = make_multi_shapes(count, 32, 3, seed=seed)
+    cells = [{"bytes": png(image.permute(1, 2, 0).numpy()), "path": None} for image in images]
+    present = [row.nonzero().flatten().tolist() for row in hot]
+    features = datasets.Features({"image": datasets.Image(),
+                                  "objects": datasets.Sequence(datasets.ClassLabel(names=list(MULTI_SHAPES)))})
+    return datasets.Dataset.from_dict({"image": cells, "objects": present}, features=features)
+
+
+@pytest.fixture(scope="module")
+def saved_multilabel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hf-multi") / "shapes"
+    datasets.DatasetDict({"train": multilabel_table(96, 1), "validation": multilabel_table(24, 2),
+                          "test": multilabel_table(24, 3)}).save_to_disk(str(root))
+    return root
+
+
+def test_a_list_of_class_labels_is_a_multilabel_set(saved_multilabel: Path) -> None:
+    """The label column is found by its feature (a list of ClassLabel values), the classes come from it, and each
+    image's labels become a multi-hot row: the very shapes drawn in it."""
+    source = load_source(DataConfig(name=f"hf:{saved_multilabel}"), seed=0)
+    assert source.task == "multilabel" and source.classes == list(MULTI_SHAPES)
+    train = source.splits["train"]
+    assert train.labels.dtype == torch.float32 and tuple(train.labels.shape) == (96, len(MULTI_SHAPES))
+    assert torch.equal(train.labels, make_multi_shapes(96, 32, 3, seed=1)[1])
+    assert "'objects'" in source.notes[0]
+
+
+@pytest.mark.parametrize("streaming", ["false", "true"])
+def test_multilabel_trains_evaluates_and_predicts(saved_multilabel: Path, streaming: str, tmp_path: Path,
+                                                  main_cli) -> None:
+    trained = main_cli("train", "--data", f"hf:{saved_multilabel}", "--data-arg", f"streaming={streaming}",
+                       "--epochs", "2", "--batch-size", "16", "--image-size", "32", "--no-plots",
+                       "--out", tmp_path / "runs")
+    assert trained.code == 0, trained.err
+    run = next((tmp_path / "runs").iterdir())
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert "map" in summary["best"] and "exact_match" in summary["test"], summary["best"]  # multi-label metrics
+    evaluated = main_cli("evaluate", run, "--split", "test", "--json")
+    assert evaluated.code == 0, evaluated.err
+    report = json.loads(evaluated.out)
+    assert report["task"] == "multilabel" and report["classes"] == list(MULTI_SHAPES) and report["count"] == 24
+    picture = tmp_path / "x.png"
+    Image.fromarray(make_multi_shapes(1, 32, 3, seed=9)[0][0].permute(1, 2, 0).numpy()).save(picture)
+    predicted = main_cli("predict", run, picture, "--json")
+    assert predicted.code == 0, predicted.err
+    assert predicted.out.strip(), predicted.err
+
+
+def test_a_multilabel_index_outside_the_classes_is_one_line(tmp_path: Path) -> None:
+    """``datasets`` refuses such a row when building a set, but a parquet file's features are only its metadata: one
+    whose ClassLabel lists fewer names than its rows use (edited, or written by another tool) is read as it is."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    multilabel_table(8, 1).to_parquet(str(tmp_path / "train.parquet"))
+    table = pq.read_table(tmp_path / "train.parquet")
+    meta = json.loads(table.schema.metadata[b"huggingface"])
+    label = meta["info"]["features"]["objects"]
+    (label.get("feature") or label)["names"] = ["circle", "square"]  # the rows use all six shapes
+    pq.write_table(table.replace_schema_metadata({b"huggingface": json.dumps(meta).encode()}),
+                   tmp_path / "train.parquet")
+    with pytest.raises(DataError, match=r"row \d+ holds label \[.*\], outside its 2 classes"):
+        load_source(DataConfig(name=f"hf:{tmp_path / 'train.parquet'}", val_split=0.25), seed=0)

@@ -3,8 +3,9 @@
 ``NAME_OR_PATH`` is a folder written by ``save_to_disk``, a ``.parquet``/``.arrow`` file, a folder of them (split
 names in the file names, as on the Hub), or a Hub name found in the Hugging Face cache (offline with
 ``HF_HUB_OFFLINE=1`` or ``--no-download``) or downloaded. The image column (an ``Image`` feature) and the label
-column (a ``ClassLabel`` feature; a float column makes a regression set) are found from the features, or named with
-``--data-arg image=COLUMN label=COLUMN``; class names come from the ``ClassLabel``. The dataset's own splits are
+column (a ``ClassLabel`` feature; a list of them per image — ``Sequence(ClassLabel)`` — makes a multi-label set, a
+float column a regression set) are found from the features, or named with ``--data-arg image=COLUMN
+label=COLUMN``; class names come from the ``ClassLabel``. The dataset's own splits are
 used: ``train``, ``validation``/``valid``/``val``/``dev`` and ``test``/``testing`` (any case), or named with
 ``--data-arg train=SPLIT val=SPLIT test=SPLIT``. ``--data-arg streaming=true`` reads them as streams (a seeded
 shuffle buffer of ``--data-arg buffer=N`` images), never all at once.
@@ -97,7 +98,7 @@ def hf_source(cfg: DataConfig, seed: int) -> DataSource:
     if any(len(split.infos or []) < len(splits[name]) for name, split in zip(splits, infos, strict=True)):
         side = None  # a sample of the headers was read: the sizes of the rest are unknown
     preset = "photos" if side is None or side > 64 else "cifar"
-    return DataSource(cfg.name, classes if task == "classification" else ["value"], channels, side, splits, None,
+    return DataSource(cfg.name, ["value"] if task == "regression" else classes, channels, side, splits, None,
                       None, notes + skipped_note(bad), task=task, preset=preset, bad_images=bad)
 
 
@@ -212,11 +213,14 @@ def _stream_source(cfg: DataConfig, args: dict[str, str], datasets: Any, tables:
     where = f"data {cfg.name}"
     if isinstance(feature, datasets.ClassLabel):
         task, classes = "classification", list(feature.names)
+    elif _multilabel_names(datasets, feature) is not None:
+        task, classes = "multilabel", _multilabel_names(datasets, feature) or []
     elif isinstance(feature, datasets.Value) and getattr(feature, "dtype", "").startswith("float"):
         task, classes = "regression", ["value"]
     else:
-        raise DataError(f"{where}: streaming needs a ClassLabel (or a float) label column, and {columns[1]!r} holds "
-                        f"{feature!r}; read it without streaming, or cast the column to ClassLabel")
+        raise DataError(f"{where}: streaming needs a ClassLabel, a list of them (multi-label) or a float label "
+                        f"column, and {columns[1]!r} holds {feature!r}; read it without streaming, or cast the column "
+                        "to ClassLabel")
     if "val" not in names and cfg.val_split > 0 and not cfg.split_file:
         raise DataError(f"{where}: streaming reads no held-out split of train, and it has no validation split; pass "
                         "--val-split 0 (no validation), or read it without streaming")
@@ -226,7 +230,7 @@ def _stream_source(cfg: DataConfig, args: dict[str, str], datasets: Any, tables:
         if names[ours] not in lengths:
             raise DataError(f"{where}: the size of its {names[ours]} split is unknown in streaming mode (no "
                             "metadata); save it with save_to_disk or as parquet, or read it without streaming")
-        reader = HFStream(table, columns, buffer, task)
+        reader = HFStream(table, columns, buffer, task, len(classes))
         first = next(iter(reader.items(0, 0, False, keep_unlabelled=True)), None)
         if ours != "train" and task == "classification" and first is not None and first[1] < 0:
             notes.append(f"{where}: its {names[ours]} split has no labels (-1); left out")
@@ -251,8 +255,8 @@ class HFStream:
     """Reads one split of a Hugging Face ``IterableDataset``: ``(payload, label)`` in a seeded shuffle-buffer order
     (shards shuffled too; the epoch moves the seed); DataLoader workers each read their own shards."""
 
-    def __init__(self, table: Any, columns: tuple[str, str], buffer: int, task: str) -> None:
-        self.table, self.columns, self.buffer, self.task = table, columns, buffer, task
+    def __init__(self, table: Any, columns: tuple[str, str], buffer: int, task: str, classes: int = 0) -> None:
+        self.table, self.columns, self.buffer, self.task, self.classes = table, columns, buffer, task, classes
 
     @property
     def shards(self) -> int:
@@ -269,7 +273,11 @@ class HFStream:
                 continue  # no label (the Hub's hidden test answers): nothing to learn or score
             cell = row[image]
             payload = (cell.get("bytes") or cell.get("path") or b"") if isinstance(cell, dict) else b""
-            yield payload, torch.tensor(value, dtype=torch.int64 if self.task == "classification" else torch.float32)
+            if self.task == "multilabel":
+                yield payload, _multi_hot([value], self.classes, f"column {label!r}")[0]
+            else:
+                yield payload, torch.tensor(value, dtype=torch.int64 if self.task == "classification" else
+                                            torch.float32)
 
 
 def _pick_splits(available: list[str], args: dict[str, str], where: str) -> dict[str, str]:
@@ -302,8 +310,10 @@ def _columns(datasets: Any, features: Any, args: dict[str, str], where: str) -> 
             raise DataError(f"{where}: no column {args[key]!r} (--data-arg {key}=); it has {', '.join(columns)}")
     image = args.get("image") or _only(columns, lambda c: isinstance(features[c], datasets.Image), "an Image", where,
                                        "image")
-    label = args.get("label") or _only(columns, lambda c: isinstance(features[c], datasets.ClassLabel),
-                                       "a ClassLabel", where, "label", fallback=("label", "labels", "target"))
+    label = args.get("label") or _only(columns, lambda c: isinstance(features[c], datasets.ClassLabel)
+                                       or _multilabel_names(datasets, features[c]) is not None,
+                                       "a ClassLabel (or a list of them)", where, "label",
+                                       fallback=("label", "labels", "target"))
     if not isinstance(features[image], datasets.Image):
         raise DataError(f"{where}: column {image!r} holds {type(features[image]).__name__}, not images")
     return image, label
@@ -326,6 +336,9 @@ def _label_kind(datasets: Any, feature: Any, train: Any, column: str, where: str
     """(task, classes, values → label tensor) from the label column's feature."""
     if isinstance(feature, datasets.ClassLabel):
         return "classification", list(feature.names), lambda v: torch.as_tensor(v.astype(np.int64))
+    names = _multilabel_names(datasets, feature)
+    if names is not None:
+        return "multilabel", names, lambda v: _multi_hot(list(v), len(names), f"{where}: column {column!r}")
     dtype = getattr(feature, "dtype", "")
     if isinstance(feature, datasets.Value) and dtype.startswith("float"):
         return "regression", [], lambda v: torch.as_tensor(v.astype(np.float32))
@@ -345,8 +358,29 @@ def _label_kind(datasets: Any, feature: Any, train: Any, column: str, where: str
                 raise DataError(f"{where}: label {exc.args[0]!r} is not among the training labels") from None
 
         return "classification", classes, encode
-    raise DataError(f"{where}: the label column {column!r} holds {feature!r}; a label is a ClassLabel, an integer, a "
-                    "string or a float (regression)")
+    raise DataError(f"{where}: the label column {column!r} holds {feature!r}; a label is a ClassLabel, a list of "
+                    "ClassLabel values (multi-label), an integer, a string or a float (regression)")
+
+
+def _multilabel_names(datasets: Any, feature: Any) -> list[str] | None:
+    """The class names of a multi-label column — a list of ``ClassLabel`` values per image (``Sequence(ClassLabel)``,
+    ``List(ClassLabel)``) — else None."""
+    inner = getattr(feature, "feature", None)
+    return list(inner.names) if isinstance(inner, datasets.ClassLabel) else None
+
+
+def _multi_hot(rows: list[Any], classes: int, where: str) -> torch.Tensor:
+    """Rows of class indices → float32 multi-hot ``[len(rows), classes]`` (an empty row: no class present)."""
+    lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+    flat = np.concatenate([np.asarray(row, dtype=np.int64).ravel() for row in rows]) if lengths.sum() else \
+        np.zeros(0, dtype=np.int64)
+    if flat.size and (flat.min() < 0 or flat.max() >= classes):
+        row = int(np.repeat(np.arange(len(rows)), lengths)[(flat < 0) | (flat >= classes)][0])
+        raise DataError(f"{where}: row {row} holds label {list(rows[row])}, outside its {classes} classes (0 to "
+                        f"{classes - 1}); fix the column or drop the row (dataset.filter)")
+    out = torch.zeros(len(rows), classes, dtype=torch.float32)
+    out[torch.from_numpy(np.repeat(np.arange(len(rows)), lengths)), torch.from_numpy(flat)] = 1.0
+    return out
 
 
 def _probe(table: Any, column: str, label: str, cfg: DataConfig,
