@@ -17,6 +17,7 @@ from visiontrain.config import DataConfig
 from visiontrain.data import FileLoader, build_data
 from visiontrain.data.decode import batch_decoder_works, decode_batch
 from visiontrain.data.images import image_to_tensor, open_image
+from visiontrain.data.pack import pack
 from visiontrain.data.pipeline import LoaderPlan, decode_device
 from visiontrain.data.types import FileSplit
 from visiontrain.errors import DataError, ImageError
@@ -193,3 +194,25 @@ def test_on_the_gpu_batches_land_there_close_to_the_cpu_pixels(tmp_path: Path) -
     assert isinstance(loader, FileLoader) and loader.dataset.batch_device == torch.device("cuda")
     images, _labels = next(iter(loader))
     assert images.device.type == "cuda" and images.dtype == torch.uint8 and tuple(images.shape[1:]) == (3, 32, 32)
+
+
+def test_packed_shards_decode_per_batch_too(tmp_path: Path) -> None:
+    """Shard members take the same batch path as folder files (the workers do one positioned read each): the same
+    training batches as per-image decoding, and a damaged member is named by shard and member."""
+    packed = tmp_path / "packed"
+    pack(DataConfig(name=str(_jpeg_folder(tmp_path / "photos"))), 0, packed, shard_bytes=16384)
+    on_device, loader = _batches(packed, "gpu")
+    assert loader.dataset.batch_device == torch.device("cpu")
+    per_image, other = _batches(packed, "cpu")
+    assert other.dataset.batch_device is None and len(on_device) == len(per_image) >= 2
+    for (a, la), (b, lb) in zip(on_device, per_image, strict=True):
+        assert torch.equal(la, lb) and torch.equal(a, b)
+    split = loader.dataset.split  # a member that this loader reads (the split's val part is held out of train)
+    file, offset, size = split.files[int(split.shard[0])], int(split.offset[0]), int(split.size[0])
+    with open(packed / file, "r+b") as fh:  # the member's bytes zeroed, its size kept
+        fh.seek(offset)
+        fh.write(b"\0" * size)
+    damaged, loader = _batches(packed, "gpu", bad_images="skip")
+    assert sum(len(labels) for _, labels in damaged) == sum(len(labels) for _, labels in per_image) - 1
+    assert [name for name, _ in loader.bad_log.entries] == [split.name(0)]
+    assert split.name(0).endswith(f"{file}:train_{int(split.member[0]):08d}.jpg")

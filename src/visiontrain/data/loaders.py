@@ -183,7 +183,7 @@ class FileDataset(Dataset):
         self.channels, self.transform, self.seed = channels, transform, seed
         self.max_pixels, self.draft, self.timeout_s = max_pixels, draft, timeout_s
         self.batch_device = torch.device(batch_device) if batch_device is not None else None
-        if self.batch_device is not None and not isinstance(split, FileSplit):
+        if self.batch_device is not None and not isinstance(split, FileSplit | ShardSplit):
             raise ValueError("batch_device decodes files; this split holds Dataset items")
 
     def __len__(self) -> int:
@@ -211,11 +211,15 @@ class FileDataset(Dataset):
             return self.transform(image)
 
     def _read_bytes(self, i: int) -> torch.Tensor:
-        path = self.paths[i]
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ImageError(str(path), f"cannot read file ({exc.strerror or exc})", "check the disk/file") from None
+        if isinstance(self.split, ShardSplit):
+            data = self.split.read(i)  # one positioned read; a short shard is a DataError naming the member
+        else:
+            path = self.paths[i]
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ImageError(str(path), f"cannot read file ({exc.strerror or exc})", "check the disk/file") \
+                    from None
         # An empty file gives an empty tensor: the header probe of decode_batch names it.
         return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
 

@@ -94,13 +94,14 @@ def make_loader(split: Split, plan: LoaderPlan, cfg: DataConfig, seed: int, bad_
 
 
 def decode_device(cfg: DataConfig, plan: LoaderPlan, split: Split) -> torch.device | None:
-    """Where the streamed training files are decoded per batch (``decode``), or None: per image in the workers.
+    """Where the streamed training files (a folder's, or packed shards' members) are decoded per batch (``decode``),
+    or None: per image in the workers.
 
     Only training files: evaluation decodes each file as ``predict`` does, so their numbers agree. ``gpu`` decodes
     on the training device whatever it is (on a CPU run, the batch path on the CPU); ``auto`` only on CUDA, and
     only where torchvision's ``decode_jpeg`` works there.
     """
-    if not plan.train or not isinstance(split, FileSplit) or cfg.decode == "cpu":
+    if not plan.train or not isinstance(split, FileSplit | ShardSplit) or cfg.decode == "cpu":
         return None
     if cfg.decode == "gpu" or (plan.device.type == "cuda" and batch_decoder_works(plan.device)):
         return plan.device
