@@ -10,7 +10,8 @@ from PIL import Image
 
 from visiontrain.config import DataConfig
 from visiontrain.data import build_data
-from visiontrain.data.loaders import FileLoader, Normalizer, TensorLoader, epoch_order
+from visiontrain.data.batching import epoch_order
+from visiontrain.data.loaders import FileLoader, Normalizer, TensorLoader
 
 SYNTH = {"train": 50, "val": 8, "test": 8, "size": 16}
 

@@ -214,7 +214,7 @@ def _show(args: argparse.Namespace) -> int:
 
     from visiontrain.data import plan_for, resolve_preprocessing
     from visiontrain.data.audit import label_text
-    from visiontrain.data.loaders import BadImageLog
+    from visiontrain.data.batching import BadImageLog
     from visiontrain.data.pipeline import make_loader
     from visiontrain.data.show import save_grid
     from visiontrain.data.sources import load_source

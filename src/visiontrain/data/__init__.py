@@ -18,7 +18,8 @@ import torch
 
 from visiontrain.config import DataConfig
 from visiontrain.data import torchvision_sets  # noqa: F401  (registers cifar10, cifar100, fashion_mnist, kmnist)
-from visiontrain.data.loaders import BadImageLog, FileDataset, FileLoader, Loader, Normalizer, TensorLoader
+from visiontrain.data.batching import BadImageLog
+from visiontrain.data.loaders import FileDataset, FileLoader, Loader, Normalizer, TensorLoader
 from visiontrain.data.pipeline import (
     LoaderPlan,
     cache_pays,

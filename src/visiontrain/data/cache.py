@@ -8,8 +8,9 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader
 
+from visiontrain.data.batching import BadImageLog, collate_marked
 from visiontrain.data.guard import DEFAULT_ITEM_TIMEOUT_S, loader_errors
-from visiontrain.data.loaders import BadImageLog, FileDataset, collate_marked
+from visiontrain.data.loaders import FileDataset
 from visiontrain.data.types import FileSplit, ItemSplit, TensorSplit
 from visiontrain.errors import DataError
 from visiontrain.host import bound_worker_heap

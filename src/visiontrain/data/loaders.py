@@ -1,95 +1,44 @@
-"""Batches of uint8 images: an in-memory tensor loader (fast path) and a DataLoader for files and items.
+"""Batches of uint8 images: an in-memory tensor loader (fast path) and a DataLoader for files and items
+(streams: :mod:`visiontrain.data.streaming`; the shared pieces: :mod:`visiontrain.data.batching`).
 
 Both yield ``(images uint8 [B,C,H,W], labels [B])`` in an order that depends only on (seed, epoch), and
 augment each batch from a generator seeded by (seed, epoch, batch) — so a resumed run sees the same stream
 and any worker count gives the same images. Batches stay uint8 until they reach the device (4x smaller
 copies); :class:`Normalizer` turns them into model input there.
-
-A file that fails to decode never crashes a worker: the worker returns a marker, the batch is collated
-without it, and the main process applies the ``bad_images`` policy (:class:`BadImageLog`).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from visiontrain.data.augment import BatchPipeline, one_thread
+from visiontrain.data.batching import (
+    BadImageLog,
+    Batch,
+    EpochOrder,
+    collate_bytes,
+    collate_marked,
+    epoch_order,
+    mix_seed,
+    shard_part,
+    usable_samples,
+)
 from visiontrain.data.decode import decode_batch
 from visiontrain.data.guard import DEFAULT_ITEM_TIMEOUT_S, item_deadline, loader_errors
 from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, item_to_tensor, open_image
 from visiontrain.data.shards import ShardSplit
+from visiontrain.data.streaming import StreamLoader
 from visiontrain.data.transforms import adapt_channels
-from visiontrain.data.types import FileSplit, ItemSplit, StreamSplit, TensorSplit
+from visiontrain.data.types import FileSplit, ItemSplit, TensorSplit
 from visiontrain.errors import DataError, ImageError, VisiontrainError
 from visiontrain.host import bound_worker_heap
 from visiontrain.limits import cap_workers
-from visiontrain.text import utf8_safe
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-EpochOrder = Callable[[int], torch.Tensor]  # epoch → the sample order of that epoch (all processes together)
-
-
-def mix_seed(*parts: int) -> int:
-    """A 62-bit seed from integers, stable across processes and Python runs (unlike ``hash``)."""
-    digest = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 2
-
-
-def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
-    """The sample order of an epoch: a permutation seeded by (seed, epoch), or 0..n-1."""
-    if not shuffle:
-        return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-
-
-def shard_part(n: int, rank: int, world: int) -> slice:
-    """This rank's contiguous part of a global batch of ``n`` (as even as possible; every rank's parts
-    together are the whole batch, each sample exactly once)."""
-    base, extra = divmod(n, world)
-    start = rank * base + min(rank, extra)
-    return slice(start, start + base + (1 if rank < extra else 0))
-
-
-def usable_samples(n: int, batch_size: int, world: int) -> int:
-    """Samples used per epoch: with several processes a final global batch smaller than the process
-    count is dropped, since a process with nothing to train on would stall the others."""
-    tail = n % batch_size
-    return n - tail if world > 1 and 0 < tail < world else n
-
-
-class BadImageLog:
-    """Images that could not be decoded, under a policy: ``error`` raises at once, ``skip`` records them."""
-
-    def __init__(self, policy: str = "error", entries: list[tuple[str, str]] | None = None) -> None:
-        self.policy = policy
-        self.entries: list[tuple[str, str]] = list(entries or [])
-        self._on_change: Callable[[], None] | None = None
-
-    def add(self, path: str, message: str) -> None:
-        """Record ``path`` (``message``: why, with or without the leading path) or raise, by the policy."""
-        reason = message.removeprefix(f"{path}: ")
-        if self.policy == "error":
-            raise DataError(f"{path}: {reason} (found while decoding; --bad-images skip trains without it and lists "
-                            "it in bad_images.txt)")
-        if any(p == path for p, _ in self.entries):
-            return
-        self.entries.append((path, reason))
-        if self._on_change is not None:
-            self._on_change()
-
-    def text(self) -> str:
-        lines = [f"{utf8_safe(path)}\t{utf8_safe(reason)}" for path, reason in self.entries]
-        return "".join(line + "\n" for line in lines)
-
-    def on_change(self, callback: Callable[[], None]) -> None:
-        self._on_change = callback
 
 
 class TensorLoader:
@@ -252,27 +201,6 @@ def _read_item(split: ItemSplit, i: int, channels: int) -> torch.Tensor:
     return item_to_tensor(image, channels, name)
 
 
-def collate_marked(items: list[tuple[torch.Tensor, Any, int, str]]) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                 torch.Tensor, list]:
-    """Stack the good samples; return (images, labels, indices, [(index, error), ...])."""
-    good = [item for item in items if not item[3]]
-    bad = [(item[2], item[3]) for item in items if item[3]]
-    if not good:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0), torch.empty(0, dtype=torch.int64), bad
-    images = torch.stack([item[0] for item in good])
-    labels = torch.stack([torch.as_tensor(item[1]) for item in good])
-    return images, labels, torch.tensor([item[2] for item in good], dtype=torch.int64), bad
-
-
-def collate_bytes(items: list[tuple[torch.Tensor, Any, int, str]]) -> tuple[list[torch.Tensor], torch.Tensor,
-                                                                               torch.Tensor, list]:
-    """Like :func:`collate_marked` for encoded files (lengths differ): a list of byte tensors, not a stack."""
-    good = [item for item in items if not item[3]]
-    bad = [(item[2], item[3]) for item in items if item[3]]
-    labels = torch.stack([torch.as_tensor(item[1]) for item in good]) if good else torch.empty(0)
-    return [item[0] for item in good], labels, torch.tensor([item[2] for item in good], dtype=torch.int64), bad
-
-
 class InMemory:
     """A decoded uint8 split as a map-style dataset (``[i]`` → image, label) for DataLoader workers."""
 
@@ -388,86 +316,6 @@ class FileLoader:
         if not images:
             return torch.empty(0, dtype=torch.uint8), labels[:0]
         return torch.stack(images), labels[keep]
-
-
-class StreamItems(IterableDataset):
-    """A :class:`StreamSplit` decoded item by item (in DataLoader workers): ``(image, label, k, error)`` as
-    :class:`FileDataset` gives them, ``k`` counting this worker's items. The reader splits the stream between
-    workers (a Hugging Face dataset: by its shards); augmentation is seeded by (seed, epoch, worker, k)."""
-
-    def __init__(self, split: StreamSplit, channels: int, transform: Callable | None, *, seed: int, shuffle: bool,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.split, self.channels, self.transform = split, channels, transform
-        self.seed, self.shuffle, self.max_pixels, self.epoch = seed, shuffle, max_pixels, 0
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any, int, str]]:
-        info = get_worker_info()
-        worker = info.id if info is not None else 0
-        for k, (payload, label) in enumerate(self.split.reader.items(self.seed, self.epoch, self.shuffle)):
-            name = self.name(worker, k)
-            try:
-                image = image_to_tensor(open_image(payload, self.channels, max_pixels=self.max_pixels, name=name),
-                                        contiguous=False)
-            except VisiontrainError as exc:
-                yield torch.empty(0, dtype=torch.uint8), label, worker << 40 | k, str(exc)
-                continue
-            if self.transform is not None:
-                torch.default_generator.manual_seed(mix_seed(self.seed, self.epoch, worker, k))
-                with one_thread(image.device):
-                    image = self.transform(image)
-            yield image.contiguous(), label, worker << 40 | k, ""
-
-    def name(self, worker: int, k: int) -> str:
-        return f"{self.split.name}[item {k} of worker {worker}]" if worker else f"{self.split.name}[item {k}]"
-
-
-class StreamLoader:
-    """Batches of a :class:`StreamSplit` through a DataLoader over :class:`StreamItems`: the order depends only
-    on (seed, epoch, worker count) — the reader's seeded shuffle buffer —, memory on the buffer, not the dataset.
-    Resuming mid-epoch reads the stream again and drops the batches already trained on."""
-
-    def __init__(self, items: StreamItems, batch_size: int, *, workers: int, pin_memory: bool = False,
-                 bad_log: BadImageLog | None = None) -> None:
-        self.dataset, self.batch_size = items, batch_size
-        self.shuffle, self.seed, self.epoch, self.start_batch = items.shuffle, items.seed, 0, 0
-        self.workers, self.pin_memory = cap_workers(workers), pin_memory
-        self.bad_log = bad_log or BadImageLog()
-        self.images = None  # nothing in memory
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-        self.dataset.epoch = epoch
-
-    def shard(self, rank: int, world: int, drop_tail: bool = True) -> None:
-        if world > 1:
-            raise DataError(f"{self.dataset.split.name}: streaming reads one process's stream; train it in one "
-                            "process, or without --data-arg streaming=true")
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """What the resume fingerprint hashes: the stream is a function of (seed, epoch), not a permutation."""
-        return torch.full((self.num_samples,), mix_seed(self.seed, epoch, int(self.shuffle)) % 2**62)
-
-    def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.dataset.split)
-
-    def __iter__(self) -> Iterator[Batch]:
-        workers = min(self.workers, getattr(self.dataset.split.reader, "shards", self.workers))  # idle ones: none
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=workers, collate_fn=collate_marked,
-                            pin_memory=self.pin_memory, prefetch_factor=4 if workers > 0 else None,
-                            worker_init_fn=bound_worker_heap)
-        first, self.start_batch = self.start_batch, 0
-        with loader_errors():
-            for batch, (images, labels, _index, bad) in enumerate(loader):
-                if batch < first:
-                    continue
-                for k, message in bad:
-                    self.bad_log.add(self.dataset.name(k >> 40, k & (2**40 - 1)), message)
-                if len(images):
-                    yield images, labels
 
 
 Loader = TensorLoader | FileLoader | StreamLoader

@@ -21,21 +21,13 @@ import torch
 
 from visiontrain.config import DataConfig
 from visiontrain.data.augment import BatchPipeline
+from visiontrain.data.batching import BadImageLog, collate_marked
 from visiontrain.data.cache import decode_to_memory
 from visiontrain.data.decode import batch_decoder_works
 from visiontrain.data.guard import loader_errors
-from visiontrain.data.loaders import (
-    BadImageLog,
-    FileDataset,
-    FileLoader,
-    InMemory,
-    Loader,
-    StreamItems,
-    StreamLoader,
-    TensorLoader,
-    collate_marked,
-)
+from visiontrain.data.loaders import FileDataset, FileLoader, InMemory, Loader, TensorLoader
 from visiontrain.data.shards import ShardSplit
+from visiontrain.data.streaming import StreamItems, StreamLoader
 from visiontrain.data.transforms import (
     DETERMINISTIC,
     Spec,

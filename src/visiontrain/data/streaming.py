@@ -1,0 +1,101 @@
+"""Streams that never sit in memory (a Hugging Face ``IterableDataset``): decoded item by item in DataLoader
+workers (:class:`StreamItems`) and batched by :class:`StreamLoader`, in an order that depends only on (seed, epoch,
+worker count) — the reader's seeded shuffle buffer — with memory bounded by that buffer, not by the dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from visiontrain.data.augment import one_thread
+from visiontrain.data.batching import BadImageLog, Batch, collate_marked, mix_seed
+from visiontrain.data.guard import loader_errors
+from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, open_image
+from visiontrain.data.types import StreamSplit
+from visiontrain.errors import DataError, VisiontrainError
+from visiontrain.host import bound_worker_heap
+from visiontrain.limits import cap_workers
+
+
+class StreamItems(IterableDataset):
+    """A :class:`StreamSplit` decoded item by item (in DataLoader workers): ``(image, label, k, error)`` as
+    :class:`FileDataset` gives them, ``k`` counting this worker's items. The reader splits the stream between
+    workers (a Hugging Face dataset: by its shards); augmentation is seeded by (seed, epoch, worker, k)."""
+
+    def __init__(self, split: StreamSplit, channels: int, transform: Callable | None, *, seed: int, shuffle: bool,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.split, self.channels, self.transform = split, channels, transform
+        self.seed, self.shuffle, self.max_pixels, self.epoch = seed, shuffle, max_pixels, 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any, int, str]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        for k, (payload, label) in enumerate(self.split.reader.items(self.seed, self.epoch, self.shuffle)):
+            name = self.name(worker, k)
+            try:
+                image = image_to_tensor(open_image(payload, self.channels, max_pixels=self.max_pixels, name=name),
+                                        contiguous=False)
+            except VisiontrainError as exc:
+                yield torch.empty(0, dtype=torch.uint8), label, worker << 40 | k, str(exc)
+                continue
+            if self.transform is not None:
+                torch.default_generator.manual_seed(mix_seed(self.seed, self.epoch, worker, k))
+                with one_thread(image.device):
+                    image = self.transform(image)
+            yield image.contiguous(), label, worker << 40 | k, ""
+
+    def name(self, worker: int, k: int) -> str:
+        return f"{self.split.name}[item {k} of worker {worker}]" if worker else f"{self.split.name}[item {k}]"
+
+
+class StreamLoader:
+    """Batches of a :class:`StreamSplit` through a DataLoader over :class:`StreamItems`: the order depends only
+    on (seed, epoch, worker count) — the reader's seeded shuffle buffer —, memory on the buffer, not the dataset.
+    Resuming mid-epoch reads the stream again and drops the batches already trained on."""
+
+    def __init__(self, items: StreamItems, batch_size: int, *, workers: int, pin_memory: bool = False,
+                 bad_log: BadImageLog | None = None) -> None:
+        self.dataset, self.batch_size = items, batch_size
+        self.shuffle, self.seed, self.epoch, self.start_batch = items.shuffle, items.seed, 0, 0
+        self.workers, self.pin_memory = cap_workers(workers), pin_memory
+        self.bad_log = bad_log or BadImageLog()
+        self.images = None  # nothing in memory
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+        self.dataset.epoch = epoch
+
+    def shard(self, rank: int, world: int, drop_tail: bool = True) -> None:
+        if world > 1:
+            raise DataError(f"{self.dataset.split.name}: streaming reads one process's stream; train it in one "
+                            "process, or without --data-arg streaming=true")
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """What the resume fingerprint hashes: the stream is a function of (seed, epoch), not a permutation."""
+        return torch.full((self.num_samples,), mix_seed(self.seed, epoch, int(self.shuffle)) % 2**62)
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset.split)
+
+    def __iter__(self) -> Iterator[Batch]:
+        workers = min(self.workers, getattr(self.dataset.split.reader, "shards", self.workers))  # idle ones: none
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=workers, collate_fn=collate_marked,
+                            pin_memory=self.pin_memory, prefetch_factor=4 if workers > 0 else None,
+                            worker_init_fn=bound_worker_heap)
+        first, self.start_batch = self.start_batch, 0
+        with loader_errors():
+            for batch, (images, labels, _index, bad) in enumerate(loader):
+                if batch < first:
+                    continue
+                for k, message in bad:
+                    self.bad_log.add(self.dataset.name(k >> 40, k & (2**40 - 1)), message)
+                if len(images):
+                    yield images, labels
