@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -232,10 +233,32 @@ def test_streaming_reads_every_item_once_per_epoch_in_a_seeded_order(tmp_path: P
     assert [int(v) for _, labels in loader for v in labels] == second[40:]
 
 
-def test_streaming_refuses_several_processes(saved: Path) -> None:
-    bundle = build_data(DataConfig(name=f"hf:{saved}", args={"streaming": "true"}), seed=0)
-    with pytest.raises(DataError, match="streaming reads one process's stream"):
-        bundle.loaders["train"].shard(0, 2)
+def test_streaming_ranks_decode_disjoint_parts_of_every_global_batch(tmp_path: Path) -> None:
+    """Under torchrun each process reads the same stream and keeps (decodes) its part of every global batch: the
+    parts are disjoint, together they are the one-process batches, pixel for pixel (augmentation seeded per item)."""
+    images = make_shapes(40, 16, 3, seed=1)[0]
+    table = datasets.Dataset.from_dict(
+        {"image": [{"bytes": png(im.permute(1, 2, 0).numpy()), "path": None} for im in images],
+         "label": list(range(40))},
+        features=datasets.Features({"image": datasets.Image(),
+                                    "label": datasets.ClassLabel(names=[str(i) for i in range(40)])}))
+    datasets.DatasetDict({"train": table, "validation": table.select(range(8))}).save_to_disk(str(tmp_path / "s"))
+    cfg = DataConfig(name=f"hf:{tmp_path / 's'}", args={"streaming": "true", "buffer": "8"}, batch_size=10,
+                     transforms={"train": "cifar"})
+
+    def batches(rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        loader = build_data(cfg, seed=0).loaders["train"]
+        loader.shard(rank, world)
+        loader.set_epoch(1)
+        return list(loader)
+
+    whole, first, second = batches(0, 1), batches(0, 2), batches(1, 2)
+    assert len(whole) == len(first) == len(second) == 4
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, first, second, strict=True):
+        assert y0.tolist() + y1.tolist() == y.tolist() and len(y0) == len(y1) == 5
+        assert torch.equal(torch.cat([x0, x1]), x)
+    with pytest.raises(DataError, match="batch size 10 is not divisible by 3 processes"):
+        build_data(cfg, seed=0).loaders["train"].shard(0, 3)
 
 
 def test_streaming_trains_and_evaluates(saved: Path, tmp_path: Path, main_cli) -> None:
@@ -328,3 +351,30 @@ def test_a_multilabel_index_outside_the_classes_is_one_line(tmp_path: Path) -> N
                    tmp_path / "train.parquet")
     with pytest.raises(DataError, match=r"row \d+ holds label \[.*\], outside its 2 classes"):
         load_source(DataConfig(name=f"hf:{tmp_path / 'train.parquet'}", val_split=0.25), seed=0)
+
+
+@pytest.mark.slow  # three real processes (torchrun and its two ranks) and one more for the single-process run
+def test_two_processes_streaming_equal_one_process(saved: Path, tmp_path: Path) -> None:
+    """torchrun with ``streaming=true``: each process decodes its part of every global batch; together they train
+    the weights one process trains (a model without batch norm, whose statistics are per process)."""
+    import safetensors.torch
+
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / "hf-cache")}
+
+    def argv(name: str) -> list[str]:
+        return ["-m", "visiontrain", "train", "--data", f"hf:{saved}", "--data-arg", "streaming=true", "--data-arg",
+                "buffer=16", "--model", "lenet5", "--image-size", "32", "--epochs", "2", "--batch-size", "8",
+                "--workers", "0", "--lr", "0.01", "--plots", "off", "--device", "cpu", "--quiet", "--out",
+                str(tmp_path), "--name", name]
+
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          *argv("two")], capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, *argv("one"), "--threads", "1"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (safetensors.torch.load_file(tmp_path / n / "checkpoints" / "last.safetensors") for n in ("one", "two"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
