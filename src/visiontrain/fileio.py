@@ -217,3 +217,17 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def user_path(text: str | os.PathLike[str]) -> Path:
+    """``Path(text)`` with a leading ``~`` or ``~user`` expanded as a shell does. A ``~user`` that names no user
+    (a manifest row ``~0.png``, a file really called so) is kept as written: pathlib raises RuntimeError there.
+
+    >>> str(user_path("~no-such-user-here/a.png"))
+    '~no-such-user-here/a.png'
+    """
+    path = Path(text)
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        return path

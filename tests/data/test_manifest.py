@@ -104,3 +104,15 @@ def test_missing_files_follow_the_bad_images_policy(tmp_path: Path) -> None:
         load_source(_cfg(tmp_path / "m.csv"), 0)
     source = load_source(_cfg(tmp_path / "m.csv", bad_images="skip", val_split=0.0), 0)
     assert len(source.splits["train"]) == 4 and source.bad_images[0][0] == str(tmp_path / "gone.png")
+
+
+def test_a_path_starting_with_a_tilde_of_no_user_is_a_file_name(tmp_path: Path) -> None:
+    """``~0.png`` is a file called so unless a user ``0.png`` exists (as in a shell): it used to escape as pathlib's
+    RuntimeError "Could not determine home directory" (found by the manifest fuzz campaign)."""
+    _images(tmp_path / "i", 2)
+    Image.new("RGB", (12, 12), (9, 9, 9)).save(tmp_path / "~0.png")
+    (tmp_path / "m.csv").write_text("path,label\ni/0.png,a\ni/1.png,b\n~0.png,a\n~nobody-here/gone.png,b\n")
+    with pytest.raises(DataError, match=r"~nobody-here/gone\.png: file not found"):
+        load_source(_cfg(tmp_path / "m.csv"), 0)
+    source = load_source(_cfg(tmp_path / "m.csv", bad_images="skip", val_split=0.0), 0)
+    assert tmp_path / "~0.png" in source.splits["train"].paths and len(source.splits["train"]) == 3

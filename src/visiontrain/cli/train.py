@@ -7,7 +7,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from visiontrain import host
 from visiontrain.cli.flags import TRUST_CODE_HELP, add_config_flags, flag_overrides
@@ -15,6 +14,7 @@ from visiontrain.cli.output import print_train_result
 from visiontrain.config import RunConfig, load_config, parse_override
 from visiontrain.config.trust import read_config_file
 from visiontrain.errors import ConfigError
+from visiontrain.fileio import user_path
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -79,7 +79,7 @@ def _refuse_dataset_as_cache(data_dir: str) -> None:
     MNIST (downloaded into it, even). A folder of class folders there, with no dataset named, is refused."""
     from visiontrain.data.folders import class_folders_in  # the data package loads torchvision: only here
 
-    found = class_folders_in(Path(data_dir).expanduser())
+    found = class_folders_in(user_path(data_dir))
     if found:
         raise ConfigError(f"--data-dir {data_dir} holds class folders ({', '.join(f + '/' for f in found)}): to "
                           f"train on them use --data {data_dir} (--data-dir is only the download cache of "

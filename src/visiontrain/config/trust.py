@@ -35,6 +35,7 @@ from typing import Any
 
 from visiontrain.config import RunConfig, canonical_key, load_config, read_yaml
 from visiontrain.errors import TrustError, VisiontrainError
+from visiontrain.fileio import user_path
 
 IMPORT_SPEC = re.compile(r"^[\w./\\-]+:[A-Za-z_]\w*$")  # "mypkg.data:MyData" or "my_data.py:Mydata"
 # Data names with these prefixes name data read by a library, never a module: "hf:ylecun/mnist" (data/hf.py),
@@ -47,7 +48,7 @@ def names_code(name: Any) -> bool:
     """Whether a data/model name is an import spec that would be imported: it looks like ``module:Name`` and is
     not an existing path (a folder may have a colon in its name)."""
     return isinstance(name, str) and bool(IMPORT_SPEC.match(name)) and not name.startswith(DATA_PREFIXES) \
-        and not Path(name).expanduser().exists()
+        and not user_path(name).exists()
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def import_spec(spec: str, flag: str, error: type[VisiontrainError]) -> Any:
     module_name, _, attr = spec.rpartition(":")
     try:
         if module_name.endswith(".py") or "/" in module_name:
-            path = Path(module_name).expanduser().resolve()
+            path = user_path(module_name).resolve()
             if not path.is_file():
                 raise error(f"{flag} {spec}: {path} does not exist")
             loaded = importlib.util.spec_from_file_location(f"visiontrain_user_{path.stem}", path)
@@ -187,7 +188,7 @@ def run_folder_of(path: str | Path) -> Path | None:
     """The visiontrain run folder a file lies in (at any depth, links resolved): a folder holding a
     ``config.yaml`` and ``checkpoints/`` or ``summary.json``; None for a file of the user's own."""
     try:
-        resolved = Path(path).expanduser().resolve()
+        resolved = user_path(path).resolve()
     except (OSError, RuntimeError):
         return None
     for folder in resolved.parents:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from visiontrain.data.images import ImageInfo, open_image, probe_image
 from visiontrain.data.scan import SKIP_HINT, natural_shape, reason_of, skipped_note
 from visiontrain.data.types import DataSource, FileSplit, ItemSplit, Split, StreamSplit
 from visiontrain.errors import DataError, ImageError
+from visiontrain.fileio import user_path
 from visiontrain.limits import MAX_CLASSES
 from visiontrain.optional import require
 
@@ -143,7 +143,7 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     (('cifar10', None), ('ylecun/mnist', 'mnist'), ('./data/my_set', None))
     """
     head, colon, tail = spec.rpartition(":")
-    if not colon or not head or "/" in tail or "\\" in tail or Path(spec).expanduser().exists():
+    if not colon or not head or "/" in tail or "\\" in tail or user_path(spec).exists():
         return spec, None
     return head, tail
 
@@ -152,7 +152,7 @@ def _open(datasets: Any, spec: str, where: str, streaming: bool = False) -> tupl
     """(the dataset's splits by their own names — a ``Dataset`` each, an ``IterableDataset`` when ``streaming`` —,
     their lengths where known); refuses what cannot be read, in one line."""
     name, config = split_spec(spec)
-    path = Path(name).expanduser()
+    path = user_path(name)
     try:
         if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
             found = datasets.load_from_disk(str(path))  # memory-mapped: streaming only changes how it is read

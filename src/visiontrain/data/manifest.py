@@ -34,6 +34,7 @@ from visiontrain.config import DataConfig
 from visiontrain.data.scan import natural_shape, scan_files, skipped_note
 from visiontrain.data.types import DataSource, FileSplit, Split
 from visiontrain.errors import DataError
+from visiontrain.fileio import user_path
 from visiontrain.limits import MAX_CLASSES, MAX_MANIFEST_BYTES, parse_json, read_capped
 
 _LABEL_KEYS = {"label": "classification", "class": "classification", "value": "regression",
@@ -56,7 +57,7 @@ def manifest_source(path: Path, cfg: DataConfig, seed: int) -> DataSource:
     rows, task = _read_rows(path)
     if not rows:
         raise DataError(f"manifest {path} has no rows; add lines of path,label (or path,value)")
-    root = Path(cfg.args.get("root", path.parent)).expanduser()
+    root = user_path(cfg.args.get("root", path.parent))
     if task == "regression":
         classes, targets = _regression(rows, path)
     elif task == "multilabel":
@@ -80,7 +81,7 @@ def manifest_source(path: Path, cfg: DataConfig, seed: int) -> DataSource:
 
 def _resolve(root: Path, row: Row, bounded_by: Path | None) -> Path:
     """The row's file; ``bounded_by`` (the manifest, when it was given a root): the path must stay in the root."""
-    p = Path(row[1]).expanduser()
+    p = user_path(row[1])
     if p.is_absolute():
         return p
     if bounded_by is not None and not _inside(os.path.abspath(root / p), os.path.abspath(root)):

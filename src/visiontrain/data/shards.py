@@ -36,6 +36,7 @@ from visiontrain.config import DataConfig
 from visiontrain.data.images import DEFAULT_MAX_PIXELS, open_image
 from visiontrain.data.types import DataSource
 from visiontrain.errors import DataError
+from visiontrain.fileio import user_path
 from visiontrain.limits import MAX_CLASSES, MAX_JSON_BYTES, FileTooLarge, parse_json, read_capped
 
 PREFIX = "shards:"
@@ -49,7 +50,7 @@ _OPEN_SHARDS = 32  # file descriptors kept open per process
 
 def is_shards(name: str) -> bool:
     """Whether ``--data name`` means a packed folder: ``shards:PATH`` or a folder holding ``index.json``."""
-    return name.startswith(PREFIX) or (Path(name).expanduser() / INDEX_NAME).is_file()
+    return name.startswith(PREFIX) or (user_path(name) / INDEX_NAME).is_file()
 
 
 def shard_order(shard_of: np.ndarray, seed: int, epoch: int, buffer: int) -> torch.Tensor:
@@ -164,7 +165,7 @@ def shard_name(split: str, number: int) -> str:
 
 
 def folder_of(name: str) -> Path:
-    return Path(name.removeprefix(PREFIX) or ".").expanduser()
+    return user_path(name.removeprefix(PREFIX) or ".")
 
 
 def read_index(folder: Path) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from visiontrain.data.types import (
     registered_name,
 )
 from visiontrain.errors import DataError
+from visiontrain.fileio import user_path
 
 if TYPE_CHECKING:
     import torch
@@ -89,7 +90,7 @@ def _find_source(cfg: DataConfig, seed: int) -> DataSource:
         return DATASETS.get(name)(cfg, seed)
     if is_hf(cfg.name):  # hf:NAME_OR_PATH[:config], read through the datasets library (data/hf.py)
         return hf_source(cfg, seed)
-    path = Path(cfg.name).expanduser()
+    path = user_path(cfg.name)
     if names_code(cfg.name):  # the user's own Dataset: callers refuse one a run's files name (visiontrain.config.trust)
         return custom_source(cfg.name, cfg, seed)
     if is_shards(cfg.name):  # shards:OUT/ or a folder holding index.json: `visiontrain data pack`'s output

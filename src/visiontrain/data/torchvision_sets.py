@@ -27,7 +27,7 @@ from visiontrain.config import DataConfig
 from visiontrain.data.arrays import load_array_pickle
 from visiontrain.data.types import DataSource, Split, TensorSplit, register_dataset
 from visiontrain.errors import DataError
-from visiontrain.fileio import atomic_write_bytes
+from visiontrain.fileio import atomic_write_bytes, user_path
 
 # Published per-channel statistics (normalize: auto); `normalize: dataset` computes them instead.
 STATS = {
@@ -160,7 +160,7 @@ def _source(key: str, class_name: str, loader: Callable, channels: int, size: in
         import torchvision.datasets
 
         cls = getattr(torchvision.datasets, class_name)
-        root = Path(cfg.dir).expanduser()
+        root = user_path(cfg.dir)
         splits: dict[str, Split] = {}
         classes: list[str] = []
         for split, train in (("train", True), ("test", False)):
