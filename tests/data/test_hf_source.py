@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,13 +64,17 @@ def shapes_table(count: int, seed: int, *, label: str = "label", regression: boo
                                       features=features)
 
 
+def save_splits(root: Path, make: Callable[[int, int], datasets.Dataset], train: int, other: int) -> Path:
+    """A save_to_disk folder with the Hub's split names: train, validation and test (``make(count, seed)``)."""
+    datasets.DatasetDict({"train": make(train, 1), "validation": make(other, 2),
+                          "test": make(other, 3)}).save_to_disk(str(root))
+    return root
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A save_to_disk folder: train (48), validation (12), test (12) — the Hub's split names."""
-    root = tmp_path_factory.mktemp("hf") / "shapes"
-    datasets.DatasetDict({"train": shapes_table(48, 1), "validation": shapes_table(12, 2),
-                          "test": shapes_table(12, 3)}).save_to_disk(str(root))
-    return root
+    """Shapes: train (48), validation (12), test (12)."""
+    return save_splits(tmp_path_factory.mktemp("hf") / "shapes", shapes_table, 48, 12)
 
 
 def write_layout(kind: str, root: Path) -> Path:
@@ -300,10 +305,7 @@ def multilabel_table(count: int, seed: int) -> datasets.Dataset:
 
 @pytest.fixture(scope="module")
 def saved_multilabel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("hf-multi") / "shapes"
-    datasets.DatasetDict({"train": multilabel_table(96, 1), "validation": multilabel_table(24, 2),
-                          "test": multilabel_table(24, 3)}).save_to_disk(str(root))
-    return root
+    return save_splits(tmp_path_factory.mktemp("hf-multi") / "shapes", multilabel_table, 96, 24)
 
 
 def test_a_list_of_class_labels_is_a_multilabel_set(saved_multilabel: Path) -> None:
