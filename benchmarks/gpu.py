@@ -1,4 +1,4 @@
-"""The GPU figures of docs/benchmarks.md in one go (<= 8 minutes on one H100/H200), printed as one table.
+"""The GPU figures of docs/benchmarks.md in one go (about 3 minutes on one H200, measured), printed as one table.
 
     python benchmarks/gpu.py --data-dir data     # on a machine with CUDA; MNIST must be in data/MNIST/raw
     python benchmarks/gpu.py --tiny              # tiny sizes on the CPU (automatic without CUDA): a smoke run
