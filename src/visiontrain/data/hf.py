@@ -211,10 +211,11 @@ def _stream_source(cfg: DataConfig, args: dict[str, str], datasets: Any, tables:
                    notes: list[str]) -> DataSource:
     """The splits as :class:`StreamSplit`: read in order through a seeded shuffle buffer, never all at once."""
     where = f"data {cfg.name}"
+    multilabel = _multilabel_names(datasets, feature)
     if isinstance(feature, datasets.ClassLabel):
         task, classes = "classification", list(feature.names)
-    elif _multilabel_names(datasets, feature) is not None:
-        task, classes = "multilabel", _multilabel_names(datasets, feature) or []
+    elif multilabel is not None:
+        task, classes = "multilabel", multilabel
     elif isinstance(feature, datasets.Value) and getattr(feature, "dtype", "").startswith("float"):
         task, classes = "regression", ["value"]
     else:
@@ -374,12 +375,13 @@ def _multi_hot(rows: list[Any], classes: int, where: str) -> torch.Tensor:
     lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
     flat = np.concatenate([np.asarray(row, dtype=np.int64).ravel() for row in rows]) if lengths.sum() else \
         np.zeros(0, dtype=np.int64)
+    row_of = np.repeat(np.arange(len(rows)), lengths)  # the row each index of ``flat`` belongs to
     if flat.size and (flat.min() < 0 or flat.max() >= classes):
-        row = int(np.repeat(np.arange(len(rows)), lengths)[(flat < 0) | (flat >= classes)][0])
+        row = int(row_of[(flat < 0) | (flat >= classes)][0])
         raise DataError(f"{where}: row {row} holds label {list(rows[row])}, outside its {classes} classes (0 to "
                         f"{classes - 1}); fix the column or drop the row (dataset.filter)")
     out = torch.zeros(len(rows), classes, dtype=torch.float32)
-    out[torch.from_numpy(np.repeat(np.arange(len(rows)), lengths)), torch.from_numpy(flat)] = 1.0
+    out[torch.from_numpy(row_of), torch.from_numpy(flat)] = 1.0
     return out
 
 
