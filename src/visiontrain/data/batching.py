@@ -41,6 +41,13 @@ def shard_part(n: int, rank: int, world: int) -> slice:
     return slice(start, start + base + (1 if rank < extra else 0))
 
 
+def check_even_split(batch_size: int, world: int, drop_tail: bool) -> None:
+    """Training batches must split evenly between the processes (evaluation's need not): one line when not."""
+    if batch_size % world and drop_tail:
+        raise DataError(f"batch size {batch_size} is not divisible by {world} processes; use a multiple of the "
+                        "process count, or --batch-size-per-device")
+
+
 def usable_samples(n: int, batch_size: int, world: int) -> int:
     """Samples used per epoch: with several processes a final global batch smaller than the process
     count is dropped, since a process with nothing to train on would stall the others."""

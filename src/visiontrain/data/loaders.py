@@ -22,6 +22,7 @@ from visiontrain.data.batching import (
     BadImageLog,
     Batch,
     EpochOrder,
+    check_even_split,
     collate_bytes,
     collate_marked,
     epoch_order,
@@ -260,9 +261,7 @@ class FileLoader:
 
     def shard(self, rank: int, world: int, drop_tail: bool = True) -> None:
         """Decode only this rank's part of every global batch; the DataLoader batches by the per-rank size."""
-        if self.batch_size % world and drop_tail:  # training batches must split evenly; evaluation needn't
-            raise DataError(f"batch size {self.batch_size} is not divisible by {world} processes; use a multiple "
-                            "of the process count, or --batch-size-per-device")
+        check_even_split(self.batch_size, world, drop_tail)
         self._sampler.rank, self._sampler.world, self._sampler.global_batch = rank, world, self.batch_size
         self._sampler.drop_tail = drop_tail
         self.loader = self._data_loader(-(-self.batch_size // world))

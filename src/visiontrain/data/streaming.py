@@ -13,11 +13,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from visiontrain.data.augment import one_thread
-from visiontrain.data.batching import BadImageLog, Batch, collate_marked, mix_seed, shard_part
+from visiontrain.data.batching import BadImageLog, Batch, check_even_split, collate_marked, mix_seed, shard_part
 from visiontrain.data.guard import loader_errors
 from visiontrain.data.images import DEFAULT_MAX_PIXELS, image_to_tensor, open_image
 from visiontrain.data.types import StreamSplit
-from visiontrain.errors import DataError, VisiontrainError
+from visiontrain.errors import VisiontrainError
 from visiontrain.host import bound_worker_heap
 from visiontrain.limits import cap_workers
 
@@ -104,9 +104,7 @@ class StreamLoader:
 
     def shard(self, rank: int, world: int, drop_tail: bool = True) -> None:
         """Decode only this rank's part of every global batch (every rank reads the stream's bytes)."""
-        if self.batch_size % world and drop_tail:  # training batches must split evenly; evaluation needn't
-            raise DataError(f"batch size {self.batch_size} is not divisible by {world} processes; use a multiple "
-                            "of the process count, or --batch-size-per-device")
+        check_even_split(self.batch_size, world, drop_tail)
         self.rank, self.world, self.drop_tail = rank, world, drop_tail
 
     def order(self, epoch: int) -> torch.Tensor:
